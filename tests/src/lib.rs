@@ -1,1 +1,17 @@
-//! placeholder
+//! Support code for the end-to-end tests: real parts started on loopback for one test each.
+
+pub mod meshd;
+pub mod postgres;
+pub mod process;
+pub mod wait;
+
+/// A string unique within this test process (for file names).
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,215 @@
+//! meshd's certificate authority at run time: bootstrapped from the store (or created, or
+//! imported on first start), its key sealed at rest with the key-encryption key, and the current
+//! signer and trust bundle held for the identity service.
+
+use crate::config::{Config, KekSource};
+use crate::store::{CaStateRecord, Store};
+use anyhow::{Context, bail};
+use mesh_ca::{
+    CaOptions, CertificateAuthority, CsrPolicy, IssuedCert, KeyEncryptionKey, SigningPolicy,
+    SpiffeId, TrustBundle,
+};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The file in the data directory holding the public trust bundle.
+pub const BUNDLE_FILE: &str = "ca-bundle.pem";
+
+/// The CA as the rest of meshd uses it. Cheap to clone.
+#[derive(Clone)]
+pub struct Authority {
+    inner: Arc<RwLock<State>>,
+    policy: CsrPolicy,
+}
+
+struct State {
+    signer: Arc<CertificateAuthority>,
+    bundle: TrustBundle,
+}
+
+// === impl Authority ===
+
+impl Authority {
+    /// Loads the CA from the store, or creates (or imports) it on first start and saves it
+    /// sealed. Writes the trust bundle to `<data-dir>/ca-bundle.pem`.
+    pub async fn bootstrap(config: &Config, store: &Store) -> anyhow::Result<Self> {
+        let kek = load_kek(&config.kek)?;
+        let policy = SigningPolicy {
+            default_ttl: config.cert_ttl,
+            max_ttl: config.cert_ttl,
+            ..SigningPolicy::default()
+        };
+        let imported = match &config.import_ca {
+            Some((cert, key)) => Some(import(cert, key, config)?),
+            None => None,
+        };
+        let state = store
+            .load_ca_state()
+            .await
+            .context("reading the CA state")?;
+        let (signer, bundle) = match state {
+            Some(state) => {
+                let ca = CertificateAuthority::from_sealed(
+                    &state.cert_chain_pem,
+                    &state.signing_key,
+                    &kek,
+                    config.trust_domain.clone(),
+                )
+                .context(
+                    "restoring the CA from the store (is this the right key-encryption key?)",
+                )?;
+                if let Some(new) = &imported
+                    && new.root().fingerprint != ca.root().fingerprint
+                {
+                    bail!(
+                        "the store already holds a CA with root {}, and --ca-cert names another \
+                         root ({}); to change the CA use `meshctl ca rotate --import-cert`",
+                        ca.root().fingerprint,
+                        new.root().fingerprint
+                    );
+                }
+                let bundle = TrustBundle::from_pem(&state.roots_pem.concat())
+                    .context("reading the stored trust bundle")?;
+                tracing::info!(root = %ca.root().fingerprint, "CA restored from the store");
+                (ca, bundle)
+            }
+            None => {
+                let ca = match imported {
+                    Some(ca) => ca,
+                    None => CertificateAuthority::generate_root(&CaOptions::new(
+                        config.trust_domain.clone(),
+                    ))
+                    .context("generating the root CA")?,
+                };
+                let bundle = ca.bundle();
+                let record = CaStateRecord {
+                    signing_key: ca.sealed_key(&kek).context("sealing the CA key")?,
+                    cert_chain_pem: ca.chain_pem(),
+                    roots_pem: bundle.roots().iter().map(|r| r.to_pem()).collect(),
+                    rotation_phase: "idle".into(),
+                    rotation_data: "{}".into(),
+                    pending_key: None,
+                    previous_key: None,
+                    updated_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                };
+                store
+                    .save_ca_state(&record)
+                    .await
+                    .context("saving the new CA")?;
+                tracing::info!(root = %ca.root().fingerprint, "CA created");
+                (ca, bundle)
+            }
+        };
+        write_private_or_public(
+            &config.data_dir.join(BUNDLE_FILE),
+            bundle.to_pem().as_bytes(),
+            0o644,
+        )?;
+        Ok(Self {
+            inner: Arc::new(RwLock::new(State {
+                signer: Arc::new(signer.with_policy(policy)),
+                bundle,
+            })),
+            policy: CsrPolicy::default(),
+        })
+    }
+
+    /// The current trust bundle.
+    pub fn bundle(&self) -> TrustBundle {
+        self.read().bundle.clone()
+    }
+
+    /// The current signer.
+    pub fn signer(&self) -> Arc<CertificateAuthority> {
+        self.read().signer.clone()
+    }
+
+    /// Checks `csr_pem` against the proven identity and signs it.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        proven: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<IssuedCert, SignError> {
+        let checked = mesh_ca::check_csr(csr_pem, proven, &self.policy)?;
+        Ok(self.signer().sign(&checked, ttl)?)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-written (it is replaced whole),
+        // so a poisoned lock is still safe to read.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Csr(#[from] mesh_ca::CsrError),
+    #[error(transparent)]
+    Ca(#[from] mesh_ca::CaError),
+}
+
+fn import(cert: &Path, key: &Path, config: &Config) -> anyhow::Result<CertificateAuthority> {
+    let cert_pem = std::fs::read_to_string(cert)
+        .with_context(|| format!("reading --ca-cert {}", cert.display()))?;
+    let key_pem = std::fs::read_to_string(key)
+        .with_context(|| format!("reading --ca-key {}", key.display()))?;
+    CertificateAuthority::from_pem(&cert_pem, &key_pem, config.trust_domain.clone())
+        .with_context(|| format!("importing the CA from {}", cert.display()))
+}
+
+/// Reads the key-encryption key, generating `<data-dir>/kek` (mode 0600) on first start.
+pub fn load_kek(source: &KekSource) -> anyhow::Result<KeyEncryptionKey> {
+    match source {
+        KekSource::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --kek-file {}", path.display()))?;
+            KeyEncryptionKey::from_hex(&text)
+                .with_context(|| format!("--kek-file {}", path.display()))
+        }
+        KekSource::Env => {
+            let text = std::env::var(crate::config::ENV_KEK)
+                .with_context(|| format!("{} is not valid UTF-8", crate::config::ENV_KEK))?;
+            KeyEncryptionKey::from_hex(&text).context(crate::config::ENV_KEK)
+        }
+        KekSource::DataDir(path) => {
+            if path.exists() {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                return KeyEncryptionKey::from_hex(&text)
+                    .with_context(|| path.display().to_string());
+            }
+            let kek = KeyEncryptionKey::generate()?;
+            write_private_or_public(path, kek.to_hex().as_bytes(), 0o600)?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a key-encryption key beside the data; in production give --kek-file \
+                 or MESHD_KEK from a secret store"
+            );
+            Ok(kek)
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file + rename) with the given mode.
+pub fn write_private_or_public(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Certificates the CA issued: what it signed for whom, and until when. The CA rotation reads
+//! it to know when no live certificate chains to an old issuer any more.
+
+use super::{Result, Store, StoreError};
+
+/// One issued certificate. Hex values are stored lowercase, whatever case they are given in.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct IssuedCert {
+    /// The certificate's serial number, hex.
+    pub serial_hex: String,
+    /// The SPIFFE ID in its URI SAN.
+    pub identity: String,
+    /// Fingerprint (hex) of the certificate of the CA that signed it.
+    pub issuer_fingerprint: String,
+    /// Validity, unix seconds, both ends inclusive (as in X.509).
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The sidecar it was issued to, when known.
+    pub sidecar: Option<String>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Records an issued certificate. [`StoreError::Conflict`] if the issuer already has a
+    /// certificate with that serial.
+    pub async fn record_certificate(&self, cert: &IssuedCert) -> Result<()> {
+        let serial = cert.serial_hex.to_ascii_lowercase();
+        let issuer = cert.issuer_fingerprint.to_ascii_lowercase();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO issued_certificates \
+                 (issuer_fingerprint, serial_hex, identity, not_before, not_after, sidecar) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(issuer.as_str())
+            .bind(serial.as_str())
+            .bind(cert.identity.as_str())
+            .bind(cert.not_before)
+            .bind(cert.not_after)
+            .bind(cert.sidecar.as_deref())
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|e| {
+            StoreError::conflict_or_database(
+                format!("certificate with serial {serial} from issuer {issuer}"),
+                "recording a certificate",
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Issued certificates, optionally only those valid at `valid_at` (unix seconds) and/or
+    /// issued to `identity`; ordered by expiry.
+    pub async fn list_certificates(
+        &self,
+        valid_at: Option<i64>,
+        identity: Option<&str>,
+    ) -> Result<Vec<IssuedCert>> {
+        with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT serial_hex, identity, issuer_fingerprint, not_before, not_after, sidecar \
+                 FROM issued_certificates \
+                 WHERE ($1 IS NULL OR (not_before <= $1 AND not_after >= $1)) \
+                 AND ($2 IS NULL OR identity = $2) \
+                 ORDER BY not_after, issuer_fingerprint, serial_hex",
+            )
+            .bind(valid_at)
+            .bind(identity)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(|e| StoreError::database("listing certificates", e))
+    }
+
+    /// For each issuer, how many of its certificates are not expired at `now` (including ones
+    /// whose validity starts later): the CA rotation may drop an old root only when its count
+    /// is zero. Ordered by issuer fingerprint; issuers with no live certificate are absent.
+    pub async fn live_certificates_by_issuer(&self, now: i64) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT issuer_fingerprint, COUNT(*) FROM issued_certificates \
+                 WHERE not_after >= $1 GROUP BY issuer_fingerprint ORDER BY issuer_fingerprint",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(|e| StoreError::database("counting live certificates", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(issuer, count)| (issuer, u64::try_from(count).unwrap_or(0)))
+            .collect())
+    }
+
+    /// Forgets certificates that expired before `expired_before`; returns how many. Keeps the
+    /// table from growing forever with short-lived certificates.
+    pub async fn prune_certificates(&self, expired_before: i64) -> Result<u64> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM issued_certificates WHERE not_after < $1")
+                .bind(expired_before)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(|e| StoreError::database("pruning expired certificates", e))
+    }
+}

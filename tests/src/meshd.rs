@@ -1,0 +1,80 @@
+//! A real `meshd` process on loopback with ephemeral ports and its own data directory.
+
+use crate::process::{Process, binary, free_port};
+use crate::wait;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long meshd may take to come up in a test (a debug build on a loaded 2-core machine).
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Options for [`Meshd::start`].
+#[derive(Debug, Clone, Default)]
+pub struct MeshdOptions {
+    /// `--database-url`; SQLite in the data directory when `None`.
+    pub database_url: Option<String>,
+    /// More flags.
+    pub args: Vec<String>,
+}
+
+pub struct Meshd {
+    pub process: Process,
+    pub data_dir: PathBuf,
+    pub grpc_addr: String,
+    pub admin_addr: String,
+}
+
+impl Meshd {
+    /// Starts meshd on `data_dir` (created if missing) and waits until it is ready.
+    pub async fn start(data_dir: &Path, options: &MeshdOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let grpc_addr = format!("127.0.0.1:{}", free_port());
+        let admin_addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(binary("meshd"));
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--grpc-addr", &grpc_addr, "--admin-addr", &admin_addr])
+            .env("RUST_LOG", "info")
+            .env_remove("MESHD_KEK");
+        if let Some(url) = &options.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        cmd.args(&options.args);
+        let log = data_dir.join(format!("meshd-{}.log", crate::unique()));
+        let mut process = Process::spawn("meshd", cmd, log)?;
+        wait::until("meshd to be ready", START_DEADLINE, || {
+            let ready = process.log().contains("meshd ready");
+            let exited = process.try_exit();
+            async move {
+                match exited {
+                    Some(status) => Some(Err(anyhow::anyhow!("meshd exited with {status}"))),
+                    None if ready => Some(Ok(())),
+                    None => None,
+                }
+            }
+        })
+        .await
+        .and_then(|r| r)
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", process.log()))?;
+        Ok(Self {
+            process,
+            data_dir: data_dir.to_path_buf(),
+            grpc_addr,
+            admin_addr,
+        })
+    }
+
+    /// The trust bundle meshd wrote.
+    pub fn bundle_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("ca-bundle.pem")).unwrap_or_default()
+    }
+
+    /// The admin token meshd wrote.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+}

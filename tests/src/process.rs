@@ -1,0 +1,164 @@
+//! The workspace's binaries as child processes: found (and brought up to date) once per test
+//! process, their output captured to a log file, killed when the handle is dropped.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries for this build profile (`target/debug`).
+fn bin_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+/// Builds the workspace's binaries once per test process, so a test never runs a stale one
+/// (a no-op when they are fresh). Returns the error text of the build if it failed.
+fn ensure_built() -> Result<(), String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = bin_dir();
+            let target_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "--offline", "--bins", "--manifest-path"])
+                .arg(&manifest)
+                .env("CARGO_TARGET_DIR", &target_dir);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            match cmd.output() {
+                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .clone()
+}
+
+/// The path of the workspace binary `name` (`meshd`, `mesh-proxy`, `meshctl`), up to date.
+pub fn binary(name: &str) -> PathBuf {
+    if let Err(e) = ensure_built() {
+        panic!("building the workspace binaries failed:\n{e}");
+    }
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released: good enough for parallel tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// A running child process whose stdout+stderr go to a log file. Killed on drop.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `cmd` with its output sent to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// What the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it has exited (and with what), without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT", "KILL") with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// SIGTERM, then waits up to `deadline` for the exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM");
+        self.wait(deadline)
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub fn wait(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Ok(status);
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "{} did not exit within {deadline:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion, returning (exit code, stdout, stderr).
+pub fn run(mut cmd: Command) -> (Option<i32>, String, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("running a command");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,146 @@
+//! meshd's first start and restart, on SQLite and on a real PostgreSQL: the CA is created once,
+//! sealed at rest, and restored; bad configuration stops meshd before it does anything.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
+
+use mesh_tests::meshd::{Meshd, MeshdOptions};
+use mesh_tests::postgres::TempPostgres;
+use mesh_tests::process::{binary, run};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+async fn restart_keeps_the_ca(options: MeshdOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Meshd::start(dir.path(), &options).await.unwrap();
+    let bundle = first.bundle_pem();
+    let token = first.admin_token();
+    let info = mesh_ca::TrustBundle::from_pem(&bundle).unwrap();
+    assert_eq!(info.roots().len(), 1, "one root on first start");
+    assert_eq!(token.len(), 64, "a 256-bit token in hex");
+    assert_eq!(mode(&dir.path().join("admin-token")), 0o600);
+    assert_eq!(mode(&dir.path().join("kek")), 0o600);
+
+    let status = first.process.terminate(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+
+    let second = Meshd::start(dir.path(), &options).await.unwrap();
+    assert_eq!(second.bundle_pem(), bundle, "same CA after a restart");
+    assert_eq!(
+        second.admin_token(),
+        token,
+        "same admin token after a restart"
+    );
+    assert!(second.process.log().contains("CA restored from the store"));
+}
+
+#[tokio::test]
+async fn sqlite_first_start_creates_the_ca_and_a_restart_restores_it() {
+    restart_keeps_the_ca(MeshdOptions::default()).await;
+}
+
+#[tokio::test]
+async fn postgres_first_start_creates_the_ca_and_a_restart_restores_it() {
+    let pg = TempPostgres::start().await.unwrap();
+    restart_keeps_the_ca(MeshdOptions {
+        database_url: Some(pg.url()),
+        ..MeshdOptions::default()
+    })
+    .await;
+}
+
+/// The private scalar inside a PKCS#8 EC key (ECPrivateKey: version 1, then a 32-byte octet string).
+fn ec_scalar(pkcs8: &[u8]) -> Vec<u8> {
+    let marker = [0x02, 0x01, 0x01, 0x04, 0x20];
+    let at = pkcs8
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("an ECPrivateKey in the PKCS#8");
+    pkcs8[at + marker.len()..at + marker.len() + 32].to_vec()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn the_raw_database_file_holds_no_private_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut meshd = Meshd::start(dir.path(), &MeshdOptions::default())
+        .await
+        .unwrap();
+    meshd.process.terminate(Duration::from_secs(20)).unwrap();
+
+    // Open the sealed key with the KEK, as meshd does, to know which bytes must not be there.
+    let store = meshd::store::Store::open(&meshd::store::Store::default_sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let state = store.load_ca_state().await.unwrap().expect("a stored CA");
+    store.close().await;
+    let kek =
+        meshd::ca::load_kek(&meshd::config::KekSource::DataDir(dir.path().join("kek"))).unwrap();
+    let ca = mesh_ca::CertificateAuthority::from_sealed(
+        &state.cert_chain_pem,
+        &state.signing_key,
+        &kek,
+        mesh_ca::TrustDomain::new("cluster.local").unwrap(),
+    )
+    .unwrap();
+    // The sealed form is what is stored; its plaintext is the PKCS#8 key.
+    let pkcs8 = kek
+        .open("meshd/ca-signing-key/v1", &state.signing_key)
+        .unwrap();
+    let scalar = ec_scalar(&pkcs8);
+    assert_eq!(
+        ca.root().fingerprint,
+        mesh_ca::TrustBundle::from_pem(&meshd.bundle_pem())
+            .unwrap()
+            .fingerprints()[0]
+    );
+
+    let mut raw = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("meshd.db") {
+            raw.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(raw.len() > 4096, "read the database files");
+    assert!(
+        contains(&raw, &state.signing_key[..32]),
+        "the sealed key is stored (the scan can see it)"
+    );
+    assert!(!contains(&raw, &pkcs8), "no plaintext PKCS#8 key");
+    assert!(!contains(&raw, &scalar), "no private scalar");
+    assert!(!contains(&raw, b"PRIVATE KEY"), "no PEM private key");
+    // Nor in the files meant to be shared.
+    assert!(!meshd.bundle_pem().contains("PRIVATE"));
+}
+
+#[test]
+fn bad_configuration_exits_64_with_one_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--cert-ttl", "soon"], "--cert-ttl"),
+        (&["--trust-domain", "NOT A DOMAIN"], "--trust-domain"),
+        (&["--grpc-addr", "nowhere"], "--grpc-addr"),
+        (&["--database-url", "mysql://db"], "--database-url"),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = Command::new(binary("meshd"));
+        cmd.arg("--data-dir").arg(&data).args(args);
+        let (code, _, stderr) = run(cmd);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        assert!(lines[0].contains(needle), "{args:?}: {stderr}");
+        assert!(!data.exists(), "{args:?}: nothing written");
+    }
+}

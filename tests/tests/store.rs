@@ -1,0 +1,986 @@
+//! The store, against real SQLite (a file in a temp dir) and real PostgreSQL (a temporary
+//! server per test). Every test in `store_suite!` is written once and runs on both backends:
+//! `sqlite::<name>` and `postgres::<name>`.
+
+// A panic in a test is a failed assertion. clippy's `allow-unwrap-in-tests` covers only
+// `#[test]` functions, not the suite functions they call, hence this allow for the file.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use mesh_tests::postgres::TempPostgres;
+use meshd::store::{
+    ApplyOutcome, AuditEntry, AuditOutcome, Backend, CaStateRecord, ConsumeOutcome, IssuedCert,
+    JoinTokenRecord, RevisionOp, Store, StoreError,
+};
+
+/// A database for one test; keeps the temp dir / server alive for as long as the test runs.
+struct TestDb {
+    url: String,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    _postgres: Option<TempPostgres>,
+}
+
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            url: Store::default_sqlite_url(dir.path()),
+            _sqlite_dir: Some(dir),
+            _postgres: None,
+        }
+    }
+
+    async fn postgres() -> Self {
+        // No skipping: without the server binaries this fails with how to install them.
+        let pg = TempPostgres::start()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            url: pg.url(),
+            _sqlite_dir: None,
+            _postgres: Some(pg),
+        }
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::TestDb::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    apply_then_get_returns_the_body,
+    identical_reapply_creates_no_revision,
+    labels_are_part_of_the_document,
+    update_creates_the_next_revision,
+    delete_keeps_history_and_grows_the_revision,
+    failed_delete_writes_nothing,
+    recreate_never_reuses_a_revision,
+    revisions_keep_growing_after_reopen,
+    document_at_revision_is_the_state_at_that_time,
+    list_documents_filters_by_kind_and_namespace,
+    concurrent_applies_get_distinct_gapless_revisions,
+    join_token_lifecycle,
+    concurrent_consumers_take_exactly_the_available_uses,
+    ca_state_round_trip_and_overwrite,
+    ca_key_blobs_are_stored_byte_for_byte,
+    certificates_filter_by_validity_and_group_by_issuer,
+    audit_is_newest_first_with_limit_and_since,
+    ping_answers,
+);
+
+const BODY_V1: &str = r#"{"apiVersion":"mesh.v1","kind":"HTTPRoute","spec":{"timeout":"1s"}}"#;
+const BODY_V2: &str = r#"{"apiVersion":"mesh.v1","kind":"HTTPRoute","spec":{"timeout":"2s"}}"#;
+
+async fn apply_then_get_returns_the_body(db: TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.current_revision().await.unwrap(), 0);
+
+    let outcome = store
+        .apply_document("HTTPRoute", "default", "r", BODY_V1, "alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ApplyOutcome {
+            revision: 1,
+            changed: true
+        }
+    );
+
+    let doc = store
+        .get_document("HTTPRoute", "default", "r")
+        .await
+        .unwrap();
+    assert_eq!(
+        (doc.kind.as_str(), doc.namespace.as_str(), doc.name.as_str()),
+        ("HTTPRoute", "default", "r")
+    );
+    assert_eq!(doc.body, BODY_V1);
+    assert_eq!(doc.revision, 1);
+    assert!(doc.labels.is_empty());
+    assert!(doc.updated_at > 0 && doc.created_at == doc.updated_at);
+    assert_eq!(store.current_revision().await.unwrap(), 1);
+
+    // The same name under another kind or namespace is another document.
+    let err = store
+        .get_document("Service", "default", "r")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found());
+    assert_eq!(err.to_string(), "document Service default/r not found");
+    assert!(store.get_document("HTTPRoute", "other", "r").await.is_err());
+}
+
+async fn identical_reapply_creates_no_revision(db: TestDb) {
+    let store = db.open().await;
+    let first = store
+        .apply_document("Service", "default", "foo", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let audit_before = store.list_audit(100, None).await.unwrap().len();
+
+    let again = store
+        .apply_document("Service", "default", "foo", BODY_V1, "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        ApplyOutcome {
+            revision: first.revision,
+            changed: false
+        }
+    );
+    assert_eq!(store.current_revision().await.unwrap(), first.revision);
+    let history = store.history("Service", "default", "foo").await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].actor, "alice");
+    assert_eq!(
+        store.list_audit(100, None).await.unwrap().len(),
+        audit_before,
+        "a no-op apply writes no audit row"
+    );
+
+    // And the no-op did not burn a revision number.
+    let next = store
+        .apply_document("Service", "default", "foo", BODY_V2, "bob")
+        .await
+        .unwrap();
+    assert_eq!(next.revision, first.revision + 1);
+}
+
+async fn labels_are_part_of_the_document(db: TestDb) {
+    let store = db.open().await;
+    let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let first = store
+        .apply_document_with_labels("Service", "prod", "web", BODY_V1, &labels, "alice")
+        .await
+        .unwrap();
+    let doc = store.get_document("Service", "prod", "web").await.unwrap();
+    assert_eq!(doc.labels, labels);
+
+    let same = store
+        .apply_document_with_labels("Service", "prod", "web", BODY_V1, &labels, "alice")
+        .await
+        .unwrap();
+    assert!(!same.changed);
+
+    // Same body, other labels: a change.
+    let mut relabeled = labels.clone();
+    relabeled.insert("tier".into(), "back".into());
+    let second = store
+        .apply_document_with_labels("Service", "prod", "web", BODY_V1, &relabeled, "alice")
+        .await
+        .unwrap();
+    assert!(second.changed);
+    assert_eq!(second.revision, first.revision + 1);
+    let history = store.history("Service", "prod", "web").await.unwrap();
+    assert_eq!(history[0].labels, labels);
+    assert_eq!(history[1].labels, relabeled);
+}
+
+async fn update_creates_the_next_revision(db: TestDb) {
+    let store = db.open().await;
+    let v1 = store
+        .apply_document("HTTPRoute", "default", "r", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let v2 = store
+        .apply_document("HTTPRoute", "default", "r", BODY_V2, "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        v2,
+        ApplyOutcome {
+            revision: v1.revision + 1,
+            changed: true
+        }
+    );
+    let doc = store
+        .get_document("HTTPRoute", "default", "r")
+        .await
+        .unwrap();
+    assert_eq!(doc.body, BODY_V2);
+    assert_eq!(doc.revision, v2.revision);
+    assert!(doc.created_at <= doc.updated_at);
+
+    let history = store.history("HTTPRoute", "default", "r").await.unwrap();
+    let summary: Vec<_> = history
+        .iter()
+        .map(|r| (r.revision, r.op, r.body.as_deref(), r.actor.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (v1.revision, RevisionOp::Create, Some(BODY_V1), "alice"),
+            (v2.revision, RevisionOp::Update, Some(BODY_V2), "bob"),
+        ]
+    );
+
+    // Revisions are global: another document takes the next one.
+    let other = store
+        .apply_document("Service", "default", "s", BODY_V1, "alice")
+        .await
+        .unwrap();
+    assert_eq!(other.revision, v2.revision + 1);
+}
+
+async fn delete_keeps_history_and_grows_the_revision(db: TestDb) {
+    let store = db.open().await;
+    store
+        .apply_document("HTTPRoute", "default", "r", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let v2 = store
+        .apply_document("HTTPRoute", "default", "r", BODY_V2, "alice")
+        .await
+        .unwrap();
+    let deleted = store
+        .delete_document("HTTPRoute", "default", "r", "carol")
+        .await
+        .unwrap();
+    assert_eq!(deleted, v2.revision + 1);
+    assert_eq!(store.current_revision().await.unwrap(), deleted);
+
+    let err = store
+        .get_document("HTTPRoute", "default", "r")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DocumentNotFound { .. }), "{err}");
+    assert!(store.list_documents(None, None).await.unwrap().is_empty());
+
+    let history = store.history("HTTPRoute", "default", "r").await.unwrap();
+    let ops: Vec<_> = history.iter().map(|r| r.op).collect();
+    assert_eq!(
+        ops,
+        [RevisionOp::Create, RevisionOp::Update, RevisionOp::Delete]
+    );
+    let last = &history[2];
+    assert_eq!(
+        (last.revision, last.body.as_deref(), last.actor.as_str()),
+        (deleted, None, "carol")
+    );
+
+    // The audit log has the delete, by whom, on what.
+    let newest = &store.list_audit(1, None).await.unwrap()[0];
+    assert_eq!(
+        (
+            newest.actor.as_str(),
+            newest.action.as_str(),
+            newest.target.as_str(),
+            newest.outcome
+        ),
+        (
+            "carol",
+            "document.delete",
+            "HTTPRoute default/r",
+            AuditOutcome::Ok
+        )
+    );
+}
+
+async fn failed_delete_writes_nothing(db: TestDb) {
+    let store = db.open().await;
+    let applied = store
+        .apply_document("Service", "default", "real", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let audit_before = store.list_audit(100, None).await.unwrap();
+
+    let err = store
+        .delete_document("Service", "default", "ghost", "mallory")
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "document Service default/ghost not found");
+
+    assert_eq!(store.current_revision().await.unwrap(), applied.revision);
+    assert_eq!(store.list_audit(100, None).await.unwrap(), audit_before);
+    assert!(
+        store
+            .history("Service", "default", "ghost")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    // The next change takes the very next number: the failed delete left no trace.
+    let next = store
+        .apply_document("Service", "default", "real", BODY_V2, "alice")
+        .await
+        .unwrap();
+    assert_eq!(next.revision, applied.revision + 1);
+}
+
+async fn recreate_never_reuses_a_revision(db: TestDb) {
+    let store = db.open().await;
+    let created = store
+        .apply_document("Service", "default", "foo", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let deleted = store
+        .delete_document("Service", "default", "foo", "alice")
+        .await
+        .unwrap();
+    let recreated = store
+        .apply_document("Service", "default", "foo", BODY_V1, "alice")
+        .await
+        .unwrap();
+    assert!(recreated.changed, "re-creating after a delete is a change");
+    assert!(created.revision < deleted && deleted < recreated.revision);
+
+    let history = store.history("Service", "default", "foo").await.unwrap();
+    let revisions: Vec<_> = history.iter().map(|r| (r.revision, r.op)).collect();
+    assert_eq!(
+        revisions,
+        [
+            (created.revision, RevisionOp::Create),
+            (deleted, RevisionOp::Delete),
+            (recreated.revision, RevisionOp::Create),
+        ]
+    );
+    let doc = store
+        .get_document("Service", "default", "foo")
+        .await
+        .unwrap();
+    assert_eq!(doc.revision, recreated.revision);
+}
+
+async fn revisions_keep_growing_after_reopen(db: TestDb) {
+    let store = db.open().await;
+    store
+        .apply_document("Service", "default", "a", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let last = store
+        .delete_document("Service", "default", "a", "alice")
+        .await
+        .unwrap();
+    store.close().await;
+    assert!(store.ping().await.is_err(), "a closed store refuses work");
+
+    // Same file / database, a new process's view of it: the schema is already migrated.
+    let reopened = db.open().await;
+    assert_eq!(reopened.current_revision().await.unwrap(), last);
+    let next = reopened
+        .apply_document("Service", "default", "a", BODY_V1, "alice")
+        .await
+        .unwrap();
+    assert_eq!(next.revision, last + 1);
+    let deleted_again = reopened
+        .delete_document("Service", "default", "a", "alice")
+        .await
+        .unwrap();
+    reopened.close().await;
+
+    // Everything deleted, reopened once more: still no reuse.
+    let third = db.open().await;
+    assert!(third.list_documents(None, None).await.unwrap().is_empty());
+    let again = third
+        .apply_document("Service", "default", "b", BODY_V1, "alice")
+        .await
+        .unwrap();
+    assert_eq!(again.revision, deleted_again + 1);
+    assert_eq!(
+        third
+            .history("Service", "default", "a")
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+async fn document_at_revision_is_the_state_at_that_time(db: TestDb) {
+    let store = db.open().await;
+    let unrelated = store
+        .apply_document("Service", "default", "x", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let v1 = store
+        .apply_document("HTTPRoute", "default", "r", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let between = store
+        .apply_document("Service", "default", "x", BODY_V2, "alice")
+        .await
+        .unwrap();
+    let v2 = store
+        .apply_document("HTTPRoute", "default", "r", BODY_V2, "bob")
+        .await
+        .unwrap();
+    let deleted = store
+        .delete_document("HTTPRoute", "default", "r", "bob")
+        .await
+        .unwrap();
+
+    let at = |revision| store.document_at_revision("HTTPRoute", "default", "r", revision);
+    let exact = at(v1.revision).await.unwrap();
+    assert_eq!(
+        (exact.revision, exact.op, exact.body.as_deref()),
+        (v1.revision, RevisionOp::Create, Some(BODY_V1))
+    );
+    // A global revision between two changes of this document: the state then.
+    assert_eq!(at(between.revision).await.unwrap().revision, v1.revision);
+    assert_eq!(
+        at(v2.revision).await.unwrap().body.as_deref(),
+        Some(BODY_V2)
+    );
+
+    // Before it existed, and once deleted: not found, with the revision in the message.
+    let err = at(unrelated.revision).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "revision {} of HTTPRoute default/r not found",
+            unrelated.revision
+        )
+    );
+    assert!(at(deleted).await.unwrap_err().is_not_found());
+    assert!(at(deleted + 100).await.is_err());
+}
+
+async fn list_documents_filters_by_kind_and_namespace(db: TestDb) {
+    let store = db.open().await;
+    for (kind, ns, name) in [
+        ("Service", "prod", "b"),
+        ("Service", "prod", "a"),
+        ("Service", "dev", "a"),
+        ("HTTPRoute", "prod", "a"),
+    ] {
+        store
+            .apply_document(kind, ns, name, BODY_V1, "alice")
+            .await
+            .unwrap();
+    }
+    let keys = |docs: Vec<meshd::store::Document>| {
+        docs.into_iter()
+            .map(|d| format!("{} {}/{}", d.kind, d.namespace, d.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(store.list_documents(None, None).await.unwrap()),
+        [
+            "HTTPRoute prod/a",
+            "Service dev/a",
+            "Service prod/a",
+            "Service prod/b"
+        ]
+    );
+    assert_eq!(
+        keys(store.list_documents(Some("Service"), None).await.unwrap()),
+        ["Service dev/a", "Service prod/a", "Service prod/b"]
+    );
+    assert_eq!(
+        keys(store.list_documents(None, Some("prod")).await.unwrap()),
+        ["HTTPRoute prod/a", "Service prod/a", "Service prod/b"]
+    );
+    assert_eq!(
+        keys(
+            store
+                .list_documents(Some("Service"), Some("dev"))
+                .await
+                .unwrap()
+        ),
+        ["Service dev/a"]
+    );
+    assert!(
+        store
+            .list_documents(Some("Gateway"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn concurrent_applies_get_distinct_gapless_revisions(db: TestDb) {
+    let store = db.open().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut revisions = Vec::new();
+            for i in 0..5 {
+                // Half the writers fight over one document, half write their own.
+                let name = if task % 2 == 0 {
+                    "shared".to_owned()
+                } else {
+                    format!("own-{task}")
+                };
+                let body = format!(r#"{{"task":{task},"i":{i}}}"#);
+                let outcome = store
+                    .apply_document("Service", "default", &name, &body, "writer")
+                    .await
+                    .unwrap();
+                assert!(outcome.changed);
+                revisions.push(outcome.revision);
+            }
+            revisions
+        });
+    }
+    let mut all: Vec<i64> = tasks.join_all().await.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=40).collect::<Vec<i64>>());
+    assert_eq!(store.current_revision().await.unwrap(), 40);
+    assert_eq!(
+        store
+            .history("Service", "default", "shared")
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+}
+
+fn token(id: &str, uses: u32, expires_at: i64) -> JoinTokenRecord {
+    JoinTokenRecord {
+        id: id.to_owned(),
+        token_hash: hash_of(id),
+        identity: format!("spiffe://mesh.local/ns/default/sa/{id}"),
+        expires_at,
+        uses_remaining: uses,
+        created_by: "admin".to_owned(),
+    }
+}
+
+/// Stands in for the SHA-256 of a secret: the store only compares hex strings.
+fn hash_of(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect::<String>() + &"ab".repeat(32 - id.len())
+}
+
+const NOW: i64 = 1_700_000_000;
+
+async fn join_token_lifecycle(db: TestDb) {
+    let store = db.open().await;
+    store
+        .create_join_token(&token("once", 1, NOW + 600))
+        .await
+        .unwrap();
+    store
+        .create_join_token(&token("stale", 5, NOW - 1))
+        .await
+        .unwrap();
+    store
+        .create_join_token(&token("revoked", 5, NOW + 600))
+        .await
+        .unwrap();
+
+    // Single use: once, then never again.
+    assert_eq!(
+        store
+            .consume_join_token(&hash_of("once"), NOW)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Accepted {
+            id: "once".into(),
+            identity: "spiffe://mesh.local/ns/default/sa/once".into()
+        }
+    );
+    assert_eq!(
+        store
+            .consume_join_token(&hash_of("once"), NOW)
+            .await
+            .unwrap(),
+        ConsumeOutcome::UsedUp
+    );
+    // The hash matches whatever the case of its hex digits.
+    assert_eq!(
+        store
+            .consume_join_token(&hash_of("once").to_uppercase(), NOW)
+            .await
+            .unwrap(),
+        ConsumeOutcome::UsedUp
+    );
+
+    assert_eq!(
+        store
+            .consume_join_token(&hash_of("stale"), NOW)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Expired
+    );
+
+    store.revoke_join_token("revoked").await.unwrap();
+    store.revoke_join_token("revoked").await.unwrap();
+    assert_eq!(
+        store
+            .consume_join_token(&hash_of("revoked"), NOW)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Revoked
+    );
+
+    assert_eq!(
+        store
+            .consume_join_token(&hash_of("nobody"), NOW)
+            .await
+            .unwrap(),
+        ConsumeOutcome::Unknown
+    );
+
+    let err = store.revoke_join_token("nobody").await.unwrap_err();
+    assert_eq!(err.to_string(), "join token nobody not found");
+    let err = store
+        .create_join_token(&token("once", 1, NOW + 600))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+
+    let listed = store.list_join_tokens().await.unwrap();
+    let by_id: BTreeMap<_, _> = listed.iter().map(|t| (t.id.as_str(), t)).collect();
+    assert_eq!(by_id.len(), 3);
+    assert_eq!(by_id["once"].uses_remaining, 0);
+    assert_eq!(by_id["once"].last_used_at, Some(NOW));
+    assert_eq!(
+        by_id["stale"].uses_remaining, 5,
+        "a refused use takes nothing"
+    );
+    assert!(by_id["revoked"].revoked_at.is_some());
+    assert!(by_id["once"].revoked_at.is_none());
+}
+
+async fn concurrent_consumers_take_exactly_the_available_uses(db: TestDb) {
+    let store = db.open().await;
+    for (id, uses) in [("single", 1), ("triple", 3)] {
+        store
+            .create_join_token(&token(id, uses, NOW + 600))
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            let hash = hash_of(id);
+            tasks.spawn(async move { store.consume_join_token(&hash, NOW).await.unwrap() });
+        }
+        let outcomes = tasks.join_all().await;
+        let accepted = outcomes
+            .iter()
+            .filter(|o| matches!(o, ConsumeOutcome::Accepted { .. }))
+            .count();
+        let used_up = outcomes
+            .iter()
+            .filter(|o| **o == ConsumeOutcome::UsedUp)
+            .count();
+        assert_eq!(
+            (accepted, used_up),
+            (uses as usize, 8 - uses as usize),
+            "{id}: {outcomes:?}"
+        );
+    }
+}
+
+fn ca_state(marker: &[u8], phase: &str) -> CaStateRecord {
+    CaStateRecord {
+        signing_key: marker.to_vec(),
+        cert_chain_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+        roots_pem: vec![
+            "-----BEGIN CERTIFICATE-----\nROOT1\n-----END CERTIFICATE-----\n".into(),
+            "-----BEGIN CERTIFICATE-----\nROOT2\n-----END CERTIFICATE-----\n".into(),
+        ],
+        rotation_phase: phase.into(),
+        rotation_data: r#"{"acked":3,"total":5}"#.into(),
+        pending_key: None,
+        previous_key: None,
+        updated_at: NOW,
+    }
+}
+
+async fn ca_state_round_trip_and_overwrite(db: TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.load_ca_state().await.unwrap(), None);
+
+    let first = ca_state(b"encrypted-key-1", "idle");
+    store.save_ca_state(&first).await.unwrap();
+    assert_eq!(store.load_ca_state().await.unwrap(), Some(first.clone()));
+
+    let second = CaStateRecord {
+        pending_key: Some(b"encrypted-key-2".to_vec()),
+        previous_key: Some(b"encrypted-key-0".to_vec()),
+        roots_pem: vec!["-----BEGIN CERTIFICATE-----\nROOT2\n-----END CERTIFICATE-----\n".into()],
+        updated_at: NOW + 60,
+        ..ca_state(b"encrypted-key-1b", "adding-root")
+    };
+    store.save_ca_state(&second).await.unwrap();
+    assert_eq!(store.load_ca_state().await.unwrap(), Some(second.clone()));
+
+    // Back to no pending key: NULLs overwrite too.
+    let third = ca_state(b"encrypted-key-3", "idle");
+    store.save_ca_state(&third).await.unwrap();
+    assert_eq!(store.load_ca_state().await.unwrap(), Some(third));
+
+    // Debug never shows key bytes.
+    let shown = format!("{second:?}");
+    assert!(!shown.contains("101, 110, 99") && !shown.contains("encrypted-key"));
+    assert!(shown.contains("<16 bytes>"), "{shown}");
+}
+
+async fn ca_key_blobs_are_stored_byte_for_byte(db: TestDb) {
+    // Every byte value, NULs and invalid UTF-8 included.
+    let marker: Vec<u8> = b"\x00MESH-MARKER\xff\xfe"
+        .iter()
+        .copied()
+        .chain(0..=255u8)
+        .chain(std::iter::repeat_n(0u8, 7))
+        .collect();
+    let mut state = ca_state(&marker, "idle");
+    state.pending_key = Some(marker.iter().rev().copied().collect());
+    state.previous_key = Some(Vec::new());
+
+    let store = db.open().await;
+    store.save_ca_state(&state).await.unwrap();
+    store.close().await;
+
+    // Read back through a fresh pool, so from the database rather than any cache.
+    let loaded = db.open().await.load_ca_state().await.unwrap().unwrap();
+    assert_eq!(loaded.signing_key, marker);
+    assert_eq!(loaded.pending_key, state.pending_key);
+    assert_eq!(loaded.previous_key, Some(Vec::new()), "empty, not NULL");
+}
+
+fn cert(serial: &str, identity: &str, issuer: &str, not_before: i64, not_after: i64) -> IssuedCert {
+    IssuedCert {
+        serial_hex: serial.into(),
+        identity: identity.into(),
+        issuer_fingerprint: issuer.into(),
+        not_before,
+        not_after,
+        sidecar: None,
+    }
+}
+
+async fn certificates_filter_by_validity_and_group_by_issuer(db: TestDb) {
+    const WEB: &str = "spiffe://mesh.local/ns/prod/sa/web";
+    const DB: &str = "spiffe://mesh.local/ns/prod/sa/db";
+    let store = db.open().await;
+    let certs = [
+        cert("01", WEB, "aa11", NOW - 7200, NOW - 3600), // expired
+        cert("02", WEB, "aa11", NOW - 1800, NOW + 1800), // valid, old issuer
+        cert("03", WEB, "bb22", NOW - 60, NOW + 3540),   // valid, new issuer
+        cert("04", DB, "bb22", NOW - 60, NOW + 3540),    // valid, new issuer
+        cert("05", DB, "bb22", NOW + 60, NOW + 3660),    // not yet valid
+    ];
+    for c in &certs {
+        store.record_certificate(c).await.unwrap();
+    }
+    let mut with_sidecar = cert("06", DB, "BB22", NOW - 10, NOW);
+    with_sidecar.sidecar = Some("db-7f9c".into());
+    store.record_certificate(&with_sidecar).await.unwrap();
+
+    let serials =
+        |list: Vec<IssuedCert>| list.into_iter().map(|c| c.serial_hex).collect::<Vec<_>>();
+    assert_eq!(
+        serials(store.list_certificates(None, None).await.unwrap()),
+        ["01", "06", "02", "03", "04", "05"],
+        "ordered by expiry"
+    );
+    assert_eq!(
+        serials(store.list_certificates(Some(NOW), None).await.unwrap()),
+        ["06", "02", "03", "04"],
+        "valid at NOW, both ends inclusive"
+    );
+    assert_eq!(
+        serials(store.list_certificates(Some(NOW), Some(WEB)).await.unwrap()),
+        ["02", "03"]
+    );
+    assert_eq!(
+        serials(store.list_certificates(None, Some(DB)).await.unwrap()),
+        ["06", "04", "05"]
+    );
+    let listed = store.list_certificates(None, Some(DB)).await.unwrap();
+    assert_eq!(
+        listed[0].issuer_fingerprint, "bb22",
+        "hex is stored lowercase"
+    );
+    assert_eq!(listed[0].sidecar.as_deref(), Some("db-7f9c"));
+
+    assert_eq!(
+        store.live_certificates_by_issuer(NOW).await.unwrap(),
+        [("aa11".to_owned(), 1), ("bb22".to_owned(), 4)]
+    );
+    // Once the old issuer's last certificate expires, it drops out.
+    assert_eq!(
+        store.live_certificates_by_issuer(NOW + 1801).await.unwrap(),
+        [("bb22".to_owned(), 3)]
+    );
+
+    let err = store.record_certificate(&certs[1]).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "certificate with serial 02 from issuer aa11 already exists"
+    );
+    // The same serial from another issuer is another certificate.
+    store
+        .record_certificate(&cert("02", WEB, "cc33", NOW, NOW + 10))
+        .await
+        .unwrap();
+
+    assert_eq!(store.prune_certificates(NOW).await.unwrap(), 1);
+    assert_eq!(store.list_certificates(None, None).await.unwrap().len(), 6);
+}
+
+async fn audit_is_newest_first_with_limit_and_since(db: TestDb) {
+    let store = db.open().await;
+    assert!(store.list_audit(10, None).await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for (i, outcome) in [AuditOutcome::Ok, AuditOutcome::Denied, AuditOutcome::Error]
+        .into_iter()
+        .enumerate()
+    {
+        let id = store
+            .audit(&AuditEntry {
+                actor: "admin-token:ops".into(),
+                action: "join_token.create".into(),
+                target: format!("jt-{i}"),
+                outcome,
+                detail: format!("attempt {i}"),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    store
+        .apply_document("Service", "default", "foo", BODY_V1, "alice")
+        .await
+        .unwrap();
+
+    let all = store.list_audit(10, None).await.unwrap();
+    let seen: Vec<_> = all
+        .iter()
+        .map(|r| (r.action.as_str(), r.target.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("document.apply", "Service default/foo", AuditOutcome::Ok),
+            ("join_token.create", "jt-2", AuditOutcome::Error),
+            ("join_token.create", "jt-1", AuditOutcome::Denied),
+            ("join_token.create", "jt-0", AuditOutcome::Ok),
+        ],
+        "newest first"
+    );
+    assert_eq!(all[0].actor, "alice");
+    assert_eq!(all[3].id, ids[0]);
+    assert_eq!(all[3].detail, "attempt 0");
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].id > w[1].id && w[0].at >= w[1].at)
+    );
+
+    let newest_two = store.list_audit(2, None).await.unwrap();
+    assert_eq!(newest_two, all[..2]);
+    let after_first = store.list_audit(10, Some(ids[0])).await.unwrap();
+    assert_eq!(after_first, all[..3]);
+}
+
+async fn ping_answers(db: TestDb) {
+    let store = db.open().await;
+    store.ping().await.unwrap();
+    let expected = if db.url.starts_with("sqlite:") {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    };
+    assert_eq!(store.backend(), expected);
+}
+
+// --- SQLite only: the embedded default's file handling ---
+
+#[tokio::test]
+async fn sqlite_default_file_is_created_in_wal_mode() {
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("not/yet/there");
+    let store = Store::open(&Store::default_sqlite_url(&data_dir))
+        .await
+        .unwrap();
+    store
+        .apply_document("Service", "default", "foo", BODY_V1, "alice")
+        .await
+        .unwrap();
+    let file = data_dir.join(meshd::store::SQLITE_FILE_NAME);
+    assert!(file.is_file());
+
+    // WAL is a property of the file: any connection sees it.
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // The key blobs are BLOBs, not text that a driver might re-encode.
+    store
+        .save_ca_state(&ca_state(b"\xffkey", "idle"))
+        .await
+        .unwrap();
+    let kind: String = sqlx::query_scalar("SELECT typeof(signing_key) FROM ca_state")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "blob");
+}
+
+#[tokio::test]
+async fn open_errors_say_what_was_wrong() {
+    let err = Store::open("mysql://db/mesh").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("unsupported database URL mysql://db/mesh"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let url = format!("sqlite://{}/meshd.db?mode=rwc", file.display());
+    let err = Store::open(&url).await.unwrap_err().to_string();
+    assert!(err.contains("meshd.db?mode=rwc"), "{err}");
+    assert!(err.starts_with("cannot "), "{err}");
+
+    // A read-only open of a missing file is not turned into a create.
+    let missing = format!("sqlite://{}/missing.db?mode=ro", dir.path().display());
+    let err = Store::open(&missing).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("cannot open database {missing}: ")),
+        "{err}"
+    );
+    assert!(!dir.path().join("missing.db").exists());
+
+    // Passwords never reach messages.
+    let err = Store::open("postgres://meshd:hunter2@127.0.0.1:1/mesh")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cannot open database postgres://meshd:***@127.0.0.1:1/mesh: "),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"));
+}
