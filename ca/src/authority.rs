@@ -285,15 +285,52 @@ impl CertificateAuthority {
     /// Signs a leaf for a checked CSR. `requested_ttl` of zero means the default; the TTL is
     /// clamped to the policy's maximum and to the signing certificate's own expiry.
     pub fn sign(&self, csr: &CheckedCsr, requested_ttl: Duration) -> Result<IssuedCert, CaError> {
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        let rsa = matches!(csr.key_type, KeyType::Rsa { .. });
+        self.sign_leaf(&public_key, &csr.identity, Vec::new(), rsa, requested_ttl)
+    }
+
+    /// Issues the control plane's own serving certificate: its SPIFFE ID plus DNS names and IP
+    /// addresses, so ordinary TLS clients can check the host they dialled. The key is made here,
+    /// in the calling process, and returned as PKCS#8 (it never leaves that process).
+    pub fn issue_server_cert(
+        &self,
+        identity: &SpiffeId,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(IssuedCert, zeroize::Zeroizing<Vec<u8>>), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Crypto(e.to_string()))?;
+        let mut extra = Vec::new();
+        for name in dns_names {
+            let name = name
+                .clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Signing(format!("DNS name {name:?}: {e}")))?;
+            extra.push(SanType::DnsName(name));
+        }
+        extra.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let issued = self.sign_leaf(&key, identity, extra, false, ttl)?;
+        Ok((issued, zeroize::Zeroizing::new(key.serialize_der())))
+    }
+
+    fn sign_leaf(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        identity: &SpiffeId,
+        extra_sans: Vec<SanType>,
+        rsa: bool,
+        requested_ttl: Duration,
+    ) -> Result<IssuedCert, CaError> {
         let now = OffsetDateTime::now_utc();
         let ttl = match requested_ttl {
             d if d.is_zero() => self.policy.default_ttl,
             d => d.min(self.policy.max_ttl),
         };
-        let not_before = now - self.policy.backdate;
         let ca_end = OffsetDateTime::from_unix_timestamp(self.signing.not_after)
             .map_err(|e| CaError::Signing(e.to_string()))?;
-        let not_after = (now + ttl).min(ca_end);
 
         let mut serial = [0u8; 16];
         aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Crypto("random".into()))?;
@@ -301,15 +338,16 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names =
-            vec![SanType::URI(csr.identity.to_uri().try_into().map_err(
+            vec![SanType::URI(identity.to_uri().try_into().map_err(
                 |e: rcgen::Error| CaError::Signing(e.to_string()),
             )?)];
+        params.subject_alt_names.extend(extra_sans);
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.not_before = not_before;
-        params.not_after = not_after;
+        params.not_before = now - self.policy.backdate;
+        params.not_after = (now + ttl).min(ca_end);
         params.is_ca = IsCa::ExplicitNoCa; // writes basicConstraints cA=FALSE and the SKI
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if matches!(csr.key_type, KeyType::Rsa { .. }) {
+        if rsa {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
         params.extended_key_usages = vec![
@@ -318,10 +356,8 @@ impl CertificateAuthority {
         ];
         params.use_authority_key_identifier_extension = true;
 
-        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
-            .map_err(|e| CaError::Signing(e.to_string()))?;
         let cert = params
-            .signed_by(&public_key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?;
         let leaf = CertInfo::from_der(cert.der())?;
         let mut chain_pem = der_to_pem(cert.der());
@@ -329,7 +365,7 @@ impl CertificateAuthority {
             chain_pem.push_str(&ca.to_pem());
         }
         Ok(IssuedCert {
-            identity: csr.identity.clone(),
+            identity: identity.clone(),
             chain_pem,
             leaf,
             issuer_fingerprint: self.signing.fingerprint.clone(),

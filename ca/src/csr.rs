@@ -284,3 +284,23 @@ fn check_extensions(csr: &X509CertificationRequest<'_>) -> Result<String, CsrErr
         n => Err(CsrError::MultipleUriSans(n)),
     }
 }
+
+/// For workloads: a fresh ECDSA P-256 key (made here, in the caller's process) and a CSR for
+/// `identity` that a mesh CA accepts. Returns the CSR PEM and the key as PKCS#8 DER.
+pub fn generate_key_and_csr(
+    identity: &SpiffeId,
+) -> Result<(String, zeroize::Zeroizing<Vec<u8>>), String> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        identity
+            .to_uri()
+            .try_into()
+            .map_err(|e: rcgen::Error| e.to_string())?,
+    )];
+    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+    let pem = csr.pem().map_err(|e| e.to_string())?;
+    Ok((pem, zeroize::Zeroizing::new(key.serialize_der())))
+}

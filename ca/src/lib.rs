@@ -11,8 +11,10 @@ pub mod authority;
 pub mod bundle;
 pub mod cert;
 pub mod csr;
+pub mod join_token;
 pub mod kek;
 pub mod spiffe;
+pub mod tls;
 
 pub use authority::{CaError, CaOptions, CertificateAuthority, IssuedCert, SigningPolicy};
 pub use bundle::{BundleError, TrustBundle};

@@ -3,10 +3,18 @@
 //! - [`config`]: flags and environment → one checked [`config::Config`].
 //! - [`store`]: sqlx storage on SQLite (embedded default) or PostgreSQL.
 //! - [`ca`]: the CA at run time (bootstrap, sealed key, signing).
+//! - [`tls`]: meshd's TLS serving and the verified peer identity.
+//! - [`identity`]: the `Identity` gRPC service and join tokens.
+//! - [`admin`]: the admin HTTP API.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: wiring and shutdown.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
+pub mod identity;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -1,13 +1,24 @@
-//! Wiring: open the store, bootstrap the CA, write the data-directory files, serve until shutdown.
+//! Wiring: open the store, bootstrap the CA, bind the gRPC (TLS) and admin (HTTP) listeners,
+//! serve until shutdown, then drain within a grace period.
 
+use crate::admin::{self, AdminState};
 use crate::ca::{Authority, write_private_or_public};
 use crate::config::Config;
+use crate::identity::IdentityService;
+use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tls::ServingTls;
 use anyhow::Context;
+use mesh_proto::v1::identity_server::IdentityServer;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// The file in the data directory holding the admin API's bearer token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// How long open requests and streams get to finish after SIGTERM.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs meshd until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -15,29 +26,86 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await?;
     let authority = Authority::bootstrap(&config, &store).await?;
-    ensure_admin_token(&config)?;
+    let admin_token = ensure_admin_token(&config)?;
+    let metrics = Metrics::new();
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding --admin-addr {}", config.admin_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let tls = ServingTls::new(&authority, grpc_addr)?;
+    let renew = tokio::spawn(tls.clone().renew_forever(authority.clone(), grpc_addr));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let identity = IdentityService::new(authority.clone(), store.clone(), metrics.clone());
+    let grpc = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .serve_with_incoming_shutdown(tls.incoming(grpc_listener), stopped(stop_rx.clone()));
+    let grpc = tokio::spawn(grpc);
+
+    let state = AdminState {
+        store: store.clone(),
+        authority: authority.clone(),
+        metrics: metrics.clone(),
+        admin_token: Arc::from(admin_token.as_str()),
+    };
+    let admin = axum::serve(admin_listener, admin::router(state))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin = tokio::spawn(async move { admin.await });
+
     tracing::info!(
         trust_domain = %config.trust_domain,
         root = %authority.bundle().fingerprints().join(","),
         data_dir = %config.data_dir.display(),
+        %grpc_addr,
+        %admin_addr,
         "meshd ready"
     );
     shutdown.await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining for up to {DRAIN_GRACE:?}");
+    let _ = stop_tx.send(true);
+    renew.abort();
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        let (g, a) = tokio::join!(grpc, admin);
+        if let Ok(Err(e)) = g {
+            tracing::warn!(error = %e, "gRPC server");
+        }
+        if let Ok(Err(e)) = a {
+            tracing::warn!(error = %e, "admin server");
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
     store.close().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// Creates `<data-dir>/admin-token` (mode 0600) on first start; later starts keep it.
-fn ensure_admin_token(config: &Config) -> anyhow::Result<()> {
+/// Reads `<data-dir>/admin-token`, creating it (mode 0600) on first start.
+fn ensure_admin_token(config: &Config) -> anyhow::Result<String> {
     let path = config.data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
-        return Ok(());
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(token.trim().to_string());
     }
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
-    write_private_or_public(&path, mesh_ca::hex(&bytes).as_bytes(), 0o600)
+    let token = mesh_ca::hex(&bytes);
+    write_private_or_public(&path, token.as_bytes(), 0o600)?;
+    Ok(token)
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -78,3 +78,28 @@ impl Meshd {
             .to_string()
     }
 }
+
+impl Meshd {
+    /// A `meshctl` command pointed at this meshd (server and admin token set).
+    pub fn meshctl(&self) -> Command {
+        let mut cmd = Command::new(binary("meshctl"));
+        cmd.env("MESHCTL_SERVER", format!("http://{}", self.admin_addr))
+            .env("MESHCTL_TOKEN_FILE", self.data_dir.join("admin-token"));
+        cmd
+    }
+
+    /// `https://<grpc addr>`, for `--control-plane`.
+    pub fn grpc_url(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// Creates a join token with `meshctl token create`, returning the token.
+    pub fn join_token(&self, identity: &str, ttl: &str, uses: u32) -> String {
+        let mut cmd = self.meshctl();
+        cmd.args(["token", "create", "--identity", identity, "--ttl", ttl])
+            .args(["--uses", &uses.to_string()]);
+        let (code, stdout, stderr) = crate::process::run(cmd);
+        assert_eq!(code, Some(0), "token create failed: {stderr}");
+        stdout.trim().to_string()
+    }
+}

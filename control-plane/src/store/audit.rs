@@ -8,7 +8,8 @@ pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, action,
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 
 /// How an audited action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuditOutcome {
     Ok,
     Denied,
@@ -57,7 +58,7 @@ pub struct AuditEntry {
 }
 
 /// A stored audit entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRecord {
     /// Grows with every entry; use it as `since_id` to page or tail.
     pub id: i64,

@@ -4,7 +4,7 @@
 use super::{Result, Store, StoreError};
 
 /// One issued certificate. Hex values are stored lowercase, whatever case they are given in.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct IssuedCert {
     /// The certificate's serial number, hex.
     pub serial_hex: String,

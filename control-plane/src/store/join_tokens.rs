@@ -22,7 +22,7 @@ pub struct JoinTokenRecord {
 
 /// A stored join token, as listed. Its hash is deliberately left out: nothing outside the store
 /// needs it, and a hash of a short secret is worth protecting too.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JoinToken {
     pub id: String,
     pub identity: String,

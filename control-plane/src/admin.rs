@@ -1,0 +1,276 @@
+//! The admin HTTP API (axum): the one API that meshctl and the dashboard use. Everything but
+//! `/healthz` needs the bearer token; refusals are audited. Errors are JSON
+//! `{"error": "..."}` with a status that fits (400, 401, 404, 409, 503).
+
+use crate::ca::Authority;
+use crate::metrics::Metrics;
+use crate::store::{AuditEntry, AuditOutcome, Store, StoreError};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared state of the admin handlers.
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Store,
+    pub authority: Authority,
+    pub metrics: Metrics,
+    /// The admin bearer token (from `<data-dir>/admin-token`).
+    pub admin_token: Arc<str>,
+}
+
+/// An API error: a status and a one-line message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = if e.is_not_found() {
+            StatusCode::NOT_FOUND
+        } else if e.is_conflict() {
+            StatusCode::CONFLICT
+        } else {
+            tracing::error!(error = %e, "store error in the admin API");
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The router, with authentication on everything but `/healthz`.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/ca/bundle", get(ca_bundle))
+        .route("/api/v1/certificates", get(list_certificates))
+        .route("/api/v1/audit", get(list_audit))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// Who made an authenticated call (recorded in the audit log).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+}
+
+async fn authenticate(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok =
+        presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()));
+    if !ok {
+        let reason = if presented.is_some() {
+            "wrong bearer token"
+        } else {
+            "no bearer token"
+        };
+        let entry = AuditEntry {
+            actor: "anonymous".into(),
+            action: format!("admin.{}", request.method().as_str().to_lowercase()),
+            target: request.uri().path().to_string(),
+            outcome: AuditOutcome::Denied,
+            detail: reason.into(),
+        };
+        if let Err(e) = state.store.audit(&entry).await {
+            tracing::error!(error = %e, "writing the audit log");
+        }
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("{reason}: send `Authorization: Bearer <token>` (the admin token is in <data-dir>/admin-token)"),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(Caller {
+        name: "admin".into(),
+    });
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unreachable: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    identity: String,
+    /// e.g. "10m"; default 10m.
+    ttl: Option<String>,
+    /// Default 1.
+    uses: Option<u32>,
+}
+
+async fn create_token(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<crate::identity::NewJoinToken>)> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let identity: mesh_ca::SpiffeId = req
+        .identity
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("identity: {e}")))?;
+    let trust_domain = state.authority.signer().trust_domain().clone();
+    if identity.trust_domain() != &trust_domain {
+        return Err(ApiError::bad_request(format!(
+            "identity: trust domain {} is not this mesh's ({trust_domain})",
+            identity.trust_domain()
+        )));
+    }
+    let ttl = match req.ttl.as_deref() {
+        None => Duration::from_secs(600),
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| ApiError::bad_request(format!("ttl {text:?}: {e}")))?,
+    };
+    if ttl.is_zero() || ttl > Duration::from_secs(30 * 24 * 3600) {
+        return Err(ApiError::bad_request("ttl: must be between 1s and 30 days"));
+    }
+    let uses = req.uses.unwrap_or(1);
+    if !(1..=10_000).contains(&uses) {
+        return Err(ApiError::bad_request("uses: must be 1..=10000"));
+    }
+    let token =
+        crate::identity::create_join_token(&state.store, &identity, ttl, uses, &caller.name)
+            .await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+async fn list_tokens(State(state): State<AdminState>) -> ApiResult<Response> {
+    let tokens = state.store.list_join_tokens().await?;
+    Ok(Json(json!({ "tokens": tokens })).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AdminState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.store.revoke_join_token(&id).await?;
+    state
+        .store
+        .audit(&AuditEntry {
+            actor: caller.name,
+            action: "join_token.revoke".into(),
+            target: id,
+            outcome: AuditOutcome::Ok,
+            detail: String::new(),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn ca_bundle(State(state): State<AdminState>) -> Response {
+    let bundle = state.authority.bundle();
+    let roots: Vec<_> = bundle
+        .roots()
+        .iter()
+        .map(|r| json!({ "fingerprint": r.fingerprint, "subject": r.subject, "not_after": r.not_after }))
+        .collect();
+    Json(json!({ "pem": bundle.to_pem(), "roots": roots })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct CertQuery {
+    identity: Option<String>,
+    /// Only certificates valid at this unix time.
+    valid_at: Option<i64>,
+}
+
+async fn list_certificates(
+    State(state): State<AdminState>,
+    Query(q): Query<CertQuery>,
+) -> ApiResult<Response> {
+    let certs = state
+        .store
+        .list_certificates(q.valid_at, q.identity.as_deref())
+        .await?;
+    Ok(Json(json!({ "certificates": certs })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+    since_id: Option<i64>,
+}
+
+async fn list_audit(
+    State(state): State<AdminState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
+    let entries = state
+        .store
+        .list_audit(q.limit.unwrap_or(100).min(1000), q.since_id)
+        .await?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}

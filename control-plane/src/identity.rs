@@ -1,0 +1,229 @@
+//! The `Identity` gRPC service: a workload proves who it is (a join token, or its current mesh
+//! certificate on the TLS connection), sends a CSR for exactly that identity, and gets a
+//! short-lived certificate. Every issue and every refusal is audited.
+
+use crate::ca::{Authority, SignError};
+use crate::store::{AuditEntry, AuditOutcome, ConsumeOutcome, IssuedCert, JoinTokenRecord, Store};
+use crate::tls::PeerInfo;
+use mesh_ca::{CsrError, SpiffeId};
+use mesh_proto::v1::credential::Kind as CredentialKind;
+use mesh_proto::v1::identity_server::Identity;
+use mesh_proto::v1::{SignRequest, SignResponse};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// A join token as created: the secret is shown once and stored only as its hash.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewJoinToken {
+    pub id: String,
+    pub token: String,
+    pub identity: String,
+    pub expires_at: i64,
+    pub uses: u32,
+}
+
+/// Creates a join token for `identity`, valid for `ttl` and `uses` uses.
+pub async fn create_join_token(
+    store: &Store,
+    identity: &SpiffeId,
+    ttl: Duration,
+    uses: u32,
+    actor: &str,
+) -> Result<NewJoinToken, crate::admin::ApiError> {
+    let new = mesh_ca::join_token::generate(identity)
+        .map_err(|e| crate::admin::ApiError::new(http_unavailable(), e.to_string()))?;
+    let expires_at = now() + ttl.as_secs() as i64;
+    store
+        .create_join_token(&JoinTokenRecord {
+            id: new.id.clone(),
+            token_hash: new.hash.clone(),
+            identity: identity.to_string(),
+            expires_at,
+            uses_remaining: uses,
+            created_by: actor.to_string(),
+        })
+        .await?;
+    store
+        .audit(&AuditEntry {
+            actor: actor.to_string(),
+            action: "join_token.create".into(),
+            target: new.id.clone(),
+            outcome: AuditOutcome::Ok,
+            detail: format!("identity {identity}, {uses} use(s), expires at {expires_at}"),
+        })
+        .await?;
+    Ok(NewJoinToken {
+        id: new.id,
+        token: new.token,
+        identity: identity.to_string(),
+        expires_at,
+        uses,
+    })
+}
+
+fn http_unavailable() -> axum::http::StatusCode {
+    axum::http::StatusCode::SERVICE_UNAVAILABLE
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct IdentityService {
+    authority: Authority,
+    store: Store,
+    metrics: crate::metrics::Metrics,
+}
+
+impl IdentityService {
+    pub fn new(authority: Authority, store: Store, metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            authority,
+            store,
+            metrics,
+        }
+    }
+
+    /// Establishes who the caller is. Err carries the status for the caller (vague) and the
+    /// reason for the log and audit (precise).
+    async fn prove(
+        &self,
+        request: &SignRequest,
+        peer: Option<&PeerInfo>,
+    ) -> Result<(SpiffeId, String), (Status, String)> {
+        let vague = || Status::unauthenticated("credential refused");
+        match request.credential.as_ref().and_then(|c| c.kind.as_ref()) {
+            Some(CredentialKind::JoinToken(token)) => {
+                let outcome = self
+                    .store
+                    .consume_join_token(&mesh_ca::join_token::hash(token), now())
+                    .await
+                    .map_err(|e| (Status::unavailable("store unavailable"), e.to_string()))?;
+                match outcome {
+                    ConsumeOutcome::Accepted { id, identity } => {
+                        let id_parsed = identity.parse().map_err(|e| {
+                            (vague(), format!("join token {id}: stored identity {e}"))
+                        })?;
+                        Ok((id_parsed, format!("join-token:{id}")))
+                    }
+                    ConsumeOutcome::Unknown => Err((vague(), "unknown join token".into())),
+                    ConsumeOutcome::Expired => Err((vague(), "expired join token".into())),
+                    ConsumeOutcome::UsedUp => Err((vague(), "join token has no uses left".into())),
+                    ConsumeOutcome::Revoked => Err((vague(), "revoked join token".into())),
+                }
+            }
+            Some(CredentialKind::KubernetesServiceAccountToken(_)) => Err((
+                Status::unauthenticated(
+                    "Kubernetes ServiceAccount tokens are not accepted by this meshd (no Kubernetes API configured); use a join token",
+                ),
+                "kubernetes token without a configured TokenReview".into(),
+            )),
+            None => match peer.and_then(|p| p.identity.clone()) {
+                Some(id) => Ok((id.clone(), format!("mtls:{id}"))),
+                None => Err((
+                    Status::unauthenticated(
+                        "no credential: send a join token, or renew over a connection that presents your current mesh certificate",
+                    ),
+                    "no credential and no client certificate".into(),
+                )),
+            },
+        }
+    }
+
+    async fn audit(&self, actor: &str, target: &str, outcome: AuditOutcome, detail: String) {
+        let entry = AuditEntry {
+            actor: actor.to_string(),
+            action: "certificate.sign".into(),
+            target: target.to_string(),
+            outcome,
+            detail,
+        };
+        if let Err(e) = self.store.audit(&entry).await {
+            tracing::error!(error = %e, "writing the audit log");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let remote = peer
+            .as_ref()
+            .map(|p| p.remote.to_string())
+            .unwrap_or_default();
+        let request = request.into_inner();
+
+        let (proven, actor) = match self.prove(&request, peer.as_ref()).await {
+            Ok(v) => v,
+            Err((status, reason)) => {
+                tracing::warn!(%remote, %reason, "certificate request refused");
+                self.metrics.refusal("unauthenticated");
+                self.audit(&remote, "", AuditOutcome::Denied, reason).await;
+                return Err(status);
+            }
+        };
+
+        let ttl = Duration::from_secs(request.requested_ttl_seconds);
+        let issued = match self.authority.sign(&request.csr_pem, &proven, ttl) {
+            Ok(issued) => issued,
+            Err(e) => {
+                let (status, reason) = match &e {
+                    SignError::Csr(
+                        CsrError::IdentityMismatch { .. } | CsrError::TrustDomainMismatch { .. },
+                    ) => (
+                        Status::permission_denied(e.to_string()),
+                        "permission_denied",
+                    ),
+                    SignError::Csr(_) => (Status::invalid_argument(e.to_string()), "invalid_csr"),
+                    SignError::Ca(_) => (
+                        Status::unavailable("the CA cannot sign right now"),
+                        "ca_unavailable",
+                    ),
+                };
+                tracing::warn!(%remote, identity = %proven, error = %e, "certificate request refused");
+                self.metrics.refusal(reason);
+                self.audit(
+                    &actor,
+                    &proven.to_string(),
+                    AuditOutcome::Denied,
+                    e.to_string(),
+                )
+                .await;
+                return Err(status);
+            }
+        };
+
+        let record = IssuedCert {
+            serial_hex: issued.leaf.serial_hex.clone(),
+            identity: proven.to_string(),
+            issuer_fingerprint: issued.issuer_fingerprint.clone(),
+            not_before: issued.leaf.not_before,
+            not_after: issued.leaf.not_after,
+            sidecar: None,
+        };
+        if let Err(e) = self.store.record_certificate(&record).await {
+            // An unrecorded certificate would be invisible to CA rotation: do not hand it out.
+            tracing::error!(error = %e, "recording an issued certificate");
+            return Err(Status::unavailable(
+                "the store cannot record the certificate right now",
+            ));
+        }
+        self.metrics.certificate_issued();
+        self.audit(
+            &actor,
+            &proven.to_string(),
+            AuditOutcome::Ok,
+            format!("serial {} until {}", record.serial_hex, record.not_after),
+        )
+        .await;
+        tracing::info!(identity = %proven, serial = %record.serial_hex, via = %actor, "certificate issued");
+        Ok(Response::new(SignResponse {
+            cert_chain_pem: issued.chain_pem,
+            trust_bundle_pem: self.authority.bundle().to_pem(),
+            expires_at_unix: issued.leaf.not_after,
+        }))
+    }
+}

@@ -1,0 +1,198 @@
+//! meshd's TLS serving: its own certificate (issued by its CA, renewed at half-life), client
+//! certificates verified against the current trust bundle, and the verified peer identity handed
+//! to the gRPC services as a request extension ([`PeerInfo`]).
+
+use crate::ca::Authority;
+use mesh_ca::tls::{CertSlot, MeshClientVerifier, TrustAnchors, certified_key, spiffe_id_of};
+use mesh_ca::{SpiffeId, TrustDomain};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of meshd's own serving certificate (renewed at half of it).
+const SERVING_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The SPIFFE ID meshd presents: `spiffe://<td>/ns/mesh-system/sa/meshd`.
+pub fn control_plane_identity(td: &TrustDomain) -> SpiffeId {
+    SpiffeId::new(td.clone(), "mesh-system", "meshd")
+        .unwrap_or_else(|_| unreachable!("constant names are valid"))
+}
+
+/// meshd's serving TLS state: the config every new handshake uses.
+#[derive(Clone)]
+pub struct ServingTls {
+    pub anchors: Arc<TrustAnchors>,
+    pub cert: Arc<CertSlot>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl ServingTls {
+    /// Issues meshd's serving certificate for `addr` (plus `localhost` and 127.0.0.1) and builds
+    /// the server config: client certificates optional, verified when presented.
+    pub fn new(authority: &Authority, addr: SocketAddr) -> anyhow::Result<Self> {
+        let anchors = TrustAnchors::new(&authority.bundle())?;
+        let cert = CertSlot::new(None);
+        let tls = Self {
+            config: Arc::new(
+                rustls::ServerConfig::builder_with_provider(mesh_ca::tls::provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_client_cert_verifier(MeshClientVerifier::new(anchors.clone(), false))
+                    .with_cert_resolver(cert.clone()),
+            ),
+            anchors,
+            cert,
+        };
+        tls.renew(authority, addr)?;
+        Ok(tls)
+    }
+
+    fn renew(&self, authority: &Authority, addr: SocketAddr) -> anyhow::Result<()> {
+        let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+        if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
+            ips.push(addr.ip());
+        }
+        let names = vec!["localhost".to_string(), "meshd".to_string()];
+        let identity = control_plane_identity(authority.signer().trust_domain());
+        let (issued, key) =
+            authority
+                .signer()
+                .issue_server_cert(&identity, &names, &ips, SERVING_CERT_TTL)?;
+        self.cert.replace(certified_key(&issued.chain_pem, &key)?);
+        Ok(())
+    }
+
+    /// Renews the serving certificate at half of its life, until the task is dropped.
+    pub async fn renew_forever(self, authority: Authority, addr: SocketAddr) {
+        loop {
+            tokio::time::sleep(SERVING_CERT_TTL / 2).await;
+            if let Err(e) = self.renew(&authority, addr) {
+                tracing::error!(error = %format!("{e:#}"), "renewing meshd's serving certificate");
+            }
+        }
+    }
+
+    /// Accepts TLS connections on `listener` and sends each finished handshake to the returned
+    /// stream (failed handshakes are logged and dropped; they never stop the loop).
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsIo>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        let acceptor = TlsAcceptor::from(self.config.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let conn_tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = conn_tx.send(Ok(TlsIo::new(stream, remote))).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// What a gRPC handler knows about its caller: the address and the SPIFFE ID from a verified
+/// client certificate (never from anything the request says).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote: SocketAddr,
+    pub identity: Option<SpiffeId>,
+    /// SHA-256 fingerprint of the client's leaf certificate, when it sent one.
+    pub cert_fingerprint: Option<String>,
+}
+
+/// A server-side TLS connection carrying its [`PeerInfo`].
+pub struct TlsIo {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl TlsIo {
+    fn new(inner: TlsStream<TcpStream>, remote: SocketAddr) -> Self {
+        let leaf = inner
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        let info = PeerInfo {
+            remote,
+            identity: leaf.and_then(spiffe_id_of),
+            cert_fingerprint: leaf.map(|c| mesh_ca::hex(&mesh_ca::sha256(c.as_ref()))),
+        };
+        Self { inner, info }
+    }
+}
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

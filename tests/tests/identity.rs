@@ -1,0 +1,285 @@
+//! The identity service end to end, with real meshd and meshctl processes and the real openssl:
+//! join tokens, renewal over mTLS, refusals. Runs on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
+
+use mesh_tests::meshd::{Meshd, MeshdOptions};
+use mesh_tests::postgres::TempPostgres;
+use mesh_tests::process::run;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn issue(meshd: &Meshd, token: &str, out: &Path) -> (Option<i32>, String) {
+    let mut cmd = meshd.meshctl();
+    cmd.args([
+        "cert",
+        "issue",
+        "--token",
+        token,
+        "--control-plane",
+        &meshd.grpc_url(),
+    ])
+    .arg("--ca-bundle")
+    .arg(meshd.data_dir.join("ca-bundle.pem"))
+    .arg("--out")
+    .arg(out);
+    let (code, _, stderr) = run(cmd);
+    (code, stderr)
+}
+
+fn san_of(cert: &Path) -> Vec<String> {
+    let (ok, text) = openssl(&[
+        "x509",
+        "-in",
+        cert.to_str().unwrap(),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(ok, "{text}");
+    text.lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+async fn identity_flow(options: MeshdOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &options)
+        .await
+        .unwrap();
+    let certs = dir.path().join("web");
+
+    // A single-use token gets one certificate for exactly its identity.
+    let token = meshd.join_token(WEB, "10m", 1);
+    let (code, stderr) = issue(&meshd, &token, &certs);
+    assert_eq!(code, Some(0), "{stderr}");
+    let cert = certs.join("cert.pem");
+    let bundle = certs.join("bundle.pem");
+    let (ok, text) = openssl(&[
+        "verify",
+        "-CAfile",
+        bundle.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "openssl verify: {text}");
+    assert_eq!(san_of(&cert), vec![format!("URI:{WEB}")]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(certs.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the key is private");
+
+    // Its second use is refused, vaguely, and audited with the precise reason.
+    let (code, stderr) = issue(&meshd, &token, &dir.path().join("again"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("credential refused"), "{stderr}");
+    assert!(
+        !dir.path().join("again/key.pem").exists(),
+        "nothing written on refusal"
+    );
+
+    // An expired token is refused.
+    let short = meshd.join_token(WEB, "1s", 5);
+    let expires = std::time::Instant::now() + Duration::from_millis(2100);
+    mesh_tests::wait::until("the token to expire", Duration::from_secs(10), || async {
+        (std::time::Instant::now() > expires).then_some(())
+    })
+    .await
+    .unwrap();
+    let (code, stderr) = issue(&meshd, &short, &dir.path().join("late"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("credential refused"), "{stderr}");
+
+    // Renewal with the current certificate works: a new serial for the same identity.
+    let before = std::fs::read_to_string(&cert).unwrap();
+    let mut cmd = meshd.meshctl();
+    cmd.args([
+        "cert",
+        "renew",
+        "--control-plane",
+        &meshd.grpc_url(),
+        "--dir",
+    ])
+    .arg(&certs);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, Some(0), "renew: {stderr}");
+    let after = std::fs::read_to_string(&cert).unwrap();
+    assert_ne!(before, after, "a new certificate");
+    assert_eq!(san_of(&cert), vec![format!("URI:{WEB}")]);
+
+    // Over that same mTLS identity, a CSR for someone else is PermissionDenied.
+    let mut cmd = meshd.meshctl();
+    cmd.args([
+        "cert",
+        "renew",
+        "--control-plane",
+        &meshd.grpc_url(),
+        "--dir",
+    ])
+    .arg(&certs)
+    .args(["--identity", "spiffe://cluster.local/ns/default/sa/admin"]);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&cert).unwrap(),
+        after,
+        "nothing replaced"
+    );
+
+    // The audit log holds the issues and the refusals.
+    let client = reqwest::Client::new();
+    let audit: serde_json::Value = client
+        .get(format!(
+            "http://{}/api/v1/audit?limit=100",
+            meshd.admin_addr
+        ))
+        .bearer_auth(meshd.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let signs: Vec<_> = entries
+        .iter()
+        .filter(|e| e["action"] == "certificate.sign")
+        .collect();
+    assert!(signs.iter().any(|e| e["outcome"] == "ok"), "{audit}");
+    assert!(
+        signs
+            .iter()
+            .any(|e| e["detail"] == "join token has no uses left"),
+        "{audit}"
+    );
+    assert!(
+        signs.iter().any(|e| e["detail"] == "expired join token"),
+        "{audit}"
+    );
+    assert!(
+        signs
+            .iter()
+            .any(|e| e["outcome"] == "denied" && e["detail"].as_str().unwrap().contains("proved")),
+        "{audit}"
+    );
+
+    // Issued certificates are listed by the admin API.
+    let certs_json: serde_json::Value = client
+        .get(format!(
+            "http://{}/api/v1/certificates?identity={WEB}",
+            meshd.admin_addr
+        ))
+        .bearer_auth(meshd.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        certs_json["certificates"].as_array().unwrap().len(),
+        2,
+        "{certs_json}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_join_tokens_renewal_and_refusals() {
+    identity_flow(MeshdOptions::default()).await;
+}
+
+#[tokio::test]
+async fn postgres_join_tokens_renewal_and_refusals() {
+    let pg = TempPostgres::start().await.unwrap();
+    identity_flow(MeshdOptions {
+        database_url: Some(pg.url()),
+        ..Default::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(dir.path(), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/tokens", meshd.admin_addr);
+    let none = client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = client
+        .get(&url)
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrong bearer token"),
+        "{body}"
+    );
+    let health = client
+        .get(format!("http://{}/healthz", meshd.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "healthz needs no token");
+
+    // A bad token request names the field.
+    let bad = client
+        .post(&url)
+        .bearer_auth(meshd.admin_token())
+        .json(&serde_json::json!({ "identity": "spiffe://elsewhere/ns/a/sa/b" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().starts_with("identity:"),
+        "{body}"
+    );
+
+    let audit: serde_json::Value = client
+        .get(format!("http://{}/api/v1/audit", meshd.admin_addr))
+        .bearer_auth(meshd.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let denied = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "denied")
+        .count();
+    assert_eq!(denied, 2, "{audit}");
+}
