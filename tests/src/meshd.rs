@@ -103,3 +103,24 @@ impl Meshd {
         stdout.trim().to_string()
     }
 }
+
+impl Meshd {
+    /// GET on the admin API with the admin token; the JSON body (panics on a non-2xx answer).
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.admin_addr))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}

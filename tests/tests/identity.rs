@@ -148,19 +148,7 @@ async fn identity_flow(options: MeshdOptions) {
     );
 
     // The audit log holds the issues and the refusals.
-    let client = reqwest::Client::new();
-    let audit: serde_json::Value = client
-        .get(format!(
-            "http://{}/api/v1/audit?limit=100",
-            meshd.admin_addr
-        ))
-        .bearer_auth(meshd.admin_token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = meshd.admin_get("/api/v1/audit?limit=100").await;
     let entries = audit["entries"].as_array().unwrap();
     let signs: Vec<_> = entries
         .iter()
@@ -185,18 +173,9 @@ async fn identity_flow(options: MeshdOptions) {
     );
 
     // Issued certificates are listed by the admin API.
-    let certs_json: serde_json::Value = client
-        .get(format!(
-            "http://{}/api/v1/certificates?identity={WEB}",
-            meshd.admin_addr
-        ))
-        .bearer_auth(meshd.admin_token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let certs_json = meshd
+        .admin_get(&format!("/api/v1/certificates?identity={WEB}"))
+        .await;
     assert_eq!(
         certs_json["certificates"].as_array().unwrap().len(),
         2,
@@ -266,15 +245,7 @@ async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
         "{body}"
     );
 
-    let audit: serde_json::Value = client
-        .get(format!("http://{}/api/v1/audit", meshd.admin_addr))
-        .bearer_auth(meshd.admin_token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = meshd.admin_get("/api/v1/audit").await;
     let denied = audit["entries"]
         .as_array()
         .unwrap()
