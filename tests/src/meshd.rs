@@ -1,6 +1,6 @@
 //! A real `meshd` process on loopback with ephemeral ports and its own data directory.
 
-use crate::process::{Process, binary, free_port};
+use crate::process::{Process, binary};
 use crate::wait;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,16 +25,25 @@ pub struct Meshd {
     pub admin_addr: String,
 }
 
+/// The addresses in meshd's "meshd ready" log line, once it is there.
+fn ready_addrs(log: &str) -> Option<(String, String)> {
+    let line = log.lines().rev().find(|l| l.contains("meshd ready"))?;
+    let field = |name: &str| {
+        let start = line.find(&format!("{name}="))? + name.len() + 1;
+        line[start..].split_whitespace().next().map(str::to_string)
+    };
+    Some((field("grpc_addr")?, field("admin_addr")?))
+}
+
 impl Meshd {
     /// Starts meshd on `data_dir` (created if missing) and waits until it is ready.
     pub async fn start(data_dir: &Path, options: &MeshdOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let grpc_addr = format!("127.0.0.1:{}", free_port());
-        let admin_addr = format!("127.0.0.1:{}", free_port());
+        // Port 0: meshd binds ephemeral ports and logs them (no pick-then-bind race).
         let mut cmd = Command::new(binary("meshd"));
         cmd.arg("--data-dir")
             .arg(data_dir)
-            .args(["--grpc-addr", &grpc_addr, "--admin-addr", &admin_addr])
+            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .env_remove("MESHD_KEK");
         if let Some(url) = &options.database_url {
@@ -43,14 +52,14 @@ impl Meshd {
         cmd.args(&options.args);
         let log = data_dir.join(format!("meshd-{}.log", crate::unique()));
         let mut process = Process::spawn("meshd", cmd, log)?;
-        wait::until("meshd to be ready", START_DEADLINE, || {
-            let ready = process.log().contains("meshd ready");
+        let (grpc_addr, admin_addr) = wait::until("meshd to be ready", START_DEADLINE, || {
+            let ready = ready_addrs(&process.log());
             let exited = process.try_exit();
             async move {
-                match exited {
-                    Some(status) => Some(Err(anyhow::anyhow!("meshd exited with {status}"))),
-                    None if ready => Some(Ok(())),
-                    None => None,
+                match (exited, ready) {
+                    (Some(status), _) => Some(Err(anyhow::anyhow!("meshd exited with {status}"))),
+                    (None, Some(addrs)) => Some(Ok(addrs)),
+                    (None, None) => None,
                 }
             }
         })

@@ -53,14 +53,6 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released: good enough for parallel tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port on 127.0.0.1")
-}
-
 /// A running child process whose stdout+stderr go to a log file. Killed on drop.
 pub struct Process {
     name: String,
