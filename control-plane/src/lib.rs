@@ -7,6 +7,7 @@
 //! - [`identity`]: the `Identity` gRPC service and join tokens.
 //! - [`admin`]: the admin HTTP API.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`model`]: operator documents → one validated [`model::Mesh`].
 //! - [`server`]: wiring and shutdown.
 
 pub mod admin;
@@ -14,7 +15,9 @@ pub mod ca;
 pub mod config;
 pub mod identity;
 pub mod metrics;
+pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod xds;

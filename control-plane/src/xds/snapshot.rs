@@ -1,0 +1,131 @@
+//! An immutable, versioned set of resources for one scope (the sidecars that see the same
+//! configuration). Each resource's version is a hash of its content, so the same content has
+//! the same version on every replica and after every restart.
+
+use mesh_proto::ResourceType;
+use mesh_proto::v1::Resource;
+use mesh_proto::v1::resource::Body;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// The resources of one scope, by type and name.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    by_type: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
+    /// When the change that produced this snapshot happened (for push latency).
+    pub changed_at: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            by_type: BTreeMap::new(),
+            changed_at: Instant::now(),
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn new(changed_at: Instant) -> Self {
+        Self {
+            by_type: BTreeMap::new(),
+            changed_at,
+        }
+    }
+
+    /// Adds a resource, computing its version. A later resource of the same type and name
+    /// replaces the earlier one.
+    pub fn insert(&mut self, body: Body) {
+        let ty = body.resource_type();
+        let name = body.name().to_string();
+        let mut resource = Resource {
+            name: name.clone(),
+            version: String::new(),
+            body: Some(body),
+        };
+        resource.version = version_of(&resource);
+        self.by_type.entry(ty).or_default().insert(name, resource);
+    }
+
+    /// The resources of one type (empty when there are none).
+    pub fn resources(&self, ty: ResourceType) -> impl Iterator<Item = &Resource> {
+        self.by_type.get(&ty).into_iter().flat_map(|m| m.values())
+    }
+
+    pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
+        self.by_type.get(&ty).and_then(|m| m.get(name))
+    }
+
+    /// One version for all resources of a type (for status displays): a hash of the names and
+    /// versions, or "" when there are none.
+    pub fn type_version(&self, ty: ResourceType) -> String {
+        let Some(resources) = self.by_type.get(&ty) else {
+            return String::new();
+        };
+        let mut input = Vec::new();
+        for (name, r) in resources {
+            input.extend_from_slice(name.as_bytes());
+            input.push(0);
+            input.extend_from_slice(r.version.as_bytes());
+            input.push(0);
+        }
+        short_hash(&input)
+    }
+
+    /// Whether both hold exactly the same resources (ignoring `changed_at`).
+    pub fn same_content(&self, other: &Snapshot) -> bool {
+        ResourceType::ALL
+            .iter()
+            .all(|t| self.type_version(*t) == other.type_version(*t))
+    }
+}
+
+/// The version of a resource: the hash of its deterministic encoding with `version` empty.
+pub fn version_of(resource: &Resource) -> String {
+    let mut unversioned = resource.clone();
+    unversioned.version.clear();
+    short_hash(&unversioned.encode_to_vec())
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    mesh_ca::hex(&mesh_ca::sha256(bytes)[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::v1::{Cluster, TlsPolicy};
+
+    #[test]
+    fn versions_follow_content_only() {
+        let mut a = Snapshot::default();
+        a.insert(Body::Cluster(Cluster {
+            name: "c".into(),
+            port: 80,
+            ..Default::default()
+        }));
+        let mut b = Snapshot::default();
+        b.insert(Body::Cluster(Cluster {
+            name: "c".into(),
+            port: 80,
+            ..Default::default()
+        }));
+        assert!(a.same_content(&b));
+        let va = a.get(ResourceType::Cluster, "c").unwrap().version.clone();
+        assert_eq!(va.len(), 16);
+        b.insert(Body::Cluster(Cluster {
+            name: "c".into(),
+            port: 81,
+            ..Default::default()
+        }));
+        assert_ne!(b.get(ResourceType::Cluster, "c").unwrap().version, va);
+        assert!(!a.same_content(&b));
+        assert_eq!(a.type_version(ResourceType::TlsPolicy), "");
+        a.insert(Body::TlsPolicy(TlsPolicy {
+            name: "t".into(),
+            ..Default::default()
+        }));
+        assert_ne!(a.type_version(ResourceType::TlsPolicy), "");
+    }
+}
