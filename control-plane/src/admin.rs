@@ -22,6 +22,7 @@ pub struct AdminState {
     pub store: Store,
     pub authority: Authority,
     pub metrics: Metrics,
+    pub documents: crate::source::Documents,
     /// The admin bearer token (from `<data-dir>/admin-token`).
     pub admin_token: Arc<str>,
 }

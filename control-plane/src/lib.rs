@@ -17,6 +17,7 @@ pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -6,6 +6,8 @@ use crate::ca::{Authority, write_private_or_public};
 use crate::config::Config;
 use crate::identity::IdentityService;
 use crate::metrics::Metrics;
+use crate::model::MeshOptions;
+use crate::source::Documents;
 use crate::store::Store;
 use crate::tls::ServingTls;
 use anyhow::Context;
@@ -28,6 +30,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let authority = Authority::bootstrap(&config, &store).await?;
     let admin_token = ensure_admin_token(&config)?;
     let metrics = Metrics::new();
+    let documents = Documents::load(store.clone(), MeshOptions::default()).await?;
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -56,6 +59,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         store: store.clone(),
         authority: authority.clone(),
         metrics: metrics.clone(),
+        documents: documents.clone(),
         admin_token: Arc::from(admin_token.as_str()),
     };
     let admin = axum::serve(admin_listener, admin::router(state))
