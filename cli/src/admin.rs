@@ -6,6 +6,8 @@ use std::path::Path;
 pub struct Client {
     base: String,
     token: String,
+    /// Where the token came from, for the message when meshd refuses it.
+    token_path: std::path::PathBuf,
     http: reqwest::Client,
 }
 
@@ -24,6 +26,7 @@ impl Client {
         Ok(Self {
             base: server.trim_end_matches('/').to_string(),
             token: token.trim().to_string(),
+            token_path: path.to_path_buf(),
             http: reqwest::Client::new(),
         })
     }
@@ -49,7 +52,7 @@ impl Client {
                 format!(
                     "cannot reach meshd at {}: {}; is it running? (--server / MESHCTL_SERVER)",
                     self.base,
-                    root_cause(&e)
+                    mesh_client::root_cause(&e)
                 ),
             )
         })?;
@@ -64,6 +67,18 @@ impl Client {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}"));
+        if status.as_u16() == 401 {
+            // meshd's own message tells an HTTP client which header to send; an operator needs
+            // to know which token file was wrong.
+            let reason = message.split(':').next().unwrap_or("refused");
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!(
+                    "meshd refused the admin token from {} ({reason}); the token is in <data-dir>/admin-token on meshd's machine (--token-file / MESHCTL_TOKEN_FILE)",
+                    self.token_path.display()
+                ),
+            ));
+        }
         let code = match status.as_u16() {
             404 => EXIT_UNREACHABLE,
             400 | 409 | 422 => EXIT_FAILURE,
@@ -74,11 +89,10 @@ impl Client {
     }
 }
 
-/// The innermost error message (reqwest wraps the useful one).
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
+/// `No such file or directory (os error 2)` → `No such file or directory`.
+pub fn without_os_error(text: &str) -> String {
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text.to_string(),
     }
-    cur.to_string()
 }

@@ -2,9 +2,8 @@
 //! over TLS (meshd checked against the given bundle), and the files written (key mode 0600).
 
 use crate::{EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_USAGE, Failure};
-use mesh_ca::tls::{CertSlot, ExpectedServer, MeshServerVerifier, TrustAnchors};
-use mesh_proto::v1::identity_client::IdentityClient;
-use mesh_proto::v1::{Credential, SignRequest, credential};
+use mesh_ca::tls::{CertSlot, TrustAnchors};
+use mesh_proto::v1::{Credential, credential};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -113,31 +112,17 @@ async fn sign_and_write(
     credential: Option<Credential>,
     out: &std::path::Path,
 ) -> Result<(), Failure> {
-    let (csr_pem, key) = mesh_ca::csr::generate_key_and_csr(identity)
-        .map_err(|e| Failure::new(EXIT_FAILURE, format!("generating a key: {e}")))?;
-    let response = IdentityClient::new(channel)
-        .sign(SignRequest {
-            csr_pem,
-            requested_ttl_seconds: ttl.as_secs(),
-            credential,
-        })
+    let (response, key) = mesh_client::request_certificate(channel, identity, ttl, credential)
         .await
-        .map_err(|s| {
-            let code = if s.code() == tonic::Code::Unavailable {
-                EXIT_UNREACHABLE
-            } else {
-                EXIT_FAILURE
+        .map_err(|e| {
+            let code = match &e {
+                mesh_client::ClientError::Refused(s) if s.code() == tonic::Code::Unavailable => {
+                    EXIT_UNREACHABLE
+                }
+                _ => EXIT_FAILURE,
             };
-            Failure::new(
-                code,
-                format!(
-                    "meshd refused the certificate request: {} ({:?})",
-                    s.message(),
-                    s.code()
-                ),
-            )
-        })?
-        .into_inner();
+            Failure::new(code, e.to_string())
+        })?;
 
     let io =
         |what: &str, e: std::io::Error| Failure::new(EXIT_FAILURE, format!("writing {what}: {e}"));
@@ -177,65 +162,19 @@ fn write(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     f.write_all(bytes)
 }
 
-/// A gRPC channel to meshd over TLS: meshd's certificate must chain to `anchors` and name the
-/// host dialled; `client_cert` is presented when it holds one.
-pub async fn mesh_grpc_channel(
+/// A gRPC channel to meshd over TLS (see [`mesh_client::channel`]), errors as exit codes.
+async fn mesh_grpc_channel(
     url: &str,
     anchors: Arc<TrustAnchors>,
     client_cert: Arc<CertSlot>,
 ) -> Result<tonic::transport::Channel, Failure> {
-    let uri: tonic::transport::Uri = url.parse().map_err(|_| {
-        Failure::new(
-            EXIT_USAGE,
-            format!("--control-plane {url:?}: not a URL like https://127.0.0.1:15012"),
-        )
-    })?;
-    let host = uri
-        .host()
-        .unwrap_or("localhost")
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(15012);
-    let server_name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
-        Failure::new(
-            EXIT_USAGE,
-            format!("--control-plane {url:?}: bad host name"),
-        )
-    })?;
-    let mut config = rustls::ClientConfig::builder_with_provider(mesh_ca::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(MeshServerVerifier::new(
-            anchors,
-            ExpectedServer::ServerName,
-        ))
-        .with_client_cert_resolver(client_cert);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-        .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    let addr = format!("{host}:{port}");
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let addr = addr.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
+    mesh_client::channel(url, anchors, client_cert)
         .await
         .map_err(|e| {
-            Failure::new(
-                EXIT_UNREACHABLE,
-                format!(
-                    "cannot connect to meshd at {url}: {}",
-                    crate::admin::root_cause(&e)
-                ),
-            )
+            let code = match e {
+                mesh_client::ClientError::Url(..) => EXIT_USAGE,
+                _ => EXIT_UNREACHABLE,
+            };
+            Failure::new(code, e.to_string())
         })
 }

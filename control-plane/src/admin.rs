@@ -1,11 +1,13 @@
 //! The admin HTTP API (axum): the one API that meshctl and the dashboard use. Everything but
 //! `/healthz` needs the bearer token; refusals are audited. Errors are JSON
-//! `{"error": "..."}` with a status that fits (400, 401, 404, 409, 503).
+//! `{"error": "..."}` with a status that fits (400, 401, 404, 409, 413, 415, 503); a message
+//! about documents has one problem per line. Mesh documents: see [`documents`].
 
 use crate::ca::Authority;
 use crate::metrics::Metrics;
+use crate::source::ApplyError;
 use crate::store::{AuditEntry, AuditOutcome, Store, StoreError};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +18,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod documents;
+
 /// Shared state of the admin handlers.
 #[derive(Clone)]
 pub struct AdminState {
@@ -23,6 +27,7 @@ pub struct AdminState {
     pub authority: Authority,
     pub metrics: Metrics,
     pub documents: crate::source::Documents,
+    pub xds: crate::xds::Xds,
     /// The admin bearer token (from `<data-dir>/admin-token`).
     pub admin_token: Arc<str>,
 }
@@ -67,7 +72,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        let status = match &e {
+            ApplyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApplyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApplyError::Conflict(_) => StatusCode::CONFLICT,
+            ApplyError::Store { .. } => {
+                tracing::error!(error = %e, "store error in the admin API");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The largest request body the admin API reads (a larger one gets 413).
+pub const MAX_BODY: usize = 1 << 20;
 
 /// The router, with authentication on everything but `/healthz`.
 pub fn router(state: AdminState) -> Router {
@@ -77,11 +100,30 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/ca/bundle", get(ca_bundle))
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/sidecars", get(list_sidecars))
+        .route("/api/v1/sidecars/{id}/config", get(sidecar_config))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/documents",
+            post(documents::apply).get(documents::list),
+        )
+        .route(
+            "/api/v1/documents/{kind}/{namespace}/{name}",
+            get(documents::get).delete(documents::delete),
+        )
+        .route(
+            "/api/v1/documents/{kind}/{namespace}/{name}/history",
+            get(documents::history),
+        )
+        .route(
+            "/api/v1/documents/{kind}/{namespace}/{name}/rollback",
+            post(documents::rollback),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
-        ));
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)
@@ -274,4 +316,30 @@ async fn list_audit(
         .list_audit(q.limit.unwrap_or(100).min(1000), q.since_id)
         .await?;
     Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+async fn list_sidecars(State(state): State<AdminState>) -> Response {
+    Json(json!({ "sidecars": state.xds.sidecars() })).into_response()
+}
+
+/// The resources meshd holds for a sidecar's scope (what it runs once SYNCED), as JSON.
+async fn sidecar_config(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let snapshot = state.xds.config_of(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no connected sidecar {id:?}"),
+        )
+    })?;
+    let mut types = serde_json::Map::new();
+    for ty in mesh_proto::ResourceType::ALL {
+        let resources: Vec<_> = snapshot
+            .resources(ty)
+            .map(|r| json!({ "name": r.name, "version": r.version, "body": format!("{:?}", r.body) }))
+            .collect();
+        types.insert(ty.type_url().to_string(), json!(resources));
+    }
+    Ok(Json(json!({ "id": id, "resources": types })).into_response())
 }

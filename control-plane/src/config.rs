@@ -15,6 +15,7 @@ pub const ENV_CERT_TTL: &str = "MESHD_CERT_TTL";
 pub const ENV_CA_CERT: &str = "MESHD_CA_CERT";
 pub const ENV_CA_KEY: &str = "MESHD_CA_KEY";
 pub const ENV_KEK_FILE: &str = "MESHD_KEK_FILE";
+pub const ENV_CONFIG_DIR: &str = "MESHD_CONFIG_DIR";
 /// The key-encryption key itself, as 64 hex characters (e.g. from a Kubernetes Secret).
 pub const ENV_KEK: &str = "MESHD_KEK";
 
@@ -55,6 +56,12 @@ pub struct Args {
     /// The admin HTTP address (API, metrics, dashboard).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: String,
+    /// Directory of mesh documents (*.yaml, *.yml, *.json; not recursive), applied as one set
+    /// at start and whenever a file changes (checked every second); a set that does not
+    /// validate is logged and skipped. Files add and update; delete with meshctl delete
+    /// (removing a file deletes nothing).
+    #[arg(long, env = ENV_CONFIG_DIR, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Where the key-encryption key comes from.
@@ -78,6 +85,8 @@ pub struct Config {
     pub kek: KekSource,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// `--config-dir`: documents applied from files (see [`crate::source::config_dir`]).
+    pub config_dir: Option<PathBuf>,
 }
 
 /// The longest certificate TTL meshd will configure (the CA's policy maximum).
@@ -125,7 +134,13 @@ impl Config {
             (None, Some(_)) => KekSource::Env,
             (None, None) => KekSource::DataDir(args.data_dir.join("kek")),
         };
+        if let Some(dir) = &args.config_dir
+            && !dir.is_dir()
+        {
+            bail!("--config-dir {}: no such directory", dir.display());
+        }
         Ok(Self {
+            config_dir: args.config_dir,
             data_dir: args.data_dir,
             database_url,
             trust_domain,
@@ -176,13 +191,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&["--cert-ttl", "soon"], "--cert-ttl"),
             (&["--cert-ttl", "10s"], "between 1m and 24h"),
             (&["--trust-domain", "Bad Domain"], "--trust-domain"),
             (&["--grpc-addr", "localhost"], "--grpc-addr"),
             (&["--database-url", "mysql://x"], "--database-url"),
             (&["--kek-file", "/nonexistent/kek"], "--kek-file"),
+            (&["--config-dir", "/nonexistent/mesh"], "--config-dir"),
         ];
         for (args, needle) in cases {
             let err = format!("{:#}", config(args).unwrap_err());

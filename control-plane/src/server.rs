@@ -10,7 +10,9 @@ use crate::model::MeshOptions;
 use crate::source::Documents;
 use crate::store::Store;
 use crate::tls::ServingTls;
+use crate::xds::Xds;
 use anyhow::Context;
+use mesh_proto::v1::discovery_server::DiscoveryServer;
 use mesh_proto::v1::identity_server::IdentityServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let admin_token = ensure_admin_token(&config)?;
     let metrics = Metrics::new();
     let documents = Documents::load(store.clone(), MeshOptions::default()).await?;
+    // `--config-dir`: applied once now, then polled until `run` returns (dropping the watcher).
+    let _config_dir = documents.watch_config_dir(config.config_dir.clone()).await;
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -49,9 +53,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let xds = Xds::start(
+        documents.current(),
+        authority.bundle(),
+        &crate::tls::control_plane_identity(&config.trust_domain),
+        &replica_name(),
+        metrics.clone(),
+        stop_rx.clone(),
+    );
+    xds.follow(documents.subscribe());
+
     let identity = IdentityService::new(authority.clone(), store.clone(), metrics.clone());
     let grpc = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_service(DiscoveryServer::new(xds.clone()))
         .serve_with_incoming_shutdown(tls.incoming(grpc_listener), stopped(stop_rx.clone()));
     let grpc = tokio::spawn(grpc);
 
@@ -60,6 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         authority: authority.clone(),
         metrics: metrics.clone(),
         documents: documents.clone(),
+        xds: xds.clone(),
         admin_token: Arc::from(admin_token.as_str()),
     };
     let admin = axum::serve(admin_listener, admin::router(state))
@@ -94,6 +110,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This replica's name: the host name (a pod name in Kubernetes) and the process id.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "meshd".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Reads `<data-dir>/admin-token`, creating it (mode 0600) on first start.

@@ -2,12 +2,128 @@
 //! `meshctl apply`), from `--config-dir`, and later from Kubernetes; each change is validated
 //! against the whole current set, stored with its revision, and published as a new immutable
 //! [`Mesh`] that the discovery server watches.
+//!
+//! - [`Documents`]: the current model and every way to change it (apply, delete, rollback),
+//!   serialized by one lock so that each change is validated against the model it replaces.
+//! - [`config_dir`]: `--config-dir`, a directory polled for `*.yaml` / `*.yml` / `*.json`.
+//! - `diff`: the line diff that a dry run shows.
 
-use crate::model::{Document, Mesh, MeshOptions};
-use crate::store::Store;
+pub mod config_dir;
+mod diff;
+
+use crate::model::{Document, DocumentKey, Kind, Mesh, MeshOptions, ModelErrors};
+use crate::store::{Revision, RevisionOp, Store, StoreError};
 use anyhow::Context;
+use std::fmt;
 use std::sync::Arc;
 use tokio::sync::watch;
+
+pub use config_dir::ConfigDirWatcher;
+
+/// What an apply did to one document (kubectl's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It did not exist: stored under a new revision.
+    Created,
+    /// It existed with another body: stored under a new revision.
+    Configured,
+    /// It existed with exactly this body: nothing written, no new revision.
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One document of an apply, after it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub key: DocumentKey,
+    /// The document's revision now: the new one, or (unchanged) the one it already had.
+    pub revision: i64,
+    pub outcome: Outcome,
+}
+
+/// One document of a dry run: what [`Documents::apply`] would do with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub key: DocumentKey,
+    pub outcome: Outcome,
+    /// The revision stored now (`None` when it would be created).
+    pub revision: Option<i64>,
+    /// A unified diff of the canonical YAML, stored → applied (`None` when unchanged).
+    pub diff: Option<String>,
+}
+
+/// A delete that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub key: DocumentKey,
+    /// The revision of the delete.
+    pub revision: i64,
+}
+
+/// Why a change was refused. Nothing was stored, except as [`ApplyError::Store`] says.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A document is invalid, alone or together with the rest of the model (HTTP 400). One
+    /// error per line: `HTTPRoute default/reviews: spec.rules[0].backends[1].weight: ...`.
+    #[error("{0}")]
+    Invalid(ModelErrors),
+    /// No such document or revision (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The change contradicts the current state: a delete of something still referenced, a
+    /// rollback to a delete (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed (HTTP 503). `stored` lists the documents of the batch that were stored
+    /// before the failure (the store writes one document per transaction).
+    #[error("{error}{}", partial_note(stored))]
+    Store {
+        error: StoreError,
+        stored: Vec<DocumentKey>,
+    },
+}
+
+fn partial_note(stored: &[DocumentKey]) -> String {
+    if stored.is_empty() {
+        return String::new();
+    }
+    let keys: Vec<String> = stored.iter().map(ToString::to_string).collect();
+    format!(
+        " (stored before the failure: {}; apply again to finish)",
+        keys.join(", ")
+    )
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        if e.is_not_found() {
+            Self::NotFound(e.to_string())
+        } else if e.is_conflict() {
+            Self::Conflict(e.to_string())
+        } else {
+            Self::Store {
+                error: e,
+                stored: Vec::new(),
+            }
+        }
+    }
+}
 
 /// The current model and the way to change it. Cheap to clone.
 #[derive(Clone)]
@@ -24,18 +140,13 @@ impl Documents {
     /// Loads every stored document and builds the model. A stored set that no longer validates
     /// (e.g. after an upgrade made a check stricter) is an error that names each problem.
     pub async fn load(store: Store, options: MeshOptions) -> anyhow::Result<Self> {
-        let stored = store.list_documents(None, None).await.context("reading stored documents")?;
-        let mut docs = Vec::with_capacity(stored.len());
-        for d in &stored {
-            let doc = Document::parse_json(&d.body).map_err(|e| {
-                anyhow::anyhow!("stored {} {}/{} no longer validates: {e}", d.kind, d.namespace, d.name)
-            })?;
-            docs.push(doc);
-        }
-        let mesh = Mesh::build_with(options, docs)
-            .map_err(|e| anyhow::anyhow!("the stored documents no longer validate as a set:\n{e}"))?;
+        let mesh = build_from_store(&store, options).await?;
         let (tx, _) = watch::channel(Arc::new(mesh));
-        Ok(Self { store, mesh: Arc::new(tx), write: Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(Self {
+            store,
+            mesh: Arc::new(tx),
+            write: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     /// The current model.
@@ -56,4 +167,265 @@ impl Documents {
     fn publish(&self, mesh: Mesh) {
         self.mesh.send_replace(Arc::new(mesh));
     }
+
+    /// Applies `docs` as one change: all of them are validated together with the rest of the
+    /// current model, and only if the whole set is valid is each one stored and the new model
+    /// published. An identical re-apply stores nothing (the body is the canonical JSON, so
+    /// formatting, key order and comments do not count as changes). Results are in the order
+    /// of `docs`. The store writes the audit rows.
+    pub async fn apply(
+        &self,
+        docs: Vec<Document>,
+        actor: &str,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let _write = self.write.lock().await;
+        let current = self.current();
+        let next = current
+            .with_documents(docs.clone())
+            .map_err(ApplyError::Invalid)?;
+
+        // Services first, then routes, then policies (the order of `Kind`): should the store
+        // fail half-way, what was stored refers only to what exists.
+        let mut order: Vec<usize> = (0..docs.len()).collect();
+        order.sort_by_key(|&i| docs[i].kind());
+        let mut results: Vec<Option<Applied>> = vec![None; docs.len()];
+        let mut stored = Vec::new();
+        for i in order {
+            let doc = &docs[i];
+            let key = doc.key();
+            let written = self
+                .store
+                .apply_document_with_labels(
+                    doc.kind().as_str(),
+                    doc.namespace(),
+                    doc.name(),
+                    &doc.canonical_json(),
+                    &doc.metadata().labels,
+                    actor,
+                )
+                .await;
+            let written = match written {
+                Ok(w) => w,
+                Err(error) => {
+                    if !stored.is_empty() {
+                        self.reload().await;
+                    }
+                    return Err(ApplyError::Store { error, stored });
+                }
+            };
+            let outcome = if !written.changed {
+                Outcome::Unchanged
+            } else if current.document(&key).is_some() {
+                Outcome::Configured
+            } else {
+                Outcome::Created
+            };
+            if written.changed {
+                stored.push(key.clone());
+                tracing::info!(document = %key, revision = written.revision, %outcome, %actor, "document applied");
+            }
+            results[i] = Some(Applied {
+                key,
+                revision: written.revision,
+                outcome,
+            });
+        }
+        if !stored.is_empty() {
+            self.publish(next);
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// What [`Documents::apply`] would do with `docs`, without storing anything: the same
+    /// validation, then per document created / configured (with a diff) / unchanged.
+    pub async fn plan(&self, docs: Vec<Document>) -> Result<Vec<Planned>, ApplyError> {
+        self.current()
+            .with_documents(docs.clone())
+            .map_err(ApplyError::Invalid)?;
+        let mut planned = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let key = doc.key();
+            let new_yaml = doc.to_yaml();
+            let stored = match self
+                .store
+                .get_document(key.kind.as_str(), &key.namespace, &key.name)
+                .await
+            {
+                Ok(stored) => Some(stored),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            let plan = match stored {
+                None => Planned {
+                    diff: Some(diff::unified(
+                        "/dev/null",
+                        &format!("{key} (applied)"),
+                        "",
+                        &new_yaml,
+                    )),
+                    key,
+                    outcome: Outcome::Created,
+                    revision: None,
+                },
+                Some(s) if s.body == doc.canonical_json() && s.labels == doc.metadata().labels => {
+                    Planned {
+                        key,
+                        outcome: Outcome::Unchanged,
+                        revision: Some(s.revision),
+                        diff: None,
+                    }
+                }
+                Some(s) => {
+                    // A stored body is canonical JSON; show it as the same canonical YAML.
+                    let old_yaml = Document::parse_json(&s.body)
+                        .map(|d| d.to_yaml())
+                        .unwrap_or(s.body);
+                    Planned {
+                        diff: Some(diff::unified(
+                            &format!("{key} (revision {})", s.revision),
+                            &format!("{key} (applied)"),
+                            &old_yaml,
+                            &new_yaml,
+                        )),
+                        key,
+                        outcome: Outcome::Configured,
+                        revision: Some(s.revision),
+                    }
+                }
+            };
+            planned.push(plan);
+        }
+        Ok(planned)
+    }
+
+    /// Deletes one document if the rest of the model stays valid without it (a Service that a
+    /// route still sends to cannot go: [`ApplyError::Conflict`] names what refers to it).
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        actor: &str,
+    ) -> Result<Deleted, ApplyError> {
+        let _write = self.write.lock().await;
+        let key = DocumentKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let next = self
+            .current()
+            .without(kind, namespace, name)
+            .map_err(|errors| {
+                ApplyError::Conflict(format!(
+                    "cannot delete {key}: it is still referenced; change or delete these first:\n{errors}"
+                ))
+            })?;
+        let revision = self
+            .store
+            .delete_document(kind.as_str(), namespace, name, actor)
+            .await?;
+        tracing::info!(document = %key, revision, %actor, "document deleted");
+        self.publish(next);
+        Ok(Deleted { key, revision })
+    }
+
+    /// Every change of a document, oldest first (also from before a delete).
+    pub async fn history(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Revision>, ApplyError> {
+        Ok(self.store.history(kind.as_str(), namespace, name).await?)
+    }
+
+    /// Re-applies the body the document had at `revision` (one of its own revisions, see
+    /// [`Documents::history`]), validated like any apply; a real change gets a new revision.
+    /// Rolling back to a revision that deleted the document is a [`ApplyError::Conflict`]:
+    /// there is no body to restore (delete it again with a delete).
+    pub async fn rollback(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        revision: i64,
+        actor: &str,
+    ) -> Result<Applied, ApplyError> {
+        let key = DocumentKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let history = self.history(kind, namespace, name).await?;
+        let listed = |keep: fn(&Revision) -> bool| {
+            history
+                .iter()
+                .filter(|r| keep(r))
+                .map(|r| r.revision.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(entry) = history.iter().find(|r| r.revision == revision) else {
+            return Err(ApplyError::NotFound(format!(
+                "{key} has no revision {revision} (its revisions: {})",
+                listed(|_| true)
+            )));
+        };
+        let body = match (&entry.op, &entry.body) {
+            (RevisionOp::Delete, _) | (_, None) => {
+                return Err(ApplyError::Conflict(format!(
+                    "revision {revision} of {key} is its deletion; there is no body to roll back to \
+                     (delete it again with `meshctl delete`, or roll back to one of revisions {})",
+                    listed(|r| r.op != RevisionOp::Delete)
+                )));
+            }
+            (_, Some(body)) => body,
+        };
+        let doc = Document::parse_json(body).map_err(ApplyError::Invalid)?;
+        if doc.key() != key {
+            return Err(ApplyError::Conflict(format!(
+                "revision {revision} of {key} holds {}, not this document",
+                doc.key()
+            )));
+        }
+        let mut applied = self.apply(vec![doc], actor).await?;
+        applied.pop().ok_or_else(|| {
+            ApplyError::NotFound(format!("revision {revision} of {key} applied nothing"))
+        })
+    }
+
+    /// Rebuilds the model from the store and publishes it (after a batch was stored in part).
+    async fn reload(&self) {
+        let options = self.current().options().clone();
+        match build_from_store(&self.store, options).await {
+            Ok(mesh) => self.publish(mesh),
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "after a partial apply, the stored documents do not build a model; \
+                 the previous model stays in effect"
+            ),
+        }
+    }
+}
+
+async fn build_from_store(store: &Store, options: MeshOptions) -> anyhow::Result<Mesh> {
+    let stored = store
+        .list_documents(None, None)
+        .await
+        .context("reading stored documents")?;
+    let mut docs = Vec::with_capacity(stored.len());
+    for d in &stored {
+        let doc = Document::parse_json(&d.body).map_err(|e| {
+            anyhow::anyhow!(
+                "stored {} {}/{} no longer validates: {e}",
+                d.kind,
+                d.namespace,
+                d.name
+            )
+        })?;
+        docs.push(doc);
+    }
+    Mesh::build_with(options, docs)
+        .map_err(|e| anyhow::anyhow!("the stored documents no longer validate as a set:\n{e}"))
 }

@@ -1,5 +1,478 @@
 //! The discovery server: per-scope snapshots, one delta stream per sidecar, and the status of
 //! every (sidecar, type) for `meshctl status` and the dashboard.
+//!
+//! Flow: a change (a new model, a sidecar that comes or goes, a new trust bundle) marks the
+//! server dirty → the push task waits for a quiet window (debounce) → it rebuilds the snapshot
+//! of every scope that has sidecars, once per scope → each stream task sees its scope's new
+//! snapshot and sends the sidecar only what differs ([`stream::StreamState`]).
 
 pub mod snapshot;
 pub mod stream;
+pub mod view;
+
+use crate::metrics::Metrics;
+use crate::model::Mesh;
+use crate::tls::PeerInfo;
+use mesh_ca::{SpiffeId, TrustBundle};
+use mesh_proto::v1::discovery_server::Discovery;
+use mesh_proto::v1::{ControlPlane, DiscoveryRequest, DiscoveryResponse};
+use snapshot::Snapshot;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use stream::{StreamState, TypeStatus};
+use tokio::sync::{Notify, Semaphore, watch};
+use tonic::{Request, Response, Status, Streaming};
+use view::{Inputs, LiveEndpoint, ScopeKey};
+
+/// Debounce: push once changes have been quiet this long…
+pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
+/// …or this long after the first change, whichever comes first.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+/// How many streams may compute and send a push at the same time.
+const PUSH_CONCURRENCY: usize = 256;
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One connected sidecar, as `meshctl status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SidecarStatus {
+    pub id: String,
+    pub identity: String,
+    pub namespace: String,
+    pub service: String,
+    pub workload: String,
+    pub inbound_address: String,
+    pub proxy_version: String,
+    pub labels: BTreeMap<String, String>,
+    pub remote: String,
+    /// The meshd replica the stream is on.
+    pub control_plane: String,
+    /// Fingerprint of the client certificate of the stream.
+    pub cert_fingerprint: String,
+    pub connected_at: i64,
+    pub last_seen: i64,
+    pub types: Vec<TypeStatus>,
+}
+
+struct Entry {
+    status: SidecarStatus,
+    scope: ScopeKey,
+    generation: u64,
+    /// Notified to end this stream (a newer one from the same sidecar id replaced it).
+    replaced: Arc<Notify>,
+}
+
+/// The discovery server's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Xds {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mesh: RwLock<Arc<Mesh>>,
+    bundle: RwLock<TrustBundle>,
+    sidecars: RwLock<BTreeMap<String, Entry>>,
+    scopes: Mutex<HashMap<ScopeKey, watch::Sender<Arc<Snapshot>>>>,
+    /// Set while a change waits for its push; the time of the first such change.
+    pending_since: Mutex<Option<Instant>>,
+    dirty: Notify,
+    permits: Semaphore,
+    next_generation: std::sync::atomic::AtomicU64,
+    control_plane: ControlPlane,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+// === impl Xds ===
+
+impl Xds {
+    /// Starts the push task. `shutdown` ends every stream with `UNAVAILABLE`.
+    pub fn start(
+        mesh: Arc<Mesh>,
+        bundle: TrustBundle,
+        identity: &SpiffeId,
+        replica: &str,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let xds = Self {
+            inner: Arc::new(Inner {
+                mesh: RwLock::new(mesh),
+                bundle: RwLock::new(bundle),
+                sidecars: RwLock::new(BTreeMap::new()),
+                scopes: Mutex::new(HashMap::new()),
+                pending_since: Mutex::new(None),
+                dirty: Notify::new(),
+                permits: Semaphore::new(PUSH_CONCURRENCY),
+                next_generation: std::sync::atomic::AtomicU64::new(1),
+                control_plane: ControlPlane {
+                    identity: identity.to_string(),
+                    replica: replica.to_string(),
+                },
+                metrics,
+                shutdown,
+            }),
+        };
+        tokio::spawn(xds.clone().push_loop());
+        xds
+    }
+
+    /// Follows a model source: every new model is pushed.
+    pub fn follow(&self, mut models: watch::Receiver<Arc<Mesh>>) {
+        let xds = self.clone();
+        tokio::spawn(async move {
+            while models.changed().await.is_ok() {
+                let mesh = models.borrow_and_update().clone();
+                *write(&xds.inner.mesh) = mesh;
+                xds.mark_changed();
+            }
+        });
+    }
+
+    /// A new trust bundle (CA rotation) for every sidecar.
+    pub fn set_bundle(&self, bundle: TrustBundle) {
+        *write(&self.inner.bundle) = bundle;
+        self.mark_changed();
+    }
+
+    /// Every connected sidecar with the sync state of each type.
+    pub fn sidecars(&self) -> Vec<SidecarStatus> {
+        let pending = lock(&self.inner.pending_since).is_some();
+        read(&self.inner.sidecars)
+            .values()
+            .map(|e| {
+                let mut s = e.status.clone();
+                if pending {
+                    for t in &mut s.types {
+                        if t.state == stream::SyncState::Synced {
+                            t.state = stream::SyncState::Stale;
+                        }
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// The resources a sidecar's scope holds now (what the sidecar runs once SYNCED).
+    pub fn config_of(&self, sidecar_id: &str) -> Option<Arc<Snapshot>> {
+        let scope = read(&self.inner.sidecars).get(sidecar_id)?.scope.clone();
+        lock(&self.inner.scopes)
+            .get(&scope)
+            .map(|tx| tx.borrow().clone())
+    }
+
+    fn mark_changed(&self) {
+        let mut since = lock(&self.inner.pending_since);
+        if since.is_none() {
+            *since = Some(Instant::now());
+        }
+        drop(since);
+        self.inner.dirty.notify_one();
+    }
+
+    async fn push_loop(self) {
+        loop {
+            self.inner.dirty.notified().await;
+            let first = Instant::now();
+            loop {
+                let left = DEBOUNCE_MAX.saturating_sub(first.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.inner.dirty.notified() => continue,
+                    _ = tokio::time::sleep(DEBOUNCE_QUIET.min(left)) => break,
+                }
+            }
+            let changed_at = lock(&self.inner.pending_since).take().unwrap_or(first);
+            self.rebuild(changed_at);
+        }
+    }
+
+    /// Rebuilds the snapshot of every scope that has sidecars, once per scope, and publishes
+    /// the ones whose content changed.
+    fn rebuild(&self, changed_at: Instant) {
+        let mesh = read(&self.inner.mesh).clone();
+        let bundle = read(&self.inner.bundle).clone();
+        let endpoints = self.endpoints();
+        let inputs = Inputs {
+            mesh: &mesh,
+            bundle: &bundle,
+            endpoints: &endpoints,
+        };
+        let mut scopes = lock(&self.inner.scopes);
+        scopes.retain(|_, tx| tx.receiver_count() > 0);
+        for (scope, tx) in scopes.iter() {
+            let next = view::build(&inputs, scope, changed_at);
+            if !tx.borrow().same_content(&next) {
+                tx.send_replace(Arc::new(next));
+            }
+        }
+    }
+
+    fn endpoints(&self) -> Vec<LiveEndpoint> {
+        read(&self.inner.sidecars)
+            .values()
+            .filter(|e| !e.status.service.is_empty())
+            .map(|e| LiveEndpoint {
+                namespace: e.status.namespace.clone(),
+                service: e.status.service.clone(),
+                labels: e.status.labels.clone(),
+                address: e.status.inbound_address.clone(),
+                identity: e.status.identity.clone(),
+            })
+            .collect()
+    }
+
+    /// The scope's snapshot channel, built now if the scope is new.
+    fn scope(&self, key: &ScopeKey) -> watch::Receiver<Arc<Snapshot>> {
+        let mut scopes = lock(&self.inner.scopes);
+        if let Some(tx) = scopes.get(key) {
+            return tx.subscribe();
+        }
+        let mesh = read(&self.inner.mesh).clone();
+        let bundle = read(&self.inner.bundle).clone();
+        let endpoints = self.endpoints();
+        let inputs = Inputs {
+            mesh: &mesh,
+            bundle: &bundle,
+            endpoints: &endpoints,
+        };
+        let (tx, rx) = watch::channel(Arc::new(view::build(&inputs, key, Instant::now())));
+        scopes.insert(key.clone(), tx);
+        rx
+    }
+
+    fn register(&self, status: SidecarStatus, scope: ScopeKey) -> (u64, Arc<Notify>) {
+        let generation = self
+            .inner
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replaced = Arc::new(Notify::new());
+        let id = status.id.clone();
+        let old = write(&self.inner.sidecars).insert(
+            id.clone(),
+            Entry {
+                status,
+                scope,
+                generation,
+                replaced: replaced.clone(),
+            },
+        );
+        match old {
+            Some(old) => old.replaced.notify_one(),
+            None => self.inner.metrics.sidecar_connected(),
+        }
+        self.mark_changed();
+        (generation, replaced)
+    }
+
+    fn deregister(&self, id: &str, generation: u64) {
+        let mut sidecars = write(&self.inner.sidecars);
+        if sidecars.get(id).is_some_and(|e| e.generation == generation) {
+            sidecars.remove(id);
+            drop(sidecars);
+            self.inner.metrics.sidecar_disconnected();
+            self.mark_changed();
+        }
+    }
+
+    fn update_status(&self, id: &str, generation: u64, types: Vec<TypeStatus>) {
+        if let Some(e) = write(&self.inner.sidecars).get_mut(id)
+            && e.generation == generation
+        {
+            e.status.types = types;
+            e.status.last_seen = now();
+        }
+    }
+
+    async fn run_stream(
+        self,
+        peer: PeerInfo,
+        identity: SpiffeId,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: tokio::sync::mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument("no first request within 30s")))
+                    .await;
+                return;
+            }
+        };
+        let Some(node) = first.node.clone() else {
+            let _ = tx
+                .send(Err(Status::invalid_argument(
+                    "the first request must carry node",
+                )))
+                .await;
+            return;
+        };
+        if !node.namespace.is_empty() && node.namespace != identity.namespace() {
+            let _ = tx
+                .send(Err(Status::permission_denied(format!(
+                    "node namespace {:?} contradicts the certificate's identity {identity}",
+                    node.namespace
+                ))))
+                .await;
+            return;
+        }
+        let id = if node.id.is_empty() {
+            format!("{identity}@{}", peer.remote)
+        } else {
+            node.id.clone()
+        };
+        let mut labels = node.labels.clone();
+        if !node.service.is_empty() {
+            labels
+                .entry("app".into())
+                .or_insert_with(|| node.service.clone());
+        }
+        let scope = ScopeKey {
+            namespace: identity.namespace().to_string(),
+            service: node.service.clone(),
+            labels: labels.clone(),
+        };
+        let status = SidecarStatus {
+            id: id.clone(),
+            identity: identity.to_string(),
+            namespace: identity.namespace().to_string(),
+            service: node.service.clone(),
+            workload: node.workload.clone(),
+            inbound_address: node.inbound_address.clone(),
+            proxy_version: node.proxy_version.clone(),
+            labels,
+            remote: peer.remote.to_string(),
+            control_plane: self.inner.control_plane.replica.clone(),
+            cert_fingerprint: peer.cert_fingerprint.clone().unwrap_or_default(),
+            connected_at: now(),
+            last_seen: now(),
+            types: Vec::new(),
+        };
+        tracing::info!(sidecar = %id, %identity, remote = %peer.remote, "sidecar connected");
+        // Registered first, so that the scope's first snapshot already has this sidecar as an
+        // endpoint of its own service.
+        let (generation, replaced) = self.register(status, scope.clone());
+        let mut snapshots = self.scope(&scope);
+        let mut state = StreamState::new(self.inner.control_plane.clone());
+        let mut shutdown = self.inner.shutdown.clone();
+
+        let mut next = Some(first);
+        let end: Result<(), Status> = loop {
+            if let Some(request) = next.take() {
+                let snapshot = snapshots.borrow().clone();
+                match state.on_request(&request, &snapshot) {
+                    Ok(outcome) => {
+                        for (_, latency) in &outcome.acked {
+                            self.inner.metrics.push_latency(latency.as_secs_f64());
+                        }
+                        for (ty, error) in &outcome.nacked {
+                            tracing::warn!(sidecar = %id, type_url = ty.type_url(), %error, "NACK");
+                            self.inner.metrics.nacked(ty.type_url());
+                        }
+                        if !self.send_all(&tx, outcome.responses).await {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) => break Err(Status::invalid_argument(e.0)),
+                }
+                self.update_status(&id, generation, state.status(false));
+                continue;
+            }
+            tokio::select! {
+                message = requests.message() => match message {
+                    Ok(Some(request)) => next = Some(request),
+                    Ok(None) => break Ok(()),
+                    Err(status) => {
+                        tracing::debug!(error = %status, "stream ended");
+                        break Ok(());
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break Err(Status::unavailable("scope closed"));
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    let permit = self.inner.permits.acquire().await;
+                    let responses = state.on_snapshot(&snapshot);
+                    let ok = self.send_all(&tx, responses).await;
+                    drop(permit);
+                    if !ok {
+                        break Ok(());
+                    }
+                    self.update_status(&id, generation, state.status(false));
+                }
+                _ = replaced.notified() => break Err(Status::aborted("replaced by a newer stream from the same sidecar")),
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break Err(Status::unavailable("meshd is shutting down; reconnect to any replica")),
+            }
+        };
+        if let Err(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+        self.deregister(&id, generation);
+        tracing::info!(sidecar = %id, "sidecar disconnected");
+    }
+
+    async fn send_all(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        responses: Vec<DiscoveryResponse>,
+    ) -> bool {
+        for response in responses {
+            self.inner.metrics.pushed(&response.type_url);
+            if tx.send(Ok(response)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for Xds {
+    type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let Some((peer, identity)) = peer.and_then(|p| p.identity.clone().map(|id| (p, id))) else {
+            self.inner
+                .metrics
+                .refusal("discovery_without_client_certificate");
+            return Err(Status::unauthenticated(
+                "the discovery stream needs a mesh client certificate (mTLS)",
+            ));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(
+            self.clone()
+                .run_stream(peer, identity, request.into_inner(), tx),
+        );
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+// Locks are never held across an await, and a panic cannot leave their data half-written (each
+// write replaces a whole value), so a poisoned lock is still safe to use.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,8 +1,10 @@
 //! Support code for the end-to-end tests: real parts started on loopback for one test each.
 
+pub mod corpus;
 pub mod meshd;
 pub mod postgres;
 pub mod process;
+pub mod sidecar;
 pub mod wait;
 
 /// A string unique within this test process (for file names).
