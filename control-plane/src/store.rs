@@ -270,6 +270,9 @@ async fn open_sqlite(url: &str, shown: &str) -> Result<SqlitePool> {
     }
     let options = options
         .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL never corrupts the database; a power loss may lose the last
+        // transactions (sqlx's default FULL syncs on every commit, the CA's hot path).
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
 

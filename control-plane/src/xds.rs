@@ -25,7 +25,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 use view::{Inputs, LiveEndpoint, ScopeKey};
 
-/// Debounce: push once changes have been quiet this long…
+/// Debounce: after a push, further changes are pushed once they have been quiet this long…
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
 /// …or this long after the first change, whichever comes first.
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
@@ -172,22 +172,30 @@ impl Xds {
         self.inner.dirty.notify_one();
     }
 
+    /// Leading-edge debounce: a change after a quiet period is pushed at once (an operator's
+    /// single change should not wait for a timer); changes that follow within the quiet window
+    /// are coalesced until it has been quiet for [`DEBOUNCE_QUIET`], or [`DEBOUNCE_MAX`] passed.
     async fn push_loop(self) {
+        let mut last_push: Option<Instant> = None;
         loop {
             self.inner.dirty.notified().await;
             let first = Instant::now();
-            loop {
-                let left = DEBOUNCE_MAX.saturating_sub(first.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                tokio::select! {
-                    _ = self.inner.dirty.notified() => continue,
-                    _ = tokio::time::sleep(DEBOUNCE_QUIET.min(left)) => break,
+            let isolated = last_push.is_none_or(|t| t.elapsed() >= DEBOUNCE_QUIET);
+            if !isolated {
+                loop {
+                    let left = DEBOUNCE_MAX.saturating_sub(first.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = self.inner.dirty.notified() => continue,
+                        _ = tokio::time::sleep(DEBOUNCE_QUIET.min(left)) => break,
+                    }
                 }
             }
             let changed_at = lock(&self.inner.pending_since).take().unwrap_or(first);
             self.rebuild(changed_at);
+            last_push = Some(Instant::now());
         }
     }
 

@@ -1,6 +1,8 @@
 //! Support code for the end-to-end tests: real parts started on loopback for one test each.
 
+pub mod bench;
 pub mod corpus;
+pub mod fleet;
 pub mod meshd;
 pub mod postgres;
 pub mod process;

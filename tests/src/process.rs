@@ -7,14 +7,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The directory holding the workspace's binaries for this build profile (`target/debug`).
+/// The directory holding the workspace's binaries for this build profile (`target/debug`):
+/// test executables live in `target/<profile>/deps/`, the bench binary in `target/<profile>/`.
 fn bin_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps/.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else if dir.as_os_str().is_empty() {
+        PathBuf::from("target/debug")
+    } else {
+        dir
+    }
 }
 
 /// Builds the workspace's binaries once per test process, so a test never runs a stale one

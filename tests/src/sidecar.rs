@@ -79,13 +79,30 @@ impl ScriptedSidecar {
         node: Node,
         holds: BTreeMap<String, BTreeMap<String, String>>,
     ) -> anyhow::Result<Self> {
-        let cert = if with_cert {
-            credentials.cert.clone()
+        let creds = if with_cert {
+            credentials.clone()
         } else {
-            CertSlot::new(None)
+            Credentials {
+                cert: CertSlot::new(None),
+                ..credentials.clone()
+            }
         };
-        let channel =
-            mesh_client::channel(&meshd.grpc_url(), credentials.anchors.clone(), cert).await?;
+        Self::open_url(&meshd.grpc_url(), &creds, node, holds).await
+    }
+
+    /// [`open`](Self::open) by URL, presenting `credentials`' certificate.
+    pub async fn open_url(
+        grpc_url: &str,
+        credentials: &Credentials,
+        node: Node,
+        holds: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> anyhow::Result<Self> {
+        let channel = mesh_client::channel(
+            grpc_url,
+            credentials.anchors.clone(),
+            credentials.cert.clone(),
+        )
+        .await?;
         let (tx, rx) = mpsc::channel(64);
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
         let first_type = mesh_proto::TRUST_BUNDLE_TYPE_URL;

@@ -1,0 +1,367 @@
+//! The benchmark harness behind `cargo run --release -p mesh-tests --bin bench`: each
+//! sub-benchmark measures against a baseline of the same run and returns figures; the binary
+//! prints them as a table and writes `target/bench/results.json`. `smoke` runs each at a tiny
+//! size so that the test suite keeps them from rotting.
+
+use crate::fleet::{Event, Fleet, FleetOptions};
+use crate::meshd::{Meshd, MeshdOptions};
+use crate::sidecar::Credentials;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One measured figure.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Figure {
+    pub bench: String,
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    /// The goal, as text (e.g. "<= 100 ms"), and whether this run met it.
+    pub goal: Option<String>,
+    pub met: Option<bool>,
+}
+
+impl Figure {
+    fn new(bench: &str, name: &str, value: f64, unit: &str) -> Self {
+        Self {
+            bench: bench.into(),
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            goal: None,
+            met: None,
+        }
+    }
+
+    fn goal(mut self, text: &str, met: bool) -> Self {
+        self.goal = Some(text.into());
+        self.met = Some(met);
+        self
+    }
+}
+
+/// Sizes of a run.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub fleets: Vec<usize>,
+    pub route_changes: usize,
+    pub ca_window: Duration,
+    pub idle_window: Duration,
+}
+
+impl Sizes {
+    pub fn smoke() -> Self {
+        Self {
+            fleets: vec![20],
+            route_changes: 2,
+            ca_window: Duration::from_millis(500),
+            idle_window: Duration::from_millis(500),
+        }
+    }
+
+    pub fn full() -> Self {
+        Self {
+            fleets: vec![1_000, 10_000],
+            route_changes: 10,
+            ca_window: Duration::from_secs(10),
+            idle_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Resident memory (KiB) and CPU seconds so far of a process, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn route(timeout_ms: u64) -> String {
+    format!(
+        "apiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\nmetadata: {{name: app-0, namespace: fleet}}\nspec:\n  ports: [{{name: http, port: 80, protocol: http}}]\n  selector: {{app: app-0}}\n---\napiVersion: mesh.meshd.dev/v1alpha1\nkind: HTTPRoute\nmetadata: {{name: app-0, namespace: fleet}}\nspec:\n  parentRefs: [{{name: app-0}}]\n  rules:\n    - backends: [{{service: app-0, port: 80}}]\n      timeout: {timeout_ms}ms\n"
+    )
+}
+
+async fn apply(meshd: &Meshd, yaml: &str) -> anyhow::Result<()> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/documents", meshd.admin_addr))
+        .bearer_auth(meshd.admin_token())
+        .header("content-type", "application/yaml")
+        .body(yaml.to_string())
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        anyhow::bail!("apply: {}: {}", response.status(), response.text().await?);
+    }
+    Ok(())
+}
+
+/// Control-plane push at fleet scale: cold connect+sync, route change → last ACK, meshd RSS
+/// per sidecar, reconnect storm, idle meshd with the fleet.
+pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let bench = format!("push-{n}");
+    let meshd = Meshd::start(&work.join(&bench), &MeshdOptions::default()).await?;
+    apply(&meshd, &route(1000)).await?;
+    let pid = meshd.process.pid();
+    let rss_before = rss_kib(pid);
+    let mut out = Vec::new();
+
+    let options = FleetOptions {
+        size: n,
+        identities: 10.min(n),
+        watch_route_table: "app-0.fleet:80".into(),
+        connect_concurrency: 64,
+    };
+    let deadline = Duration::from_secs(60 + (n as u64) / 20);
+    let t0 = Instant::now();
+    let mut fleet = Fleet::start(&meshd, &options).await?;
+    let started = Instant::now();
+    fleet
+        .collect(n, deadline, |e| matches!(e, Event::Synced { .. }))
+        .await?;
+    let cold = started.elapsed().as_secs_f64();
+    out.push(Figure::new(
+        &bench,
+        "cold connect + sync (all streams)",
+        cold,
+        "s",
+    ));
+    out.push(Figure::new(
+        &bench,
+        "certificates issued for the fleet",
+        t0.elapsed().as_secs_f64() - cold,
+        "s",
+    ));
+
+    // Let the endpoint churn of the connect phase settle (debounce max is 1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss_after = rss_kib(pid);
+    let per = (rss_after.saturating_sub(rss_before)) as f64 / n as f64;
+    out.push(Figure::new(
+        &bench,
+        "meshd RSS with the fleet",
+        rss_after as f64 / 1024.0,
+        "MiB",
+    ));
+    out.push(
+        Figure::new(&bench, "meshd RSS per connected sidecar", per, "KiB")
+            .goal("<= 64 KiB", per <= 64.0),
+    );
+
+    let mut latencies = Vec::new();
+    for i in 0..sizes.route_changes {
+        // Isolated changes, as an operator makes them: a change within the debounce window of
+        // the previous push is coalesced with it by design (see xds::DEBOUNCE_QUIET).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let t = Instant::now();
+        apply(&meshd, &route(2000 + i as u64)).await?;
+        let times = fleet
+            .collect(n, deadline, |e| matches!(e, Event::Changed { .. }))
+            .await?;
+        let last = times.iter().max().copied().unwrap_or(t);
+        latencies.push(last.duration_since(t).as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let p99 = percentile(&latencies, 99.0);
+    let goal_ms = if n <= 1_000 { 100.0 } else { 1_000.0 };
+    out.push(Figure::new(
+        &bench,
+        "route change -> last ACK p50",
+        percentile(&latencies, 50.0),
+        "ms",
+    ));
+    out.push(
+        Figure::new(&bench, "route change -> last ACK p99", p99, "ms")
+            .goal(&format!("<= {goal_ms} ms"), p99 <= goal_ms),
+    );
+
+    let cpu0 = cpu_seconds(pid);
+    tokio::time::sleep(sizes.idle_window).await;
+    let idle_cpu = (cpu_seconds(pid) - cpu0) / sizes.idle_window.as_secs_f64();
+    out.push(Figure::new(
+        &bench,
+        "meshd idle CPU with the fleet",
+        idle_cpu * 100.0,
+        "% of a core",
+    ));
+
+    let t = Instant::now();
+    fleet.drop_all_streams();
+    fleet
+        .collect(n, deadline, |e| matches!(e, Event::Synced { .. }))
+        .await?;
+    out.push(Figure::new(
+        &bench,
+        "reconnect storm until all SYNCED",
+        t.elapsed().as_secs_f64(),
+        "s",
+    ));
+    drop(fleet);
+    Ok(out)
+}
+
+/// CA throughput over gRPC (renewals over mTLS with concurrent clients, each one recorded in the
+/// store and audited), p99 at half of the peak rate, beside the raw P-256 sign+verify rate.
+pub async fn ca(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let meshd = Meshd::start(&work.join("ca"), &MeshdOptions::default()).await?;
+    let identity: mesh_ca::SpiffeId = "spiffe://cluster.local/ns/bench/sa/ca".parse()?;
+    let creds = Credentials::issue(&meshd, &identity.to_string()).await?;
+    let clients = 16;
+    let mut channels = Vec::new();
+    for _ in 0..clients {
+        channels.push(
+            mesh_client::channel(&meshd.grpc_url(), creds.anchors.clone(), creds.cert.clone())
+                .await?,
+        );
+    }
+    let sign = |ch: tonic::transport::Channel, id: mesh_ca::SpiffeId| async move {
+        mesh_client::request_certificate(ch, &id, Duration::ZERO, None)
+            .await
+            .map(|_| ())
+    };
+
+    // Peak: every client back to back.
+    let end = Instant::now() + sizes.ca_window;
+    let mut tasks = Vec::new();
+    for ch in &channels {
+        let (ch, id) = (ch.clone(), identity.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                if sign(ch.clone(), id.clone()).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let start = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    let peak = total as f64 / start.elapsed().as_secs_f64();
+
+    // Half of the peak at a constant rate, latency of each request from its scheduled start
+    // (so a stall counts against the requests that should have gone out meanwhile).
+    let rate = (peak / 2.0).max(1.0);
+    let count = ((rate * sizes.ca_window.as_secs_f64()) as usize).max(10);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let begin = Instant::now();
+    let mut handles = Vec::with_capacity(count);
+    for i in 0..count {
+        let scheduled = begin + interval * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (ch, id) = (channels[i % clients].clone(), identity.clone());
+        handles.push(tokio::spawn(async move {
+            let ok = sign(ch, id).await.is_ok();
+            (ok, scheduled.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for h in handles {
+        match h.await {
+            Ok((true, ms)) => lat.push(ms),
+            _ => failed += 1,
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let raw =
+        tokio::task::spawn_blocking(|| mesh_ca::raw_p256_sign_verify_rate(Duration::from_secs(2)))
+            .await?;
+    let ratio = peak / raw;
+    Ok(vec![
+        Figure::new(
+            "ca",
+            "Identity.Sign over gRPC, 16 clients (peak)",
+            peak,
+            "certs/s",
+        ),
+        Figure::new(
+            "ca",
+            "p99 latency at half of peak",
+            percentile(&lat, 99.0),
+            "ms",
+        ),
+        Figure::new(
+            "ca",
+            "failed requests at half of peak",
+            failed as f64,
+            "requests",
+        ),
+        Figure::new("ca", "raw P-256 sign+verify, same machine", raw, "ops/s"),
+        Figure::new("ca", "gRPC CA / raw sign+verify", ratio, "ratio").goal(">= 0.5", ratio >= 0.5),
+    ])
+}
+
+/// An idle meshd with no sidecar: RSS and CPU.
+pub async fn idle(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let meshd = Meshd::start(&work.join("idle"), &MeshdOptions::default()).await?;
+    let pid = meshd.process.pid();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = cpu_seconds(pid);
+    tokio::time::sleep(sizes.idle_window).await;
+    let cpu = (cpu_seconds(pid) - cpu0) / sizes.idle_window.as_secs_f64();
+    Ok(vec![
+        Figure::new(
+            "idle",
+            "meshd RSS, 0 sidecars",
+            rss_kib(pid) as f64 / 1024.0,
+            "MiB",
+        ),
+        Figure::new("idle", "meshd CPU, 0 sidecars", cpu * 100.0, "% of a core"),
+    ])
+}
+
+/// Prints figures as an aligned table.
+pub fn table(figures: &[Figure]) -> String {
+    let mut out = String::new();
+    let w = figures
+        .iter()
+        .map(|f| f.bench.len() + f.name.len() + 3)
+        .max()
+        .unwrap_or(10);
+    for f in figures {
+        let label = format!("{} | {}", f.bench, f.name);
+        let goal = match (&f.goal, f.met) {
+            (Some(g), Some(true)) => format!("  goal {g}: met"),
+            (Some(g), Some(false)) => format!("  goal {g}: MISSED"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{label:<w$}  {:>12.2} {}{goal}\n",
+            f.value, f.unit
+        ));
+    }
+    out
+}

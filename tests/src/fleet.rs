@@ -1,0 +1,214 @@
+//! The fleet simulator: N real discovery streams (real mTLS, real certificates from meshd),
+//! each ACKing like a sidecar, reporting when it is in sync and when a watched resource
+//! changes. Used by the push benchmark and its smoke test.
+
+use crate::meshd::Meshd;
+use crate::sidecar::{Credentials, ScriptedSidecar};
+use mesh_proto::ALL_TYPE_URLS;
+use mesh_proto::v1::Node;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// What members report.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The member received and ACKed the first response of every type.
+    Synced { member: usize, at: Instant },
+    /// The member received (and ACKed) a new version of the watched resource.
+    Changed { member: usize, at: Instant },
+}
+
+pub struct Fleet {
+    pub size: usize,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    /// Bumping it makes every member drop its stream and reconnect with what it holds.
+    reconnect: watch::Sender<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Options of a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub size: usize,
+    /// Members share this many identities (one certificate each), spread over namespaces.
+    pub identities: usize,
+    /// The route table whose changes members report.
+    pub watch_route_table: String,
+    /// How many members open their streams at the same time.
+    pub connect_concurrency: usize,
+}
+
+impl Fleet {
+    /// Issues the certificates and starts the members (they connect in the background).
+    pub async fn start(meshd: &Meshd, options: &FleetOptions) -> anyhow::Result<Self> {
+        let mut creds = Vec::new();
+        for i in 0..options.identities.max(1) {
+            let id = format!("spiffe://cluster.local/ns/fleet/sa/app-{i}");
+            creds.push(Credentials::issue(meshd, &id).await?);
+        }
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (reconnect, reconnect_rx) = watch::channel(0u64);
+        let gate = Arc::new(tokio::sync::Semaphore::new(
+            options.connect_concurrency.max(1),
+        ));
+        let mut tasks = Vec::with_capacity(options.size);
+        let grpc_url = meshd.grpc_url();
+        for member in 0..options.size {
+            let creds = creds[member % creds.len()].clone();
+            let ident = member % creds_len(options);
+            let node = Node {
+                id: format!("fleet-{member}"),
+                namespace: "fleet".into(),
+                service: format!("app-{ident}"),
+                workload: format!("app-{ident}-{member}"),
+                inbound_address: format!(
+                    "127.0.0.{}:{}",
+                    1 + (member / 60000) % 250,
+                    1024 + member % 60000
+                ),
+                proxy_version: "fleet-simulator".into(),
+                ..Default::default()
+            };
+            let ctx = Member {
+                member,
+                grpc_url: grpc_url.clone(),
+                creds,
+                node,
+                watch: options.watch_route_table.clone(),
+                events: events_tx.clone(),
+                reconnect: reconnect_rx.clone(),
+                gate: gate.clone(),
+            };
+            tasks.push(tokio::spawn(ctx.run()));
+        }
+        Ok(Self {
+            size: options.size,
+            events,
+            reconnect,
+            tasks,
+        })
+    }
+
+    /// Waits until `n` events matching `want` arrive; returns their times.
+    pub async fn collect(
+        &mut self,
+        n: usize,
+        deadline: Duration,
+        want: fn(&Event) -> bool,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let end = Instant::now() + deadline;
+        let mut seen = BTreeMap::new();
+        while seen.len() < n {
+            let left = end.saturating_duration_since(Instant::now());
+            let event = tokio::time::timeout(left, self.events.recv())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "only {} of {n} members reported within {deadline:?}",
+                        seen.len()
+                    )
+                })?
+                .ok_or_else(|| anyhow::anyhow!("the fleet stopped"))?;
+            if want(&event) {
+                let (member, at) = match event {
+                    Event::Synced { member, at } | Event::Changed { member, at } => (member, at),
+                };
+                seen.insert(member, at);
+            }
+        }
+        Ok(seen.into_values().collect())
+    }
+
+    /// Drops every stream at once; members reconnect with the versions they hold.
+    pub fn drop_all_streams(&self) {
+        self.reconnect.send_modify(|g| *g += 1);
+    }
+}
+
+fn creds_len(options: &FleetOptions) -> usize {
+    options.identities.max(1)
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Member {
+    member: usize,
+    grpc_url: String,
+    creds: Credentials,
+    node: Node,
+    watch: String,
+    events: mpsc::UnboundedSender<Event>,
+    reconnect: watch::Receiver<u64>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Member {
+    async fn run(mut self) {
+        let mut holds = BTreeMap::new();
+        let mut watched_version: Option<String> = None;
+        loop {
+            let permit = self.gate.acquire().await;
+            let opened = ScriptedSidecar::open_url(
+                &self.grpc_url,
+                &self.creds,
+                self.node.clone(),
+                holds.clone(),
+            )
+            .await;
+            let mut s = match opened {
+                Ok(s) => s,
+                Err(_) => {
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut subscribed = true;
+            for ty in &ALL_TYPE_URLS[1..] {
+                subscribed &= s.subscribe(ty).await.is_ok();
+            }
+            drop(permit);
+            if !subscribed {
+                continue;
+            }
+            let mut firsts = std::collections::BTreeSet::new();
+            let mut synced = false;
+            loop {
+                tokio::select! {
+                    r = s.recv() => {
+                        let Ok(r) = r else { break };
+                        if s.ack(&r).await.is_err() {
+                            break;
+                        }
+                        let at = Instant::now();
+                        if r.type_url == mesh_proto::ROUTE_TABLE_TYPE_URL
+                            && let Some(res) = r.resources.iter().find(|x| x.name == self.watch)
+                        {
+                            if watched_version.as_ref().is_some_and(|v| *v != res.version) {
+                                let _ = self.events.send(Event::Changed { member: self.member, at });
+                            }
+                            watched_version = Some(res.version.clone());
+                        }
+                        if !synced {
+                            firsts.insert(r.type_url.clone());
+                            if firsts.len() == ALL_TYPE_URLS.len() {
+                                synced = true;
+                                let _ = self.events.send(Event::Synced { member: self.member, at });
+                            }
+                        }
+                    }
+                    _ = self.reconnect.changed() => break,
+                }
+            }
+            holds = s.holds.clone();
+        }
+    }
+}
