@@ -7,6 +7,7 @@
 //! per line, are printed as they come, with `document #N` turned back into the file it was in.
 
 use crate::admin::Client;
+use crate::output::{self, Format};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
 use serde::Deserialize;
 use serde_json::Value;
@@ -33,15 +34,41 @@ pub struct ApplyArgs {
 }
 
 /// Where a document came from, for error messages: `-f x.yaml` and its position in the file.
-struct Origin {
+pub(crate) struct Origin {
     file: String,
     index: usize,
 }
 
-pub async fn run(args: &ApplyArgs, api: Result<Client, Failure>) -> Result<(), Failure> {
+pub async fn run(
+    args: &ApplyArgs,
+    format: Format,
+    api: Result<Client, Failure>,
+) -> Result<(), Failure> {
+    let (docs, origins) = read_documents(&args.files)?;
+    let path = if args.dry_run {
+        "/api/v1/documents?dryRun=true"
+    } else {
+        "/api/v1/documents"
+    };
+    let response = send(api?, path, docs, &origins).await?;
+    output::emit(format, &response, |response| {
+        let results = response["results"].as_array().cloned().unwrap_or_default();
+        let suffix = if args.dry_run { " (dry run)" } else { "" };
+        for r in &results {
+            let kind = r["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let name = r["name"].as_str().unwrap_or_default();
+            let outcome = r["outcome"].as_str().unwrap_or_default();
+            println!("{kind}.{GROUP}/{name} {outcome}{suffix}");
+        }
+    })
+}
+
+/// Every document of every `-f` argument, with where each came from; an error if there is
+/// none.
+pub(crate) fn read_documents(files: &[String]) -> Result<(Vec<Value>, Vec<Origin>), Failure> {
     let mut docs = Vec::new();
     let mut origins = Vec::new();
-    for arg in &args.files {
+    for arg in files {
         for (file, text) in read_arg(arg)? {
             let parsed = parse(&file, &text)?;
             for (index, doc) in parsed.into_iter().enumerate() {
@@ -58,34 +85,26 @@ pub async fn run(args: &ApplyArgs, api: Result<Client, Failure>) -> Result<(), F
         }
     }
     if docs.is_empty() {
-        let files: Vec<String> = args.files.iter().map(|f| format!("-f {f}")).collect();
+        let files: Vec<String> = files.iter().map(|f| format!("-f {f}")).collect();
         return Err(Failure::new(
             EXIT_FAILURE,
             format!("no documents in {}", files.join(", ")),
         ));
     }
+    Ok((docs, origins))
+}
 
-    let path = if args.dry_run {
-        "/api/v1/documents?dryRun=true"
-    } else {
-        "/api/v1/documents"
-    };
-    let response = api?
-        .post(path, &Value::Array(docs))
-        .await
-        .map_err(|mut f| {
-            f.message = name_documents(&f.message, &origins);
-            f
-        })?;
-    let results = response["results"].as_array().cloned().unwrap_or_default();
-    let suffix = if args.dry_run { " (dry run)" } else { "" };
-    for r in &results {
-        let kind = r["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
-        let name = r["name"].as_str().unwrap_or_default();
-        let outcome = r["outcome"].as_str().unwrap_or_default();
-        println!("{kind}.{GROUP}/{name} {outcome}{suffix}");
-    }
-    Ok(())
+/// Posts the documents as one set; meshd's errors name the files the documents came from.
+pub(crate) async fn send(
+    api: Client,
+    path: &str,
+    docs: Vec<Value>,
+    origins: &[Origin],
+) -> Result<Value, Failure> {
+    api.post(path, &Value::Array(docs)).await.map_err(|mut f| {
+        f.message = name_documents(&f.message, origins);
+        f
+    })
 }
 
 /// The (label, text) of each file an `-f` argument names.

@@ -142,8 +142,8 @@ async fn sign_and_write(
     )
     .map_err(|e| io("bundle.pem", e))?;
     eprintln!(
-        "issued a certificate for {identity}, valid until unix {}; wrote key.pem, cert.pem, bundle.pem to {}",
-        response.expires_at_unix,
+        "issued a certificate for {identity}, valid until {}; wrote key.pem, cert.pem, bundle.pem to {}",
+        crate::output::utc(&serde_json::json!(response.expires_at_unix)),
         out.display()
     );
     Ok(())

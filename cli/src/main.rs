@@ -1,24 +1,51 @@
-//! `meshctl`, the operator's CLI for meshd.
+//! `meshctl`, the operator's CLI for meshd: it talks to meshd's admin API (and, for
+//! `cert issue|renew`, to its gRPC identity service).
 //!
-//! Exit codes: 0 ok, 1 failure, 2 usage, 3 not found or unreachable.
+//! Exit codes: 0 ok, 1 failure, 2 usage, 3 not found or unreachable (see [`EXIT_CODES`]).
 
 mod admin;
 mod apply;
+mod ca;
 mod cert;
+mod check;
+mod documents;
+mod output;
+mod status;
+mod tokens;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use documents::{Target, parse_target};
+use output::Format;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub const ENV_SERVER: &str = "MESHCTL_SERVER";
 pub const ENV_TOKEN_FILE: &str = "MESHCTL_TOKEN_FILE";
 
+/// The exit codes, as `meshctl --help` lists them.
+const EXIT_CODES: &str = "Exit codes:
+  0  ok
+  1  failure: meshd refused the request (invalid document, unknown kind, wrong token,
+     a conflict) or `check` found a problem
+  2  usage: bad flags or arguments, a file that cannot be read
+  3  not found (no such document, revision, sidecar or token) or meshd unreachable";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "meshctl",
     version,
     about = "Operate a meshd service mesh.",
-    after_help = "Examples:\n  meshctl apply -f mesh/\n  meshctl token create --identity spiffe://cluster.local/ns/default/sa/web --ttl 10m\n  meshctl cert issue --token \"$TOKEN\" --ca-bundle meshd-data/ca-bundle.pem --out ./certs\n  meshctl ca bundle > bundle.pem"
+    after_help = format!(
+        "Examples:
+  meshctl status
+  meshctl apply -f mesh/
+  meshctl get httproutes -n shop
+  meshctl check
+  meshctl token create --identity spiffe://cluster.local/ns/default/sa/web --ttl 10m
+  source <(meshctl completion bash)
+
+{EXIT_CODES}"
+    )
 )]
 struct Cli {
     /// The meshd admin API.
@@ -27,26 +54,123 @@ struct Cli {
     /// File holding the admin API token (default: ./meshd-data/admin-token).
     #[arg(long, global = true, env = ENV_TOKEN_FILE)]
     token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Namespace: of the document (default `default`), or to list in (default: all).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every connected sidecar: sync state per type, NACKs, certificate expiry, last seen.
+    #[command(
+        after_help = "Examples:\n  meshctl status\n  meshctl status -n shop\n  meshctl status web-1          # one sidecar, type by type\n  meshctl status -o json"
+    )]
+    Status {
+        /// One sidecar's id: its state type by type, with versions.
+        sidecar: Option<String>,
+    },
+    /// List mesh documents of a kind, or show one.
+    #[command(
+        after_help = "Examples:\n  meshctl get services\n  meshctl get httproutes -n shop\n  meshctl get service reviews -n shop -o yaml\n  meshctl get all"
+    )]
+    Get(documents::GetArgs),
+    /// One document: its revision, when and by whom it changed, and its body.
+    #[command(after_help = "Example:\n  meshctl describe httproute/reviews -n shop")]
+    Describe {
+        /// KIND/NAME, e.g. service/reviews.
+        #[arg(value_parser = parse_target, value_name = "KIND/NAME")]
+        target: Target,
+    },
     /// Apply mesh documents (YAML or JSON) as one change: all of them, or none if any is invalid.
     #[command(
         after_help = "Prints one line per document: created, configured or unchanged.\n\nExamples:\n  meshctl apply -f reviews.yaml\n  meshctl apply -f mesh/ -f extra.yaml\n  cat route.yaml | meshctl apply -f -"
     )]
     Apply(apply::ApplyArgs),
+    /// Delete a document (refused while another document refers to it).
+    #[command(after_help = "Example:\n  meshctl delete httproute/reviews -n shop")]
+    Delete {
+        /// KIND/NAME, e.g. httproute/reviews.
+        #[arg(value_parser = parse_target, value_name = "KIND/NAME")]
+        target: Target,
+    },
+    /// Show what `apply -f` would change, as a unified diff; nothing is stored.
+    #[command(
+        after_help = "Exits 0 whether or not there are changes (1 if a document is invalid).\n\nExamples:\n  meshctl diff -f reviews.yaml\n  meshctl diff -f mesh/"
+    )]
+    Diff(documents::DiffArgs),
+    /// Every revision of a document, oldest first.
+    #[command(after_help = "Example:\n  meshctl history service/reviews -n shop")]
+    History {
+        /// KIND/NAME, e.g. service/reviews.
+        #[arg(value_parser = parse_target, value_name = "KIND/NAME")]
+        target: Target,
+    },
+    /// Put a document back as it was at a revision (a new revision; history is kept).
+    #[command(
+        after_help = "Example:\n  meshctl history service/reviews -n shop\n  meshctl rollback service/reviews -n shop --to-revision 3"
+    )]
+    Rollback {
+        /// KIND/NAME, e.g. service/reviews.
+        #[arg(value_parser = parse_target, value_name = "KIND/NAME")]
+        target: Target,
+        /// The revision to go back to (see `meshctl history`).
+        #[arg(long, value_name = "N")]
+        to_revision: i64,
+    },
+    /// What a sidecar's scope holds: every resource with its version (`-o yaml` for bodies).
+    #[command(
+        name = "config-dump",
+        after_help = "Examples:\n  meshctl config-dump web-1\n  meshctl config-dump web-1 -o yaml"
+    )]
+    ConfigDump {
+        /// The sidecar's id (see `meshctl status`).
+        sidecar: String,
+    },
+    /// Certificates the CA issued and that are still valid, soonest expiry first.
+    #[command(
+        after_help = "Examples:\n  meshctl certs\n  meshctl certs --expiring 10m\n  meshctl certs --identity spiffe://cluster.local/ns/shop/sa/reviews"
+    )]
+    Certs(ca::CertsArgs),
     /// Join tokens: how workloads outside Kubernetes get their first certificate.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  meshctl token create --identity spiffe://cluster.local/ns/default/sa/web\n  meshctl token list\n  meshctl token revoke 3f9c0a1b"
+    )]
     Token(TokenCommand),
-    /// Workload certificates.
-    #[command(subcommand)]
+    /// Workload certificates (key made here, signed by meshd).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  meshctl cert issue --token \"$TOKEN\" --ca-bundle meshd-data/ca-bundle.pem --out ./certs\n  meshctl cert renew --dir ./certs"
+    )]
     Cert(CertCommand),
     /// The mesh's certificate authority.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  meshctl ca status\n  meshctl ca bundle > bundle.pem"
+    )]
     Ca(CaCommand),
+    /// Check the mesh's health: control plane, store, CA, sidecar sync, certificate renewal.
+    ///
+    /// One line per finding with what to do; exit 1 if something is wrong, 3 if meshd cannot
+    /// be reached. A STALE sidecar counts only if it is still STALE 2 s later.
+    #[command(after_help = "Examples:\n  meshctl check\n  meshctl check -o json")]
+    Check,
+    /// Print the dashboard's URL (and open it, on a desktop).
+    #[command(after_help = "Example:\n  meshctl dashboard")]
+    Dashboard,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  source <(meshctl completion bash)\n  meshctl completion zsh > \"${fpath[1]}/_meshctl\"\n  meshctl completion fish > ~/.config/fish/completions/meshctl.fish"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +190,15 @@ enum TokenCommand {
         #[arg(long, default_value_t = 1)]
         uses: u32,
     },
+    /// Every join token: identity, state (active, expired, used up, revoked), uses left.
+    #[command(after_help = "Example:\n  meshctl token list")]
+    List,
+    /// Revoke a join token: it is refused from now on.
+    #[command(after_help = "Example:\n  meshctl token revoke 3f9c0a1b")]
+    Revoke {
+        /// The token's id (see `meshctl token list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +217,10 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
+    /// The CA: trust domain, signing certificate, the roots of the trust bundle and their
+    /// expiry, leaf TTL, rotation phase.
+    #[command(after_help = "Example:\n  meshctl ca status")]
+    Status,
     /// Print the current trust bundle (PEM).
     #[command(after_help = "Example:\n  meshctl ca bundle > bundle.pem")]
     Bundle,
@@ -94,6 +231,9 @@ enum CaCommand {
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// meshd said that what was named does not exist (HTTP 404); callers add where to look.
+    /// Distinct from the code: an unreachable meshd exits 3 as well.
+    pub not_found: bool,
 }
 
 impl Failure {
@@ -101,13 +241,33 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            not_found: false,
         }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_NOT_FOUND,
+            message: message.into(),
+            not_found: true,
+        }
+    }
+
+    /// Adds what to try next to a not-found message.
+    pub fn hint_if_not_found(mut self, hint: impl FnOnce() -> String) -> Self {
+        if self.not_found {
+            self.message = format!("{}; {}", self.message, hint());
+        }
+        self
     }
 }
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+/// meshd cannot be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// What was named does not exist (the same code: "what you asked for is not there").
+pub const EXIT_NOT_FOUND: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -142,30 +302,105 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let api = || admin::Client::new(&cli.server, cli.token_file.as_deref());
+    let format = cli.output;
+    let ns = cli.namespace.as_deref();
     match &cli.command {
-        Command::Apply(args) => apply::run(args, api()).await,
+        Command::Status { sidecar } => status::status(sidecar.as_deref(), ns, format, api()?).await,
+        Command::Get(args) => documents::get(args, ns, format, api()?).await,
+        Command::Describe { target } => documents::describe(target, ns, format, api()?).await,
+        Command::Apply(args) => apply::run(args, format, api()).await,
+        Command::Delete { target } => documents::delete(target, ns, format, api()?).await,
+        Command::Diff(args) => documents::diff(args, format, api()).await,
+        Command::History { target } => documents::history(target, ns, format, api()?).await,
+        Command::Rollback {
+            target,
+            to_revision,
+        } => documents::rollback(target, *to_revision, ns, format, api()?).await,
+        Command::ConfigDump { sidecar } => status::config_dump(sidecar, format, api()?).await,
+        Command::Certs(args) => ca::certs(args, format, api()?).await,
         Command::Token(TokenCommand::Create {
             identity,
             ttl,
             uses,
-        }) => {
-            let body = serde_json::json!({ "identity": identity, "ttl": ttl, "uses": uses });
-            let created = api()?.post("/api/v1/tokens", &body).await?;
-            println!("{}", created["token"].as_str().unwrap_or_default());
-            eprintln!(
-                "token {} for {} ({} use(s)); it is shown only once",
-                created["id"].as_str().unwrap_or_default(),
-                identity,
-                uses
+        }) => tokens::create(identity, ttl, *uses, format, api()?).await,
+        Command::Token(TokenCommand::List) => tokens::list(format, api()?).await,
+        Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(id, format, api()?).await,
+        Command::Cert(CertCommand::Issue(args)) => cert::issue(args).await,
+        Command::Cert(CertCommand::Renew(args)) => cert::renew(args).await,
+        Command::Ca(CaCommand::Status) => ca::status(format, api()?).await,
+        Command::Ca(CaCommand::Bundle) => ca::bundle(format, api()?).await,
+        Command::Check => check::run(ns, format, api()?).await,
+        Command::Dashboard => dashboard(&cli.server, format),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "meshctl",
+                &mut std::io::stdout(),
             );
             Ok(())
         }
-        Command::Cert(CertCommand::Issue(args)) => cert::issue(args).await,
-        Command::Cert(CertCommand::Renew(args)) => cert::renew(args).await,
-        Command::Ca(CaCommand::Bundle) => {
-            let bundle = api()?.get("/api/v1/ca/bundle").await?;
-            print!("{}", bundle["pem"].as_str().unwrap_or_default());
-            Ok(())
+    }
+}
+
+/// Prints the dashboard's URL; opens it with `xdg-open` only for a person at a desktop (stdout
+/// a terminal, and a display), never in a script or over SSH.
+fn dashboard(server: &str, format: Format) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let url = format!("{}/dashboard", server.trim_end_matches('/'));
+    output::emit(format, &serde_json::json!({ "url": url }), |_| {
+        println!("{url}")
+    })?;
+    let desktop = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty())
+        || std::env::var_os("WAYLAND_DISPLAY").is_some_and(|d| !d.is_empty());
+    if format == Format::Table && std::io::stdout().is_terminal() && desktop {
+        // Best effort: the URL is printed either way.
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if opened.is_err() {
+            eprintln!("could not start xdg-open; open the URL above in a browser");
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's `--help` ends with an example.
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        walk(&cmd, "meshctl", &mut missing);
+        assert!(missing.is_empty(), "no example in --help of: {missing:?}");
+    }
+
+    #[test]
+    fn the_exit_codes_in_help_are_the_documented_ones() {
+        let help = Cli::command()
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(help.contains(EXIT_CODES), "{help}");
     }
 }

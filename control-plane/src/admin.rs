@@ -1,7 +1,8 @@
 //! The admin HTTP API (axum): the one API that meshctl and the dashboard use. Everything but
 //! `/healthz` needs the bearer token; refusals are audited. Errors are JSON
 //! `{"error": "..."}` with a status that fits (400, 401, 404, 409, 413, 415, 503); a message
-//! about documents has one problem per line. Mesh documents: see [`documents`].
+//! about documents has one problem per line. Mesh documents: see [`documents`]; connected
+//! sidecars and their config: [`sidecars`]; the CA at a glance (`GET /api/v1/ca`): [`ca`].
 
 use crate::ca::Authority;
 use crate::metrics::Metrics;
@@ -18,7 +19,10 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod ca;
+mod debug_json;
 pub mod documents;
+mod sidecars;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
@@ -97,11 +101,12 @@ pub fn router(state: AdminState) -> Router {
     let api = Router::new()
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/ca", get(ca::status))
         .route("/api/v1/ca/bundle", get(ca_bundle))
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/audit", get(list_audit))
-        .route("/api/v1/sidecars", get(list_sidecars))
-        .route("/api/v1/sidecars/{id}/config", get(sidecar_config))
+        .route("/api/v1/sidecars", get(sidecars::list))
+        .route("/api/v1/sidecars/{id}/config", get(sidecars::config))
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/documents",
@@ -288,17 +293,40 @@ struct CertQuery {
     identity: Option<String>,
     /// Only certificates valid at this unix time.
     valid_at: Option<i64>,
+    /// Only certificates valid now that expire within this long (`10m`, or seconds); for
+    /// `meshctl certs --expiring 10m`.
+    expiring_within: Option<String>,
 }
 
 async fn list_certificates(
     State(state): State<AdminState>,
     Query(q): Query<CertQuery>,
 ) -> ApiResult<Response> {
-    let certs = state
+    let Some(within) = q.expiring_within.as_deref() else {
+        let certs = state
+            .store
+            .list_certificates(q.valid_at, q.identity.as_deref())
+            .await?;
+        return Ok(Json(json!({ "certificates": certs })).into_response());
+    };
+    let within = parse_duration(within)
+        .map_err(|e| ApiError::bad_request(format!("expiring_within {within:?}: {e}")))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let until = now.saturating_add(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
+    let mut certs = state
         .store
-        .list_certificates(q.valid_at, q.identity.as_deref())
+        .list_certificates(Some(q.valid_at.unwrap_or(now)), q.identity.as_deref())
         .await?;
+    certs.retain(|c| c.not_after <= until);
     Ok(Json(json!({ "certificates": certs })).into_response())
+}
+
+/// A duration as humantime (`10m`, `1h 30m`) or plain seconds (`600`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text.trim()).map_err(|e| e.to_string()),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,30 +344,4 @@ async fn list_audit(
         .list_audit(q.limit.unwrap_or(100).min(1000), q.since_id)
         .await?;
     Ok(Json(json!({ "entries": entries })).into_response())
-}
-
-async fn list_sidecars(State(state): State<AdminState>) -> Response {
-    Json(json!({ "sidecars": state.xds.sidecars() })).into_response()
-}
-
-/// The resources meshd holds for a sidecar's scope (what it runs once SYNCED), as JSON.
-async fn sidecar_config(
-    State(state): State<AdminState>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let snapshot = state.xds.config_of(&id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no connected sidecar {id:?}"),
-        )
-    })?;
-    let mut types = serde_json::Map::new();
-    for ty in mesh_proto::ResourceType::ALL {
-        let resources: Vec<_> = snapshot
-            .resources(ty)
-            .map(|r| json!({ "name": r.name, "version": r.version, "body": format!("{:?}", r.body) }))
-            .collect();
-        types.insert(ty.type_url().to_string(), json!(resources));
-    }
-    Ok(Json(json!({ "id": id, "resources": types })).into_response())
 }

@@ -1,0 +1,125 @@
+//! `meshctl ca status|bundle` (the CA: trust bundle, roots, signing certificate, expiry) and
+//! `meshctl certs` (the certificates it issued).
+
+use crate::admin::{Client, segment};
+use crate::output::{self, Format, Table, expires, text, utc};
+use crate::{EXIT_USAGE, Failure};
+use serde_json::Value;
+
+/// `meshctl ca status`.
+pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
+    let ca = api.get("/api/v1/ca").await?;
+    output::emit(format, &ca, |ca| {
+        let signing = &ca["signing"];
+        let ttl = |v: &Value| v.as_i64().map_or("-".into(), output::short_duration);
+        print!(
+            "{}",
+            output::fields(&[
+                ("Trust domain", text(&ca["trust_domain"])),
+                (
+                    "Rotation",
+                    ca["rotation_phase"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| ca["store_error"].as_str().map(|e| format!("unknown: {e}")))
+                        .unwrap_or_else(|| "-".into())
+                ),
+                ("Signing cert", text(&signing["subject"])),
+                ("  fingerprint", text(&signing["fingerprint"])),
+                (
+                    "  expires",
+                    format!(
+                        "{} ({})",
+                        utc(&signing["not_after"]),
+                        expires(&signing["not_after"])
+                    )
+                ),
+                (
+                    "Leaf TTL",
+                    format!(
+                        "{} (max {})",
+                        ttl(&ca["leaf_ttl_seconds"]),
+                        ttl(&ca["max_leaf_ttl_seconds"])
+                    )
+                ),
+            ])
+        );
+        println!();
+        let mut roots = Table::new(&["ROOT", "FINGERPRINT", "NOT AFTER", "EXPIRES", "ACTIVE"]);
+        for r in ca["roots"].as_array().into_iter().flatten() {
+            roots.row(vec![
+                text(&r["subject"]),
+                text(&r["fingerprint"]),
+                utc(&r["not_after"]),
+                expires(&r["not_after"]),
+                if r["active"] == true { "yes" } else { "no" }.into(),
+            ]);
+        }
+        roots.print();
+    })
+}
+
+/// `meshctl ca bundle`: the PEM, for files and pipes (`-o json` gives the roots too).
+pub async fn bundle(format: Format, api: Client) -> Result<(), Failure> {
+    let bundle = api.get("/api/v1/ca/bundle").await?;
+    output::emit(format, &bundle, |b| {
+        print!("{}", b["pem"].as_str().unwrap_or_default());
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// Only certificates that expire within this long (e.g. 10m, 1h).
+    #[arg(long, value_name = "DURATION")]
+    expiring: Option<String>,
+    /// Only certificates of this SPIFFE ID.
+    #[arg(long)]
+    identity: Option<String>,
+    /// Expired certificates too (meshd keeps them for a while).
+    #[arg(long, conflicts_with = "expiring")]
+    all: bool,
+}
+
+/// `meshctl certs`: issued certificates, soonest expiry first.
+pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), Failure> {
+    let mut query = Vec::new();
+    if let Some(within) = &args.expiring {
+        humantime::parse_duration(within).map_err(|e| {
+            Failure::new(
+                EXIT_USAGE,
+                format!("--expiring {within:?}: {e}; e.g. --expiring 10m"),
+            )
+        })?;
+        query.push(format!("expiring_within={}", segment(within)));
+    } else if !args.all {
+        query.push(format!("valid_at={}", output::now()));
+    }
+    if let Some(identity) = &args.identity {
+        query.push(format!("identity={}", segment(identity)));
+    }
+    let certs = api
+        .get(&format!("/api/v1/certificates?{}", query.join("&")))
+        .await?;
+    output::emit(format, &certs, |c| {
+        let list = c["certificates"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            match &args.expiring {
+                Some(within) => eprintln!("no certificate expires within {within}"),
+                None => eprintln!("no certificates"),
+            }
+            return;
+        }
+        let mut table = Table::new(&["SERIAL", "IDENTITY", "NOT AFTER", "EXPIRES", "ISSUER"]);
+        for cert in &list {
+            let issuer = text(&cert["issuer_fingerprint"]);
+            table.row(vec![
+                text(&cert["serial_hex"]),
+                text(&cert["identity"]),
+                utc(&cert["not_after"]),
+                expires(&cert["not_after"]),
+                issuer.chars().take(16).collect(),
+            ]);
+        }
+        table.print();
+    })
+}

@@ -1,0 +1,443 @@
+//! Mesh documents: `get`, `describe`, `delete`, `diff`, `history`, `rollback` (and `apply`, in
+//! [`crate::apply`]). A document is named `KIND/NAME` in namespace `-n NS` (default
+//! `default`); meshd accepts a kind in any case, its plural, or with the group
+//! (`httproute.mesh.meshd.dev`), so the names `apply` prints can be pasted back.
+//!
+//! An unknown kind is meshd's to find (it knows the kinds), and it is an error of the request,
+//! exit 1, the same whether the kind was in a file or on the command line.
+
+use crate::Failure;
+use crate::admin::{Client, segment};
+use crate::output::{self, Format, Table, ago, text, utc};
+use serde_json::{Value, json};
+
+/// The API group, in the kubectl-style names printed (`service.mesh.meshd.dev/reviews`).
+const GROUP: &str = "mesh.meshd.dev";
+/// The namespace of a document that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// `KIND/NAME`, as typed.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub kind: String,
+    pub name: String,
+}
+
+/// clap's parser for `KIND/NAME` (a bad one is a usage error, exit 2).
+pub fn parse_target(text: &str) -> Result<Target, String> {
+    match text.split_once('/') {
+        Some((kind, name)) if !kind.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(Target {
+                kind: kind.to_string(),
+                name: name.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "expected KIND/NAME, e.g. service/reviews or httproute/reviews, not {text:?}"
+        )),
+    }
+}
+
+/// How a document is shown in messages: `service.mesh.meshd.dev/reviews`.
+fn display_name(kind: &str, name: &str) -> String {
+    format!("{}.{GROUP}/{name}", kind.to_ascii_lowercase())
+}
+
+/// The path of one document.
+fn path(target: &Target, namespace: &str) -> String {
+    format!(
+        "/api/v1/documents/{}/{}/{}",
+        segment(&target.kind),
+        segment(namespace),
+        segment(&target.name)
+    )
+}
+
+/// `document Service shop/x not found` → with what to try next.
+fn not_found_hint(f: Failure, target: &Target, namespace: &str) -> Failure {
+    f.hint_if_not_found(|| {
+        format!(
+            "list them with `meshctl get {} -n {namespace}`",
+            target.kind
+        )
+    })
+}
+
+// --- get ---------------------------------------------------------------------------------
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// The kind (service, httproute, authorizationpolicy, ratelimitpolicy, tlspolicy, or `all`),
+    /// or KIND/NAME.
+    kind: String,
+    /// One document's name.
+    name: Option<String>,
+}
+
+pub async fn get(
+    args: &GetArgs,
+    namespace: Option<&str>,
+    format: Format,
+    api: Client,
+) -> Result<(), Failure> {
+    let (kind, name) = match (args.kind.split_once('/'), &args.name) {
+        (Some((kind, name)), None) => (kind.to_string(), Some(name.to_string())),
+        (Some(_), Some(_)) => {
+            return Err(Failure::new(
+                crate::EXIT_USAGE,
+                "give KIND NAME or KIND/NAME, not both; e.g. `meshctl get service reviews`",
+            ));
+        }
+        (None, name) => (args.kind.clone(), name.clone()),
+    };
+    if let Some(name) = name {
+        let target = Target { kind, name };
+        let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+        let doc = api
+            .get(&path(&target, ns))
+            .await
+            .map_err(|f| not_found_hint(f, &target, ns))?;
+        return output::emit(format, &doc, |doc| {
+            list_table(std::slice::from_ref(doc), false).print()
+        });
+    }
+    let all = kind.eq_ignore_ascii_case("all");
+    let mut query = Vec::new();
+    if !all {
+        query.push(format!("kind={}", segment(&kind)));
+    }
+    if let Some(ns) = namespace {
+        query.push(format!("namespace={}", segment(ns)));
+    }
+    let list = api
+        .get(&format!("/api/v1/documents?{}", query.join("&")))
+        .await?;
+    output::emit(format, &list, |list| {
+        let docs = list["documents"].as_array().cloned().unwrap_or_default();
+        if docs.is_empty() {
+            let place = namespace.map_or(String::new(), |ns| format!(" in namespace {ns}"));
+            let what = if all {
+                "documents".to_string()
+            } else {
+                kind.clone()
+            };
+            eprintln!("no {what}{place}");
+        } else {
+            list_table(&docs, all).print();
+        }
+    })
+}
+
+fn list_table(docs: &[Value], with_kind: bool) -> Table {
+    let mut headers = vec!["NAMESPACE", "NAME", "SUMMARY", "REVISION", "UPDATED"];
+    if with_kind {
+        headers.insert(0, "KIND");
+    }
+    let mut table = Table::new(&headers);
+    for d in docs {
+        let mut row = vec![
+            text(&d["namespace"]),
+            text(&d["name"]),
+            summary(
+                d["kind"].as_str().unwrap_or_default(),
+                &d["document"]["spec"],
+            ),
+            text(&d["revision"]),
+            ago(&d["updated_at"]),
+        ];
+        if with_kind {
+            row.insert(0, text(&d["kind"]));
+        }
+        table.row(row);
+    }
+    table
+}
+
+/// One short line of what a document says, for `get`: a service's ports, a route's hosts and
+/// backends.
+fn summary(kind: &str, spec: &Value) -> String {
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let out = match kind {
+        "Service" => list(&spec["ports"])
+            .iter()
+            .map(|p| format!("{}/{}", text(&p["port"]), text(&p["protocol"])))
+            .collect::<Vec<_>>()
+            .join(","),
+        "HTTPRoute" => {
+            let hosts: Vec<String> = list(&spec["hostnames"]).iter().map(text).collect();
+            let parents: Vec<String> = list(&spec["parentRefs"])
+                .iter()
+                .map(|p| text(&p["name"]))
+                .collect();
+            let backends: Vec<String> = list(&spec["rules"])
+                .iter()
+                .flat_map(|r| list(&r["backends"]))
+                .map(|b| {
+                    let weight = b["weight"]
+                        .as_u64()
+                        .map_or(String::new(), |w| format!(" {w}%"));
+                    format!("{}:{}{weight}", text(&b["service"]), text(&b["port"]))
+                })
+                .collect();
+            let from = if hosts.is_empty() { parents } else { hosts };
+            format!("{} -> {}", from.join(","), backends.join(", "))
+        }
+        "AuthorizationPolicy" => text(&spec["action"]),
+        "RateLimitPolicy" => match spec["requestsPerSecond"].as_f64() {
+            Some(rps) => format!("{rps}/s"),
+            None => String::new(),
+        },
+        "TlsPolicy" => {
+            let min = spec["minVersion"].as_str().unwrap_or_default();
+            let max = spec["maxVersion"].as_str().unwrap_or_default();
+            match (min, max) {
+                ("", "") => String::new(),
+                (min, "") => format!("{min}+"),
+                (min, max) => format!("{min}..{max}"),
+            }
+        }
+        _ => String::new(),
+    };
+    if out.is_empty() { "-".into() } else { out }
+}
+
+// --- describe ----------------------------------------------------------------------------
+
+pub async fn describe(
+    target: &Target,
+    namespace: Option<&str>,
+    format: Format,
+    api: Client,
+) -> Result<(), Failure> {
+    let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+    let doc = api
+        .get(&path(target, ns))
+        .await
+        .map_err(|f| not_found_hint(f, target, ns))?;
+    let history = api.get(&format!("{}/history", path(target, ns))).await?;
+    // The table shows the body as meshd writes it (canonical YAML, fields in schema order).
+    let yaml = match format {
+        Format::Table => {
+            api.get_text(&format!("{}?format=yaml", path(target, ns)))
+                .await?
+        }
+        _ => String::new(),
+    };
+    let revisions = history["revisions"].as_array().cloned().unwrap_or_default();
+    let mut value = doc.clone();
+    value["history"] = json!(revisions);
+    output::emit(format, &value, |_| {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let name = doc["name"].as_str().unwrap_or_default();
+        let last = revisions.last();
+        print!(
+            "{}",
+            output::fields(&[
+                ("Kind", text(&doc["kind"])),
+                ("Namespace", text(&doc["namespace"])),
+                ("Name", text(&doc["name"])),
+                ("Revision", text(&doc["revision"])),
+                (
+                    "Created",
+                    format!("{} ({})", utc(&doc["created_at"]), ago(&doc["created_at"]))
+                ),
+                (
+                    "Updated",
+                    format!(
+                        "{} ({}) by {}",
+                        utc(&doc["updated_at"]),
+                        ago(&doc["updated_at"]),
+                        last.map_or("-".into(), |r| text(&r["actor"]))
+                    )
+                ),
+                (
+                    "History",
+                    format!(
+                        "{} revision(s); `meshctl history {}/{name} -n {ns}`",
+                        revisions.len(),
+                        kind.to_ascii_lowercase()
+                    )
+                ),
+            ])
+        );
+        println!("Document:");
+        for line in yaml.lines() {
+            println!("  {line}");
+        }
+    })
+}
+
+// --- delete ------------------------------------------------------------------------------
+
+pub async fn delete(
+    target: &Target,
+    namespace: Option<&str>,
+    format: Format,
+    api: Client,
+) -> Result<(), Failure> {
+    let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+    let deleted = api
+        .delete(&path(target, ns))
+        .await
+        .map_err(|f| not_found_hint(f, target, ns))?;
+    output::emit(format, &deleted, |d| {
+        println!(
+            "{} deleted (revision {})",
+            display_name(d["kind"].as_str().unwrap_or(&target.kind), &target.name),
+            text(&d["revision"])
+        );
+    })
+}
+
+// --- history and rollback ----------------------------------------------------------------
+
+pub async fn history(
+    target: &Target,
+    namespace: Option<&str>,
+    format: Format,
+    api: Client,
+) -> Result<(), Failure> {
+    let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+    let history = api
+        .get(&format!("{}/history", path(target, ns)))
+        .await
+        .map_err(|f| not_found_hint(f, target, ns))?;
+    output::emit(format, &history, |h| {
+        let revisions = h["revisions"].as_array().cloned().unwrap_or_default();
+        let mut table = Table::new(&["REVISION", "OP", "ACTOR", "AT", "AGE"]);
+        for r in &revisions {
+            table.row(vec![
+                text(&r["revision"]),
+                text(&r["op"]),
+                text(&r["actor"]),
+                utc(&r["at"]),
+                ago(&r["at"]),
+            ]);
+        }
+        table.print();
+    })
+}
+
+pub async fn rollback(
+    target: &Target,
+    revision: i64,
+    namespace: Option<&str>,
+    format: Format,
+    api: Client,
+) -> Result<(), Failure> {
+    let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+    let applied = api
+        .post(
+            &format!("{}/rollback", path(target, ns)),
+            &json!({ "revision": revision }),
+        )
+        .await
+        .map_err(|f| {
+            f.hint_if_not_found(|| {
+                format!(
+                    "see the revisions with `meshctl history {}/{} -n {ns}`",
+                    target.kind, target.name
+                )
+            })
+        })?;
+    output::emit(format, &applied, |a| {
+        let name = display_name(a["kind"].as_str().unwrap_or(&target.kind), &target.name);
+        match a["outcome"].as_str() {
+            Some("unchanged") => {
+                println!("{name} unchanged: it already is as at revision {revision}")
+            }
+            _ => println!(
+                "{name} rolled back to revision {revision} (now revision {})",
+                text(&a["revision"])
+            ),
+        }
+    })
+}
+
+// --- diff --------------------------------------------------------------------------------
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// A file, a directory (its *.yaml, *.yml and *.json files) or `-` for standard input;
+    /// repeat for more.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR|-",
+        required = true
+    )]
+    files: Vec<String>,
+}
+
+/// What `apply -f` would change: meshd validates the documents as a set and compares each with
+/// what it stores (a dry run; nothing is written).
+pub async fn diff(
+    args: &DiffArgs,
+    format: Format,
+    api: Result<Client, Failure>,
+) -> Result<(), Failure> {
+    let (docs, origins) = crate::apply::read_documents(&args.files)?;
+    let planned = crate::apply::send(api?, "/api/v1/documents?dryRun=true", docs, &origins).await?;
+    output::emit(format, &planned, |p| {
+        let results = p["results"].as_array().cloned().unwrap_or_default();
+        let mut unchanged = 0;
+        for r in &results {
+            let name = display_name(
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default(),
+            );
+            match (r["outcome"].as_str(), r["diff"].as_str()) {
+                (Some("unchanged"), _) | (_, None) => unchanged += 1,
+                (outcome, Some(diff)) => {
+                    println!(
+                        "{name} ({}, namespace {})",
+                        outcome.unwrap_or("changed"),
+                        text(&r["namespace"])
+                    );
+                    print!("{diff}");
+                    if !diff.ends_with('\n') {
+                        println!();
+                    }
+                }
+            }
+        }
+        if unchanged == results.len() {
+            eprintln!("no changes: meshd already holds these {unchanged} document(s)");
+        } else if unchanged > 0 {
+            eprintln!("{unchanged} other document(s) unchanged");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_kind_slash_name() {
+        let t = parse_target("service/reviews").unwrap();
+        assert_eq!((t.kind.as_str(), t.name.as_str()), ("service", "reviews"));
+        for bad in ["service", "/x", "service/", "a/b/c"] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn summaries_say_what_a_document_does() {
+        let route = json!({
+            "hostnames": ["reviews.example.com"],
+            "rules": [{"backends": [
+                {"service": "reviews", "port": 9080, "weight": 90},
+                {"service": "ratings", "port": 8080, "weight": 10}
+            ]}]
+        });
+        assert_eq!(
+            summary("HTTPRoute", &route),
+            "reviews.example.com -> reviews:9080 90%, ratings:8080 10%"
+        );
+        let svc =
+            json!({"ports": [{"port": 80, "protocol": "http"}, {"port": 9090, "protocol": "tcp"}]});
+        assert_eq!(summary("Service", &svc), "80/http,9090/tcp");
+        assert_eq!(summary("Gadget", &svc), "-");
+    }
+}

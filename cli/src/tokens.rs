@@ -1,0 +1,117 @@
+//! `meshctl token create|list|revoke`: join tokens, how workloads outside Kubernetes get their
+//! first certificate. meshd stores only a hash; the token is shown once, at creation.
+
+use crate::Failure;
+use crate::admin::{Client, segment};
+use crate::output::{self, Format, Table, ago, expires, text, utc};
+use serde_json::{Value, json};
+
+pub async fn create(
+    identity: &str,
+    ttl: &str,
+    uses: u32,
+    format: Format,
+    api: Client,
+) -> Result<(), Failure> {
+    let body = json!({ "identity": identity, "ttl": ttl, "uses": uses });
+    let created = api.post("/api/v1/tokens", &body).await?;
+    output::emit(format, &created, |created| {
+        // The token alone on stdout, so that `TOKEN=$(meshctl token create ...)` works.
+        println!("{}", created["token"].as_str().unwrap_or_default());
+        eprintln!(
+            "token {} for {identity} ({uses} use(s), expires {}); it is shown only once",
+            text(&created["id"]),
+            expires(&created["expires_at"]),
+        );
+    })
+}
+
+/// `active`, `expired`, `used up` or `revoked`.
+fn state(token: &Value) -> &'static str {
+    if token["revoked_at"].is_i64() {
+        "revoked"
+    } else if token["expires_at"]
+        .as_i64()
+        .is_some_and(|t| t <= output::now())
+    {
+        "expired"
+    } else if token["uses_remaining"] == 0 {
+        "used up"
+    } else {
+        "active"
+    }
+}
+
+pub async fn list(format: Format, api: Client) -> Result<(), Failure> {
+    let tokens = api.get("/api/v1/tokens").await?;
+    output::emit(format, &tokens, |t| {
+        let list = t["tokens"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            eprintln!("no join tokens; create one with `meshctl token create --identity ...`");
+            return;
+        }
+        let mut table = Table::new(&[
+            "ID",
+            "IDENTITY",
+            "STATE",
+            "USES LEFT",
+            "EXPIRES",
+            "CREATED",
+            "LAST USED",
+        ]);
+        for token in &list {
+            table.row(vec![
+                text(&token["id"]),
+                text(&token["identity"]),
+                state(token).into(),
+                text(&token["uses_remaining"]),
+                if state(token) == "active" {
+                    expires(&token["expires_at"])
+                } else {
+                    utc(&token["expires_at"])
+                },
+                format!(
+                    "{} by {}",
+                    ago(&token["created_at"]),
+                    text(&token["created_by"])
+                ),
+                ago(&token["last_used_at"]),
+            ]);
+        }
+        table.print();
+    })
+}
+
+pub async fn revoke(id: &str, format: Format, api: Client) -> Result<(), Failure> {
+    api.delete(&format!("/api/v1/tokens/{}", segment(id)))
+        .await
+        .map_err(|f| f.hint_if_not_found(|| "list them with `meshctl token list`".into()))?;
+    let value = json!({ "id": id, "revoked": true });
+    output::emit(format, &value, |_| println!("token {id} revoked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_states() {
+        let future = output::now() + 600;
+        assert_eq!(
+            state(&json!({"expires_at": future, "uses_remaining": 1})),
+            "active"
+        );
+        assert_eq!(
+            state(&json!({"expires_at": future, "uses_remaining": 0})),
+            "used up"
+        );
+        assert_eq!(
+            state(&json!({"expires_at": 1, "uses_remaining": 1})),
+            "expired"
+        );
+        assert_eq!(
+            state(&json!({"expires_at": future, "uses_remaining": 1, "revoked_at": 5})),
+            "revoked"
+        );
+    }
+}
