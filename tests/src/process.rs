@@ -158,3 +158,30 @@ pub fn run(mut cmd: Command) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Asserts that a CLI run (as returned by [`run`]) failed with `code` and said why the way an
+/// operator should read it: `meshctl: …` lines, no raw JSON, no panic or backtrace. With
+/// `one_line`, exactly one line.
+pub fn assert_cli_failure(
+    what: &str,
+    result: &(Option<i32>, String, String),
+    code: i32,
+    one_line: bool,
+) {
+    let (got, stdout, stderr) = result;
+    assert_eq!(
+        *got,
+        Some(code),
+        "{what}: stdout {stdout:?}, stderr {stderr:?}"
+    );
+    assert!(!stderr.is_empty(), "{what}: no message");
+    if one_line {
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+    }
+    for line in stderr.lines() {
+        assert!(line.starts_with("meshctl: "), "{what}: {stderr}");
+    }
+    for bad in ["{\"", "panicked", "backtrace", "RUST_BACKTRACE", "Error {"] {
+        assert!(!stderr.contains(bad), "{what}: {stderr}");
+    }
+}

@@ -272,19 +272,7 @@ fn meshctl_apply(meshd: &Meshd, cwd: &Path, args: &[&str]) -> (Option<i32>, Stri
 /// Asserts a meshctl failure: the exit code, and stderr as `meshctl: ...` lines, no JSON, no
 /// panic or backtrace.
 fn assert_failure(what: &str, result: &(Option<i32>, String, String), code: i32) {
-    let (got, stdout, stderr) = result;
-    assert_eq!(
-        *got,
-        Some(code),
-        "{what}: stdout {stdout:?}, stderr {stderr:?}"
-    );
-    assert!(!stderr.is_empty(), "{what}: no message");
-    for line in stderr.lines() {
-        assert!(line.starts_with("meshctl: "), "{what}: {stderr}");
-    }
-    for bad in ["{\"", "panicked", "backtrace", "RUST_BACKTRACE"] {
-        assert!(!stderr.contains(bad), "{what}: {stderr}");
-    }
+    mesh_tests::process::assert_cli_failure(what, result, code, false);
 }
 
 async fn start(dir: &Path, options: &MeshdOptions) -> Meshd {

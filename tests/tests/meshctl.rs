@@ -113,18 +113,8 @@ async fn json(meshd: &Meshd, args: &[&str]) -> Value {
 
 /// Asserts a failure: the exit code, and one line on stderr, `meshctl: ...`, no JSON, no
 /// panic or backtrace.
-fn assert_failure(what: &str, result: &Outcome, code: i32) {
-    let (got, stdout, stderr) = result;
-    assert_eq!(
-        *got,
-        Some(code),
-        "{what}: stdout {stdout:?}, stderr {stderr:?}"
-    );
-    assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
-    assert!(stderr.starts_with("meshctl: "), "{what}: {stderr}");
-    for bad in ["{\"", "panicked", "backtrace", "RUST_BACKTRACE", "Error {"] {
-        assert!(!stderr.contains(bad), "{what}: {stderr}");
-    }
+fn assert_failure(what: &str, result: &(Option<i32>, String, String), code: i32) {
+    mesh_tests::process::assert_cli_failure(what, result, code, true);
 }
 
 /// The table line that starts with `first` (its first column).
