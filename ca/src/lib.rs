@@ -13,6 +13,7 @@ pub mod cert;
 pub mod csr;
 pub mod join_token;
 pub mod kek;
+pub mod rotation;
 pub mod spiffe;
 pub mod tls;
 
