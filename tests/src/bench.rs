@@ -243,21 +243,35 @@ pub async fn ca(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
                 .await?,
         );
     }
-    let sign = |ch: tonic::transport::Channel, id: mesh_ca::SpiffeId| async move {
-        mesh_client::request_certificate(ch, &id, Duration::ZERO, None)
-            .await
-            .map(|_| ())
+    // One CSR made up front and sent again and again: the load generator shares the machine's
+    // two cores with meshd, so it must not spend them on key generation (a real fleet makes its
+    // keys on its own machines).
+    let (csr_pem, _key) =
+        mesh_ca::csr::generate_key_and_csr(&identity).map_err(anyhow::Error::msg)?;
+    let sign = move |ch: tonic::transport::Channel| {
+        let csr_pem = csr_pem.clone();
+        async move {
+            let request = mesh_proto::v1::SignRequest {
+                csr_pem,
+                requested_ttl_seconds: 0,
+                credential: None,
+            };
+            mesh_proto::v1::identity_client::IdentityClient::new(ch)
+                .sign(request)
+                .await
+                .map(|_| ())
+        }
     };
 
     // Peak: every client back to back.
     let end = Instant::now() + sizes.ca_window;
     let mut tasks = Vec::new();
     for ch in &channels {
-        let (ch, id) = (ch.clone(), identity.clone());
+        let (ch, sign) = (ch.clone(), sign.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < end {
-                if sign(ch.clone(), id.clone()).await.is_ok() {
+                if sign(ch.clone()).await.is_ok() {
                     n += 1;
                 }
             }
@@ -281,9 +295,9 @@ pub async fn ca(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     for i in 0..count {
         let scheduled = begin + interval * i as u32;
         tokio::time::sleep_until(scheduled.into()).await;
-        let (ch, id) = (channels[i % clients].clone(), identity.clone());
+        let (ch, sign) = (channels[i % clients].clone(), sign.clone());
         handles.push(tokio::spawn(async move {
-            let ok = sign(ch, id).await.is_ok();
+            let ok = sign(ch).await.is_ok();
             (ok, scheduled.elapsed().as_secs_f64() * 1000.0)
         }));
     }
