@@ -1,15 +1,23 @@
 //! The admin HTTP API (axum): the one API that meshctl and the dashboard use. Everything but
-//! `/healthz` needs the bearer token; refusals are audited. Errors are JSON
-//! `{"error": "..."}` with a status that fits (400, 401, 404, 409, 413, 415, 503); a message
-//! about documents has one problem per line. Mesh documents: see [`documents`]; connected
-//! sidecars and their config: [`sidecars`]; the CA at a glance (`GET /api/v1/ca`): [`ca`].
+//! `/healthz` and the dashboard's static files needs a bearer token; refusals are audited.
+//! Errors are JSON `{"error": "..."}` with a status that fits (400, 401, 403, 404, 409, 413,
+//! 415, 503); a message about documents has one problem per line. Mesh documents: see
+//! [`documents`]; connected sidecars and their config: [`sidecars`]; the CA at a glance
+//! (`GET /api/v1/ca`): [`ca`]; the live feed and the aggregates the dashboard draws:
+//! [`events`], [`stats`].
+//!
+//! Two tokens, two roles ([`Role`]): the admin token (`<data-dir>/admin-token`) may do
+//! everything; the viewer token (`<data-dir>/viewer-token`) may read (`GET`, `HEAD`) every
+//! endpoint and nothing else: any other method is 403 and audited as denied. The role is
+//! enforced here, in the authentication middleware, so the dashboard's read-only view is not
+//! the only thing that stands between a viewer and a change.
 
 use crate::ca::Authority;
 use crate::metrics::Metrics;
 use crate::source::ApplyError;
 use crate::store::{AuditEntry, AuditOutcome, Store, StoreError};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,7 +30,9 @@ use std::time::Duration;
 mod ca;
 mod debug_json;
 pub mod documents;
+pub mod events;
 mod sidecars;
+pub mod stats;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
@@ -34,6 +44,11 @@ pub struct AdminState {
     pub xds: crate::xds::Xds,
     /// The admin bearer token (from `<data-dir>/admin-token`).
     pub admin_token: Arc<str>,
+    /// The read-only bearer token (from `<data-dir>/viewer-token`).
+    pub viewer_token: Arc<str>,
+    /// Becomes `true` at shutdown: ends the live event streams, which would otherwise hold
+    /// the graceful shutdown open until its grace period ran out.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An API error: a status and a one-line message.
@@ -96,9 +111,14 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// The largest request body the admin API reads (a larger one gets 413).
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The router, with authentication on everything but `/healthz`.
+/// The router, with authentication on everything but `/healthz` and the dashboard's static
+/// files (which hold no data: the page asks for a token and sends it with every API call).
 pub fn router(state: AdminState) -> Router {
+    let live = events::Live::start(state.clone());
     let api = Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/stats", get(stats::get))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/api/v1/ca", get(ca::status))
@@ -106,6 +126,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/sidecars", get(sidecars::list))
+        .route("/api/v1/sidecars/{id}", get(sidecars::one))
         .route("/api/v1/sidecars/{id}/config", get(sidecars::config))
         .route("/metrics", get(metrics))
         .route(
@@ -128,9 +149,11 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             authenticate,
         ))
+        .layer(axum::Extension(live))
         .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(crate::dashboard::router())
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
@@ -140,6 +163,45 @@ pub fn router(state: AdminState) -> Router {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
+    pub role: Role,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Every read (`GET`, `HEAD`), no change.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// The role of a presented token, if it is one of ours. Both comparisons always run, in
+/// constant time, so the answer's timing tells nothing of either token.
+fn role_of(state: &AdminState, presented: &str) -> Option<Role> {
+    let admin = token_eq(presented, &state.admin_token);
+    let viewer = token_eq(presented, &state.viewer_token);
+    if admin {
+        Some(Role::Admin)
+    } else if viewer {
+        Some(Role::Viewer)
+    } else {
+        None
+    }
+}
+
+/// An empty token (an empty token file) never matches.
+fn token_eq(presented: &str, ours: &str) -> bool {
+    !ours.is_empty() && constant_time_eq(presented.as_bytes(), ours.as_bytes())
 }
 
 async fn authenticate(
@@ -153,22 +215,23 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok =
-        presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()));
-    if !ok {
+    let role = presented.and_then(|t| role_of(&state, t));
+    let action = format!("admin.{}", request.method().as_str().to_lowercase());
+    let target = request.uri().path().to_string();
+    let audit_denied = |actor: &str, detail: &str| AuditEntry {
+        actor: actor.into(),
+        action: action.clone(),
+        target: target.clone(),
+        outcome: AuditOutcome::Denied,
+        detail: detail.into(),
+    };
+    let Some(role) = role else {
         let reason = if presented.is_some() {
             "wrong bearer token"
         } else {
             "no bearer token"
         };
-        let entry = AuditEntry {
-            actor: "anonymous".into(),
-            action: format!("admin.{}", request.method().as_str().to_lowercase()),
-            target: request.uri().path().to_string(),
-            outcome: AuditOutcome::Denied,
-            detail: reason.into(),
-        };
-        if let Err(e) = state.store.audit(&entry).await {
+        if let Err(e) = state.store.audit(&audit_denied("anonymous", reason)).await {
             tracing::error!(error = %e, "writing the audit log");
         }
         return ApiError::new(
@@ -176,11 +239,33 @@ async fn authenticate(
             format!("{reason}: send `Authorization: Bearer <token>` (the admin token is in <data-dir>/admin-token)"),
         )
         .into_response();
+    };
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if role == Role::Viewer && !read {
+        let detail = "the viewer token is read-only";
+        if let Err(e) = state.store.audit(&audit_denied("viewer", detail)).await {
+            tracing::error!(error = %e, "writing the audit log");
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{detail}: {} {target} needs the admin token",
+                request.method()
+            ),
+        )
+        .into_response();
     }
     request.extensions_mut().insert(Caller {
-        name: "admin".into(),
+        name: role.as_str().into(),
+        role,
     });
     next.run(request).await
+}
+
+/// `GET /api/v1/whoami`: the caller's role, so that a client (the dashboard) shows only what
+/// it may do. The API enforces the role either way.
+async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Response {
+    Json(json!({ "name": caller.name, "role": caller.role })).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -6,6 +6,7 @@
 //! - [`tls`]: meshd's TLS serving and the verified peer identity.
 //! - [`identity`]: the `Identity` gRPC service and join tokens.
 //! - [`admin`]: the admin HTTP API.
+//! - [`dashboard`]: the web dashboard's embedded files, served beside the admin API.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`model`]: operator documents → one validated [`model::Mesh`].
 //! - [`server`]: wiring and shutdown.
@@ -13,6 +14,7 @@
 pub mod admin;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
 pub mod identity;
 pub mod metrics;
 pub mod model;

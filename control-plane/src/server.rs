@@ -21,6 +21,9 @@ use tokio::net::TcpListener;
 
 /// The file in the data directory holding the admin API's bearer token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The file in the data directory holding the read-only (viewer) bearer token: every `GET` of
+/// the admin API and the dashboard, no change.
+pub const VIEWER_TOKEN_FILE: &str = "viewer-token";
 /// How long open requests and streams get to finish after SIGTERM.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -30,7 +33,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await?;
     let authority = Authority::bootstrap(&config, &store).await?;
-    let admin_token = ensure_admin_token(&config)?;
+    let admin_token = ensure_token(&config, ADMIN_TOKEN_FILE)?;
+    let viewer_token = ensure_token(&config, VIEWER_TOKEN_FILE)?;
     let metrics = Metrics::new();
     let documents = Documents::load(store.clone(), MeshOptions::default()).await?;
     // `--config-dir`: applied once now, then polled until `run` returns (dropping the watcher).
@@ -77,6 +81,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         documents: documents.clone(),
         xds: xds.clone(),
         admin_token: Arc::from(admin_token.as_str()),
+        viewer_token: Arc::from(viewer_token.as_str()),
+        shutdown: stop_rx.clone(),
     };
     let admin = axum::serve(admin_listener, admin::router(state))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -120,9 +126,10 @@ fn replica_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Reads `<data-dir>/admin-token`, creating it (mode 0600) on first start.
-fn ensure_admin_token(config: &Config) -> anyhow::Result<String> {
-    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+/// Reads the token `<data-dir>/<file>` ([`ADMIN_TOKEN_FILE`], [`VIEWER_TOKEN_FILE`]), creating
+/// it (mode 0600) on first start.
+fn ensure_token(config: &Config, file: &str) -> anyhow::Result<String> {
+    let path = config.data_dir.join(file);
     if path.exists() {
         let token = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! Support code for the end-to-end tests: real parts started on loopback for one test each.
 
 pub mod bench;
+pub mod browser;
 pub mod corpus;
 pub mod fleet;
 pub mod meshd;

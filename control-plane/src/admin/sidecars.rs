@@ -1,46 +1,233 @@
 //! `/api/v1/sidecars`: the connected sidecars with their sync state and certificate expiry
-//! (`meshctl status`), and what one sidecar's scope holds (`meshctl config-dump`).
+//! (`meshctl status`, the dashboard), and what one sidecar's scope holds (`meshctl config-dump`).
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /api/v1/sidecars` | every connected sidecar: [`crate::xds::SidecarStatus`] plus `cert_expires_at` |
+//! | `GET /api/v1/sidecars[?offset=&limit=&q=&state=&namespace=]` | connected sidecars: [`crate::xds::SidecarStatus`] plus `state` and `cert_expires_at`; with the fleet's counts |
+//! | `GET /api/v1/sidecars/{id}` | one of them |
 //! | `GET /api/v1/sidecars/{id}/config` | the resources of its scope, bodies as JSON, and its sync state per type |
+//!
+//! The list is filtered and paged here, not in the client, so a dashboard of thousands of
+//! sidecars moves one page at a time: `q` is a case-insensitive substring of the id, identity,
+//! namespace, service or workload; `state` one of [`SidecarState`]; `namespace` exact. Without
+//! `limit` every match is listed (what meshctl reads); with it at most [`MAX_LIMIT`]. Every
+//! answer carries `total` (connected), `matched` (after the filters), `offset`, and `counts`
+//! (connected sidecars by state, before the filters), counted server-side.
 
 use super::debug_json::debug_to_json;
+use super::events::Live;
 use super::{AdminState, ApiError, ApiResult};
+use crate::xds::SidecarStatus;
+use crate::xds::stream::SyncState;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The most sidecars one page of the list holds.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A sidecar's sync state as a whole: the worst of its types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SidecarState {
+    /// Every type ACKed at its newest version.
+    Synced,
+    /// Something sent (or about to be) and not ACKed yet.
+    Stale,
+    /// A type's newest response was rejected; its NACK text is in `types`.
+    Nacked,
+    /// Connected, not subscribed to anything yet.
+    Connecting,
+}
+
+impl SidecarState {
+    pub const ALL: [SidecarState; 4] = [
+        SidecarState::Synced,
+        SidecarState::Stale,
+        SidecarState::Nacked,
+        SidecarState::Connecting,
+    ];
+
+    pub fn of(sidecar: &SidecarStatus) -> Self {
+        if sidecar.types.is_empty() {
+            SidecarState::Connecting
+        } else if sidecar.types.iter().any(|t| t.state == SyncState::Nacked) {
+            SidecarState::Nacked
+        } else if sidecar.types.iter().any(|t| t.state != SyncState::Synced) {
+            SidecarState::Stale
+        } else {
+            SidecarState::Synced
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SidecarState::Synced => "SYNCED",
+            SidecarState::Stale => "STALE",
+            SidecarState::Nacked => "NACKED",
+            SidecarState::Connecting => "CONNECTING",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+/// The fleet's sidecars by state (every state present, zeros included).
+pub fn counts(sidecars: &[SidecarStatus]) -> BTreeMap<&'static str, usize> {
+    let mut counts: BTreeMap<&'static str, usize> =
+        SidecarState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    for s in sidecars {
+        *counts.entry(SidecarState::of(s).as_str()).or_default() += 1;
+    }
+    counts
+}
+
+/// A sidecar as the API shows it: its status, `state`, and `cert_expires_at`.
+pub fn sidecar_json(s: &SidecarStatus, expiry: &HashMap<String, i64>) -> Value {
+    let mut v = json!(s);
+    v["state"] = json!(SidecarState::of(s));
+    v["cert_expires_at"] = json!(expiry.get(&s.identity));
+    v
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+    q: Option<String>,
+    state: Option<String>,
+    namespace: Option<String>,
+}
 
 /// `GET /api/v1/sidecars`.
 ///
 /// `cert_expires_at` (unix seconds, or null) is the expiry of the newest live certificate issued
-/// to the sidecar's identity. The store does not know which of an identity's certificates a
+/// to the sidecar's identity (for a page, as read at most a few seconds ago: see
+/// [`Live::expiry`]). The store does not know which of an identity's certificates a
 /// given stream presented (it keys certificates by serial, the stream knows a fingerprint), so
 /// for several sidecars of one identity this is the latest of them; for the usual one sidecar
 /// per identity, it is its own. Sync state comes from memory, so a store that cannot answer
 /// leaves `cert_expires_at` null rather than failing the list.
-pub(super) async fn list(State(state): State<AdminState>) -> Response {
+pub(super) async fn list(
+    State(state): State<AdminState>,
+    axum::Extension(live): axum::Extension<Live>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wanted_state = match query.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(SidecarState::parse(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state {text:?}: expected one of SYNCED, STALE, NACKED, CONNECTING"
+            ))
+        })?),
+    };
+    if query.limit == Some(0) || query.limit.is_some_and(|l| l > MAX_LIMIT) {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be 1..={MAX_LIMIT}"
+        )));
+    }
+    let needle = query
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_lowercase);
     let sidecars = state.xds.sidecars();
-    let expiry = match newest_expiry_by_identity(&state).await {
+    let counts = counts(&sidecars);
+    let total = sidecars.len();
+    let matched: Vec<&SidecarStatus> = sidecars
+        .iter()
+        .filter(|s| wanted_state.is_none_or(|w| SidecarState::of(s) == w))
+        .filter(|s| {
+            query
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| s.namespace == ns)
+        })
+        .filter(|s| needle.as_deref().is_none_or(|n| matches_text(s, n)))
+        .collect();
+    let offset = query.offset.unwrap_or(0);
+    let page: Vec<&SidecarStatus> = matched
+        .iter()
+        .skip(offset)
+        .take(query.limit.unwrap_or(usize::MAX))
+        .copied()
+        .collect();
+    // A page (the dashboard) takes the shared, briefly cached expiry; the whole list (meshctl)
+    // reads the store now.
+    let expiry = if page.is_empty() {
+        Arc::default()
+    } else if query.limit.is_some() {
+        live.expiry(page.iter().map(|s| s.identity.as_str())).await
+    } else {
+        Arc::new(expiry_or_empty(&state).await)
+    };
+    let list: Vec<Value> = page.iter().map(|s| sidecar_json(s, &expiry)).collect();
+    Ok(Json(json!({
+        "sidecars": list,
+        "total": total,
+        "matched": matched.len(),
+        "offset": offset,
+        "limit": query.limit,
+        "counts": counts,
+    }))
+    .into_response())
+}
+
+/// Whether `needle` (lower case) is in the sidecar's id, identity, namespace, service or
+/// workload.
+fn matches_text(s: &SidecarStatus, needle: &str) -> bool {
+    [&s.id, &s.identity, &s.namespace, &s.service, &s.workload]
+        .iter()
+        .any(|field| field.to_lowercase().contains(needle))
+}
+
+/// `GET /api/v1/sidecars/{id}`.
+pub(super) async fn one(
+    State(state): State<AdminState>,
+    axum::Extension(live): axum::Extension<Live>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let sidecar = state
+        .xds
+        .sidecars()
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| not_connected(&id))?;
+    let expiry = live
+        .expiry(std::iter::once(sidecar.identity.as_str()))
+        .await;
+    Ok(Json(sidecar_json(&sidecar, &expiry)).into_response())
+}
+
+fn not_connected(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no connected sidecar {id:?}"),
+    )
+}
+
+/// [`newest_expiry_by_identity`], or nothing (logged) when the store does not answer.
+pub(super) async fn expiry_or_empty(state: &AdminState) -> HashMap<String, i64> {
+    match newest_expiry_by_identity(state).await {
         Ok(map) => map,
         Err(e) => {
             tracing::warn!(error = %e, "reading certificates for the sidecar list");
             HashMap::new()
         }
-    };
-    let list: Vec<Value> = sidecars
-        .iter()
-        .map(|s| {
-            let mut v = json!(s);
-            v["cert_expires_at"] = json!(expiry.get(&s.identity));
-            v
-        })
-        .collect();
-    Json(json!({ "sidecars": list })).into_response()
+    }
 }
 
 async fn newest_expiry_by_identity(
@@ -62,13 +249,7 @@ pub(super) async fn config(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no connected sidecar {id:?}"),
-        )
-    };
-    let snapshot = state.xds.config_of(&id).ok_or_else(not_found)?;
+    let snapshot = state.xds.config_of(&id).ok_or_else(|| not_connected(&id))?;
     let types = state
         .xds
         .sidecars()
