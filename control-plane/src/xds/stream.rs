@@ -65,7 +65,9 @@ struct TypeState {
 struct Pending {
     ty: ResourceType,
     sent: Vec<(String, String)>,
-    changed_at: Instant,
+    /// The change this response pushes; `None` for a response to a (re)subscription, whose
+    /// latency is the sidecar's connect time, not a push latency.
+    changed_at: Option<Instant>,
 }
 
 /// What a request produced.
@@ -207,7 +209,9 @@ impl StreamState {
                 {
                     state.last_acked = true;
                     state.acked_version = version.clone();
-                    outcome.acked.push((ty, pending.changed_at.elapsed()));
+                    if let Some(changed_at) = pending.changed_at {
+                        outcome.acked.push((ty, changed_at.elapsed()));
+                    }
                 }
             }
         }
@@ -282,7 +286,7 @@ impl StreamState {
                     .iter()
                     .map(|r| (r.name.clone(), r.version.clone()))
                     .collect(),
-                changed_at: snapshot.changed_at,
+                changed_at: (!always).then_some(snapshot.changed_at),
             },
         );
         Some(self.response(ty.type_url(), nonce, changed, removed))
@@ -392,8 +396,19 @@ mod tests {
         let ack = DiscoveryRequest::ack(ResourceType::Cluster.type_url(), r.nonce.clone());
         let out = s.on_request(&ack, &snap).unwrap();
         assert!(out.responses.is_empty());
-        assert_eq!(out.acked.len(), 1);
+        assert!(
+            out.acked.is_empty(),
+            "a first response's ACK is no push latency"
+        );
         assert_eq!(s.status(false)[0].state, SyncState::Synced);
+        let pushed = s.on_snapshot(&snapshot(&[("a", 80), ("b", 82)]));
+        let ack = DiscoveryRequest::ack(ResourceType::Cluster.type_url(), pushed[0].nonce.clone());
+        let out = s.on_request(&ack, &snap).unwrap();
+        assert_eq!(
+            out.acked.len(),
+            1,
+            "a pushed change's ACK is a push latency"
+        );
         assert_eq!(
             s.status(true)[0].state,
             SyncState::Stale,
