@@ -3,10 +3,12 @@
 pub mod bench;
 pub mod browser;
 pub mod corpus;
+pub mod echo;
 pub mod fleet;
 pub mod meshd;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod sidecar;
 pub mod wait;
 

@@ -1,0 +1,266 @@
+//! The sidecar's one typed configuration, built once at start from flags and environment and
+//! checked before any port is bound: a wrong value exits with one line (`EX_USAGE`, 64).
+
+use anyhow::{Context, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use mesh_ca::SpiffeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const ENV_CONTROL_PLANE: &str = "MESH_PROXY_CONTROL_PLANE";
+pub const ENV_CA_BUNDLE: &str = "MESH_PROXY_CA_BUNDLE";
+pub const ENV_JOIN_TOKEN_FILE: &str = "MESH_PROXY_JOIN_TOKEN_FILE";
+pub const ENV_SERVICE: &str = "MESH_PROXY_SERVICE";
+pub const ENV_NAMESPACE: &str = "MESH_PROXY_NAMESPACE";
+pub const ENV_WORKLOAD: &str = "MESH_PROXY_WORKLOAD";
+pub const ENV_ID: &str = "MESH_PROXY_ID";
+pub const ENV_LABELS: &str = "MESH_PROXY_LABELS";
+pub const ENV_APP_ADDR: &str = "MESH_PROXY_APP_ADDR";
+pub const ENV_INBOUND_ADDR: &str = "MESH_PROXY_INBOUND_ADDR";
+pub const ENV_OUTBOUND_ADDR: &str = "MESH_PROXY_OUTBOUND_ADDR";
+pub const ENV_ADMIN_ADDR: &str = "MESH_PROXY_ADMIN_ADDR";
+pub const ENV_STATE_DIR: &str = "MESH_PROXY_STATE_DIR";
+pub const ENV_WORKER_THREADS: &str = "MESH_PROXY_WORKER_THREADS";
+pub const ENV_CERT_TTL: &str = "MESH_PROXY_CERT_TTL";
+pub const ENV_DRAIN_GRACE: &str = "MESH_PROXY_DRAIN_GRACE";
+
+/// The command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "mesh-proxy",
+    version,
+    about = "The mesh sidecar: mTLS, routing, retries, authorization and metrics for one workload.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  mesh-proxy --control-plane https://meshd:15012 --ca-bundle ca-bundle.pem \\\n      --join-token-file token --service web --app-addr 127.0.0.1:8080\n  mesh-proxy wait-ready --admin-addr 127.0.0.1:15020"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Args,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Block until the sidecar at --admin-addr answers /ready with 200 (for container start
+    /// ordering). Exits 0 when ready, 1 when the timeout passes first.
+    WaitReady {
+        /// The sidecar's admin address.
+        #[arg(long, env = ENV_ADMIN_ADDR, default_value = "127.0.0.1:15020")]
+        admin_addr: String,
+        /// How long to wait (e.g. 60s, 2m).
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+}
+
+/// The flags of the sidecar itself, as the operator types them.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Args {
+    /// meshd's gRPC address, e.g. https://meshd:15012. Repeat (or comma-separate in the
+    /// environment) for failover: the sidecar tries each in turn.
+    #[arg(long = "control-plane", env = ENV_CONTROL_PLANE, value_delimiter = ',', value_name = "URL")]
+    pub control_plane: Vec<String>,
+    /// PEM bundle that meshd's serving certificate must chain to (trust on first contact).
+    #[arg(long, env = ENV_CA_BUNDLE, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// File holding the join token (from `meshctl token create`) that proves this workload's
+    /// identity for its first certificate. It names the identity.
+    #[arg(long, env = ENV_JOIN_TOKEN_FILE, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// The service this workload serves (default: the identity's service account).
+    #[arg(long, env = ENV_SERVICE)]
+    pub service: Option<String>,
+    /// The workload's namespace; must be the namespace of the join token's identity.
+    #[arg(long, env = ENV_NAMESPACE, default_value = "default")]
+    pub namespace: String,
+    /// The workload name, e.g. the Deployment (default: the service).
+    #[arg(long, env = ENV_WORKLOAD)]
+    pub workload: Option<String>,
+    /// This sidecar's id, unique in the mesh (default: <service>-<random>.<namespace>).
+    #[arg(long, env = ENV_ID)]
+    pub id: Option<String>,
+    /// A workload label, KEY=VALUE (repeatable; comma-separated in the environment).
+    #[arg(long = "label", env = ENV_LABELS, value_delimiter = ',', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Where the local application listens.
+    #[arg(long, env = ENV_APP_ADDR, default_value = "127.0.0.1:8080")]
+    pub app_addr: String,
+    /// Inbound listener: mTLS from other sidecars to the application. Port 0 picks a free port.
+    #[arg(long, env = ENV_INBOUND_ADDR, default_value = "0.0.0.0:15006")]
+    pub inbound_addr: String,
+    /// Outbound listener: plain HTTP from the application to the mesh.
+    #[arg(long, env = ENV_OUTBOUND_ADDR, default_value = "127.0.0.1:15001")]
+    pub outbound_addr: String,
+    /// Admin listener: /ready, /live, /metrics, /config_dump, /certs.
+    #[arg(long, env = ENV_ADMIN_ADDR, default_value = "127.0.0.1:15020")]
+    pub admin_addr: String,
+    /// Directory where the last good configuration and the credentials (mode 0600) are kept,
+    /// so that a restart while meshd is down comes back serving.
+    #[arg(long, env = ENV_STATE_DIR, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Worker threads of the async runtime.
+    #[arg(long, env = ENV_WORKER_THREADS, default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Certificate lifetime to ask for (e.g. 1h); meshd clamps it. Default: meshd's.
+    #[arg(long, env = ENV_CERT_TTL)]
+    pub cert_ttl: Option<String>,
+    /// How long in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = ENV_DRAIN_GRACE, default_value = "5s")]
+    pub drain_grace: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub control_planes: Vec<String>,
+    pub ca_bundle: mesh_ca::TrustBundle,
+    pub join_token_file: Option<PathBuf>,
+    pub identity: SpiffeId,
+    pub service: String,
+    pub namespace: String,
+    pub workload: String,
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub app_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state_dir: Option<PathBuf>,
+    pub worker_threads: usize,
+    pub cert_ttl: Duration,
+    pub drain_grace: Duration,
+}
+
+fn addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("--{flag} {value:?} is not an ip:port address"))
+}
+
+fn duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(value)
+        .with_context(|| format!("--{flag} {value:?} is not a duration like 30s or 1h"))
+}
+
+/// The identity named by a join token file.
+pub fn token_identity(path: &std::path::Path) -> anyhow::Result<(String, SpiffeId)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --join-token-file {}", path.display()))?;
+    let (_, identity) = mesh_ca::join_token::parse(&text)
+        .with_context(|| format!("--join-token-file {}", path.display()))?;
+    Ok((text.trim().to_string(), identity))
+}
+
+// === impl Config ===
+
+impl Config {
+    pub fn from_args(args: Args) -> anyhow::Result<Self> {
+        if args.control_plane.is_empty() {
+            bail!("--control-plane is required (meshd's gRPC URL, e.g. https://meshd:15012)");
+        }
+        for url in &args.control_plane {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("--control-plane {url:?} is not a URL"))?;
+            if uri.scheme_str() != Some("https") || uri.host().is_none() {
+                bail!("--control-plane {url:?} must look like https://host:port");
+            }
+        }
+        let Some(bundle_path) = &args.ca_bundle else {
+            bail!("--ca-bundle is required (the PEM roots that meshd's certificate chains to)");
+        };
+        let pem = std::fs::read_to_string(bundle_path)
+            .with_context(|| format!("cannot read --ca-bundle {}", bundle_path.display()))?;
+        let ca_bundle = mesh_ca::TrustBundle::from_pem(&pem)
+            .with_context(|| format!("--ca-bundle {}", bundle_path.display()))?;
+
+        let identity = match (&args.join_token_file, &args.state_dir) {
+            (Some(path), _) => token_identity(path)?.1,
+            (None, Some(dir)) => crate::identity::stored_identity(dir).with_context(|| {
+                format!(
+                    "no --join-token-file, and --state-dir {} holds no certificate",
+                    dir.display()
+                )
+            })?,
+            (None, None) => bail!(
+                "--join-token-file is required (a token from `meshctl token create`) unless \
+                 --state-dir holds a certificate"
+            ),
+        };
+        if identity.namespace() != args.namespace {
+            bail!(
+                "the join token is for namespace {:?} ({identity}), but --namespace is {:?}",
+                identity.namespace(),
+                args.namespace
+            );
+        }
+        let service = args
+            .service
+            .clone()
+            .unwrap_or_else(|| identity.service_account().to_string());
+        if service.is_empty() || service.contains(char::is_whitespace) {
+            bail!("--service {service:?} is not a service name");
+        }
+        let mut labels = BTreeMap::new();
+        for l in &args.labels {
+            let Some((k, v)) = l.split_once('=') else {
+                bail!("--label {l:?} must be KEY=VALUE");
+            };
+            if k.is_empty() {
+                bail!("--label {l:?} has an empty key");
+            }
+            labels.insert(k.to_string(), v.to_string());
+        }
+        if args.worker_threads == 0 || args.worker_threads > 256 {
+            bail!(
+                "--worker-threads {} must be between 1 and 256",
+                args.worker_threads
+            );
+        }
+        let cert_ttl = match &args.cert_ttl {
+            Some(t) => duration("cert-ttl", t)?,
+            None => Duration::ZERO,
+        };
+        let id = args
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{service}-{:08x}.{}", fastrand::u32(..), args.namespace));
+        let inbound_addr = addr("inbound-addr", &args.inbound_addr)?;
+        let outbound_addr = addr("outbound-addr", &args.outbound_addr)?;
+        let admin_addr = addr("admin-addr", &args.admin_addr)?;
+        let fixed = [
+            ("inbound-addr", inbound_addr),
+            ("outbound-addr", outbound_addr),
+            ("admin-addr", admin_addr),
+        ];
+        for (i, (a, x)) in fixed.iter().enumerate() {
+            for (b, y) in &fixed[i + 1..] {
+                if x.port() != 0 && x == y {
+                    bail!("--{a} and --{b} are both {x}");
+                }
+            }
+        }
+        Ok(Self {
+            control_planes: args.control_plane,
+            ca_bundle,
+            join_token_file: args.join_token_file,
+            workload: args.workload.unwrap_or_else(|| service.clone()),
+            identity,
+            service,
+            namespace: args.namespace,
+            id,
+            labels,
+            app_addr: addr("app-addr", &args.app_addr)?,
+            inbound_addr,
+            outbound_addr,
+            admin_addr,
+            state_dir: args.state_dir,
+            worker_threads: args.worker_threads,
+            cert_ttl,
+            drain_grace: duration("drain-grace", &args.drain_grace)?,
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! The inbound listener: other sidecars → this workload's application.
+//!
+//! Per connection: nothing before readiness (fail closed); mesh mTLS (STRICT), or mTLS and
+//! plaintext told apart by the first byte (PERMISSIVE), or plaintext (DISABLED); the peer's
+//! SPIFFE ID from its verified certificate. Per HTTP request: route, authorization, rate limit,
+//! then the application gets the request with `x-mesh-peer-identity` set to the verified ID
+//! (anything the caller sent under that name is removed first).
+
+use crate::drain;
+use crate::forward::{Direction, Forwarder};
+use crate::http_util::{
+    APP_PROTOCOL, Body, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
+};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::resources::{
+    AuthzRequest, Listener, Protocol, RateLimitScope, RequestView, TlsMode, authorize,
+};
+use crate::xds::store::{Snapshot, Store};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use mesh_ca::SpiffeId;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a client gets to finish its TLS handshake (or send its first byte).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Inbound {
+    pub store: Arc<Store>,
+    pub readiness: Arc<Readiness>,
+    pub forwarder: Arc<Forwarder>,
+    pub metrics: Metrics,
+    pub app_addr: SocketAddr,
+}
+
+/// The verified caller of one connection.
+#[derive(Clone)]
+struct Peer {
+    id: Option<SpiffeId>,
+    header: Option<HeaderValue>,
+    label: Arc<str>,
+}
+
+// === impl Inbound ===
+
+impl Inbound {
+    /// Accepts until the drain starts.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, remote)) => {
+                        let this = self.clone();
+                        let drain = drain.clone();
+                        tokio::spawn(async move { this.connection(tcp, remote, drain).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!("inbound accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = drain.signaled() => return,
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, drain: drain::Watch) {
+        if !self.readiness.is_ready() {
+            tracing::debug!(%remote, "inbound connection closed: not ready");
+            return;
+        }
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let _ = tcp.set_nodelay(true);
+        let snap = self.store.snapshot();
+        let Some(listener) = snap.inbound.clone() else {
+            tracing::debug!(%remote, "inbound connection closed: no inbound listener");
+            return;
+        };
+        let mode = listener.tls_mode.unwrap_or(snap.tls.inbound_mode);
+        let tls = match mode {
+            TlsMode::Strict => true,
+            TlsMode::Disabled => false,
+            TlsMode::Permissive => {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                    // 0x16: a TLS handshake record.
+                    Ok(Ok(1)) => first[0] == 0x16,
+                    _ => return,
+                }
+            }
+        };
+        if !tls {
+            let peer = Peer {
+                id: None,
+                header: None,
+                label: Arc::from(""),
+            };
+            return self.serve_io(tcp, peer, listener, port, drain).await;
+        }
+        let Some(config) = snap.server_config.clone() else {
+            tracing::warn!(%remote, "inbound connection closed: no TLS configuration");
+            return;
+        };
+        drop(snap);
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics.handshake("inbound", false);
+                tracing::debug!(%remote, "inbound TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                self.metrics.handshake("inbound", false);
+                tracing::debug!(%remote, "inbound TLS handshake timed out");
+                return;
+            }
+        };
+        self.metrics.handshake("inbound", true);
+        let id = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(mesh_ca::tls::spiffe_id_of);
+        let peer = Peer {
+            header: id
+                .as_ref()
+                .and_then(|id| HeaderValue::from_str(&id.to_string()).ok()),
+            label: Arc::from(id.as_ref().map(|i| i.to_string()).unwrap_or_default()),
+            id,
+        };
+        self.serve_io(stream, peer, listener, port, drain).await;
+    }
+
+    async fn serve_io<IO>(
+        self: Arc<Self>,
+        io: IO,
+        peer: Peer,
+        listener: Arc<Listener>,
+        port: u16,
+        drain: drain::Watch,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if listener.protocol == Protocol::Tcp {
+            return self.tcp(io, peer, port).await;
+        }
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = this.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, &peer, port).await) }
+        });
+        // The TLS policy this connection was set up under: when a newer one arrives, the
+        // connection gets the new policy's grace period, then is closed gracefully (GOAWAY, or
+        // `connection: close` after the current HTTP/1.1 response).
+        let mut epochs = self.store.tls_epochs();
+        let generation = epochs.borrow_and_update().generation;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let mut following = true;
+        loop {
+            let expiry = deadline.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("inbound connection: {e}");
+                    }
+                    return;
+                }
+                _ = drain.signaled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                changed = epochs.changed(), if following && !closing && deadline.is_none() => {
+                    // An error means the store is gone (the process is exiting).
+                    following = changed.is_ok();
+                    let epoch = *epochs.borrow_and_update();
+                    if following
+                        && epoch.generation != generation
+                        && let Some(grace) = epoch.grace
+                    {
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                    }
+                }
+                _ = tokio::time::sleep_until(expiry), if !closing && deadline.is_some() => {
+                    tracing::debug!("closing a connection of a previous TLS policy");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: &Peer, port: u16) -> Response<Body> {
+        let start = Instant::now();
+        let snap = self.store.snapshot();
+        let (resp, route) = self.route(&snap, req, peer, port).await;
+        self.metrics.request(
+            "inbound",
+            &route,
+            resp.status().as_u16(),
+            &peer.label,
+            start.elapsed(),
+        );
+        resp
+    }
+
+    async fn route(
+        &self,
+        snap: &Snapshot,
+        req: Request<Incoming>,
+        peer: &Peer,
+        port: u16,
+    ) -> (Response<Body>, String) {
+        let Some(listener) = &snap.inbound else {
+            return (
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "no inbound listener"),
+                String::new(),
+            );
+        };
+        let host = host_of(&req).unwrap_or_default();
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        };
+        let Some(route) = snap
+            .virtual_host(&listener.route_table, &host)
+            .and_then(|vh| vh.route(&view))
+        else {
+            return (
+                error_response(StatusCode::NOT_FOUND, "no inbound route matches"),
+                String::new(),
+            );
+        };
+        let authz = AuthzRequest {
+            peer: peer.id.as_ref(),
+            port,
+            path: Some(req.uri().path()),
+            method: Some(req.method().as_str()),
+        };
+        if let Err(why) = authorize(snap.authorization.iter().map(|p| &**p), &authz) {
+            tracing::debug!(peer = %peer.label, path = %req.uri().path(), "403: {why}");
+            return (
+                error_response(
+                    StatusCode::FORBIDDEN,
+                    &format!("RBAC: access denied ({why})"),
+                ),
+                route.name.clone(),
+            );
+        }
+        // A PER_ROUTE limit names a route of the service's own route tables (an HTTPRoute
+        // rule, `<ns>/<route>#<rule>`): the route the caller's sidecar chose for this request.
+        // Find it the same way, by host and match, among the tables held.
+        let service_route = if snap
+            .rate_limits
+            .iter()
+            .any(|l| matches!(l.scope, RateLimitScope::Route(_)))
+        {
+            snap.virtual_host("*", &host)
+                .and_then(|vh| vh.route(&view))
+                .map(|r| r.name.as_str())
+        } else {
+            None
+        };
+        let now = Instant::now();
+        for limit in snap.rate_limits.iter().filter(|l| {
+            l.applies_to(Some(&route.name))
+                || (matches!(l.scope, RateLimitScope::Route(_)) && l.applies_to(service_route))
+        }) {
+            if let Err(wait) = limit.try_acquire(now) {
+                let mut r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("rate limited by {}", limit.name),
+                );
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                return (r, route.name.clone());
+            }
+        }
+        let (mut parts, body) = req.into_parts();
+        // The version the calling application spoke (our outbound side says so on the mesh
+        // hop, which is always HTTP/2); without the header, the version this request came in.
+        let h2 = match parts.headers.remove(&APP_PROTOCOL) {
+            Some(v) => v == "h2",
+            None => parts.version == http::Version::HTTP_2,
+        };
+        parts.headers.remove(&PEER_IDENTITY);
+        if let Some(v) = &peer.header {
+            parts.headers.insert(PEER_IDENTITY, v.clone());
+        }
+        ensure_traceparent(&mut parts.headers);
+        let (resp, _) = self
+            .forwarder
+            .forward(
+                snap,
+                route,
+                Direction::Inbound {
+                    app: self.app_addr,
+                    h2,
+                },
+                &host,
+                parts,
+                body,
+            )
+            .await;
+        (resp, route.name.clone())
+    }
+
+    /// A TCP listener: identity-based authorization per connection, then bytes both ways to
+    /// the application.
+    async fn tcp<IO>(&self, mut io: IO, peer: Peer, port: u16)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let snap = self.store.snapshot();
+        let authz = AuthzRequest {
+            peer: peer.id.as_ref(),
+            port,
+            path: None,
+            method: None,
+        };
+        if let Err(why) = authorize(snap.authorization.iter().map(|p| &**p), &authz) {
+            tracing::debug!(peer = %peer.label, "TCP connection denied: {why}");
+            return;
+        }
+        drop(snap);
+        let mut app = match TcpStream::connect(self.app_addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(app = %self.app_addr, "inbound TCP: application unreachable: {e}");
+                return;
+            }
+        };
+        let _ = tokio::io::copy_bidirectional(&mut io, &mut app).await;
+    }
+}

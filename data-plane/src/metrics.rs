@@ -1,0 +1,270 @@
+//! The sidecar's Prometheus metrics: one registry, typed handles, rendered at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// The route name, or empty when none matched.
+    pub route: String,
+    pub status: u16,
+    /// Inbound: the caller's SPIFFE ID (empty for plaintext). Outbound: the upstream cluster.
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub r#type: &'static str,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+/// Cheap to clone; every clone updates the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<DirectionLabel, Histogram, fn() -> Histogram>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    cert_expiry: Gauge,
+    control_plane_connected: Gauge,
+    config_updates: Family<ConfigLabels, Counter>,
+    config_resources: Family<TypeLabel, Gauge>,
+    config_received: Family<TypeLabel, Counter>,
+    upstream_failures: Family<ClusterLabel, Counter>,
+    retries: Family<ClusterLabel, Counter>,
+    overflows: Family<ClusterLabel, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mesh_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by direction, route, status and peer",
+            requests.clone(),
+        );
+        let latency = Family::<DirectionLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers",
+            latency.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "Mesh TLS handshakes by direction and result",
+            handshakes.clone(),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the workload certificate expires (negative: expired; absent: none yet)",
+            cert_expiry.clone(),
+        );
+        let control_plane_connected = Gauge::default();
+        registry.register(
+            "control_plane_connected",
+            "1 while the discovery stream to meshd is open",
+            control_plane_connected.clone(),
+        );
+        let config_updates = Family::<ConfigLabels, Counter>::default();
+        registry.register(
+            "config_updates",
+            "Discovery responses ACKed or NACKed, by type",
+            config_updates.clone(),
+        );
+        let config_resources = Family::<TypeLabel, Gauge>::default();
+        registry.register(
+            "config_resources",
+            "Resources held, by type",
+            config_resources.clone(),
+        );
+        let config_received = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "config_resources_received",
+            "Resources received in discovery responses (added or changed), by type",
+            config_received.clone(),
+        );
+        let upstream_failures = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "upstream_connect_failures",
+            "Failed connections to upstream endpoints (TCP, TLS or identity)",
+            upstream_failures.clone(),
+        );
+        let retries = Family::<ClusterLabel, Counter>::default();
+        registry.register("retries", "Retried tries, by cluster", retries.clone());
+        let overflows = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "circuit_breaker_overflows",
+            "Requests failed fast by a circuit breaker, by cluster",
+            overflows.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                handshakes,
+                cert_expiry,
+                control_plane_connected,
+                config_updates,
+                config_resources,
+                config_received,
+                upstream_failures,
+                retries,
+                overflows,
+            }),
+        }
+    }
+
+    pub fn request(
+        &self,
+        direction: &'static str,
+        route: &str,
+        status: u16,
+        peer: &str,
+        elapsed: Duration,
+    ) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                direction,
+                route: route.to_string(),
+                status,
+                peer: peer.to_string(),
+            })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&DirectionLabel { direction })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn handshake(&self, direction: &'static str, ok: bool) {
+        self.inner
+            .handshakes
+            .get_or_create(&HandshakeLabels {
+                direction,
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.inner.control_plane_connected.set(i64::from(connected));
+    }
+
+    pub fn config_update(
+        &self,
+        ty: mesh_proto::ResourceType,
+        received: usize,
+        acked: bool,
+        held: usize,
+    ) {
+        self.inner
+            .config_received
+            .get_or_create(&TypeLabel { r#type: ty.name() })
+            .inc_by(u64::try_from(received).unwrap_or(u64::MAX));
+        self.inner
+            .config_updates
+            .get_or_create(&ConfigLabels {
+                r#type: ty.name(),
+                result: if acked { "ack" } else { "nack" },
+            })
+            .inc();
+        self.inner
+            .config_resources
+            .get_or_create(&TypeLabel { r#type: ty.name() })
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    pub fn upstream_failure(&self, cluster: &str) {
+        self.inner
+            .upstream_failures
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn retry(&self, cluster: &str) {
+        self.inner
+            .retries
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn overflow(&self, cluster: &str) {
+        self.inner
+            .overflows
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition; `cert_not_after` (Unix seconds) sets the expiry gauge first.
+    pub fn render(&self, cert_not_after: Option<i64>) -> String {
+        if let Some(not_after) = cert_not_after {
+            self.inner
+                .cert_expiry
+                .set(not_after - crate::identity::unix_now());
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,547 @@
+//! The sidecar end to end, with real processes on loopback: meshd, mesh-proxy sidecars and echo
+//! apps. A calls B through both sidecars over mesh mTLS; B's app learns A's verified identity;
+//! B's inbound port refuses anything but a mesh client certificate (checked with the real
+//! openssl); gRPC stays HTTP/2 end to end; a TCP service is passed through after mTLS and
+//! authorization; readiness waits for the certificate and the first ACKs; bad flags exit 64.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
+
+use mesh_tests::echo::EchoApp;
+use mesh_tests::meshd::{Meshd, MeshdOptions};
+use mesh_tests::process::{binary, run};
+use mesh_tests::proxy::{Gate, Proxy, ProxyOptions, apply, issue_cert, openssl_s_client};
+use std::process::Command;
+use std::time::Duration;
+
+const A: &str = "spiffe://cluster.local/ns/default/sa/a";
+const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+
+async fn call_until_ok(proxy: &Proxy, host: &str) -> serde_json::Value {
+    proxy.get_until(host, "/hello", 200).await
+}
+
+#[tokio::test]
+async fn a_calls_b_through_both_sidecars_and_b_sees_a_verified_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // Every way a Kubernetes client could name the service works, without any route.
+    let echo = call_until_ok(&a, "b").await;
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["headers"]["x-mesh-peer-identity"], A, "{echo}");
+    let traceparent = echo["headers"]["traceparent"].as_str().unwrap_or_default();
+    assert!(
+        traceparent.starts_with("00-") && traceparent.len() == 55,
+        "a W3C traceparent was added: {echo}"
+    );
+    for host in [
+        "b.default",
+        "b.default.svc.cluster.local",
+        "b:80",
+        "b.default:80",
+    ] {
+        let echo = call_until_ok(&a, host).await;
+        assert_eq!(echo["id"], "b", "{host}: {echo}");
+    }
+
+    // A forged identity header from A's app does not survive: B's app sees A's real one.
+    let client = reqwest::Client::new();
+    let forged = a
+        .outbound(&client, reqwest::Method::POST, "b", "/forged?x=1")
+        .header(
+            "x-mesh-peer-identity",
+            "spiffe://cluster.local/ns/default/sa/admin",
+        )
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 200);
+    let echo: serde_json::Value = forged.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-mesh-peer-identity"], A, "{echo}");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/forged?x=1");
+    assert_eq!(echo["body"], "payload");
+    assert_eq!(
+        echo["headers"]["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "a valid traceparent is propagated"
+    );
+
+    // A host the mesh does not know is a 404 from the sidecar, not a hang.
+    let unknown = a
+        .outbound(&client, reqwest::Method::GET, "nobody", "/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // Both sidecars count what they did.
+    let (_, metrics) = b.admin("/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "direction=\"inbound\",route=\"default\",status=\"200\",peer=\"{A}\""
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_proxy_control_plane_connected 1"),
+        "{metrics}"
+    );
+    let (_, metrics) = a.admin("/metrics").await;
+    assert!(metrics.contains("direction=\"outbound\""), "{metrics}");
+    assert!(
+        metrics.contains("mesh_proxy_certificate_expiry_seconds"),
+        "{metrics}"
+    );
+    assert_eq!(app_a.requests(), 0, "nothing went to A's own app");
+
+    // meshd shows both sidecars SYNCED.
+    let sidecars = meshd.admin_get("/api/v1/sidecars").await;
+    let all = sidecars["sidecars"].as_array().unwrap();
+    assert_eq!(all.len(), 2, "{sidecars}");
+}
+
+#[tokio::test]
+async fn the_inbound_port_accepts_only_mesh_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let inbound = b.inbound_addr.to_string();
+    let bundle = meshd.data_dir.join("ca-bundle.pem");
+
+    // Plain HTTP is refused: the connection closes without an HTTP answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{inbound}/"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+
+    // No client certificate: the handshake fails.
+    let (ok, text) = openssl_s_client(&inbound, &[], &bundle).await;
+    assert!(!ok, "no client cert was accepted:\n{text}");
+    assert!(text.to_lowercase().contains("alert"), "{text}");
+
+    // A certificate from another CA, with a plausible SPIFFE ID: refused.
+    let rogue = dir.path().join("rogue");
+    std::fs::create_dir_all(&rogue).unwrap();
+    let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=rogue"])
+        .args(["-addext", &format!("subjectAltName=URI:{A}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, text) = openssl_s_client(
+        &inbound,
+        &[
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+        ],
+        &bundle,
+    )
+    .await;
+    assert!(!ok, "a certificate from another CA was accepted:\n{text}");
+
+    // A mesh certificate from meshctl: accepted, and B's app sees that identity.
+    let client_id = "spiffe://cluster.local/ns/default/sa/ops";
+    let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops"));
+    let (ok, text) = openssl_s_client(
+        &inbound,
+        &[
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+        ],
+        &bundle,
+    )
+    .await;
+    assert!(
+        ok,
+        "a mesh certificate was refused:\n{text}\nproxy log:\n{}",
+        b.log()
+    );
+    assert!(text.contains(client_id), "{text}");
+    assert!(text.contains("/via-openssl"), "{text}");
+
+    let (_, metrics) = b.admin("/metrics").await;
+    assert!(
+        metrics.contains("mesh_proxy_tls_handshakes_total{direction=\"inbound\",result=\"error\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_certificate_and_the_first_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app = EchoApp::start("b").await.unwrap();
+    // meshd is unreachable through the closed gate.
+    let gate = Gate::start(&meshd.grpc_addr, false).await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app.addr,
+        &ProxyOptions {
+            control_planes: vec![gate.url()],
+            no_wait_ready: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Listening, alive, but not ready: no certificate, nothing ACKed; inbound is closed.
+    assert_eq!(b.admin("/live").await.0, 200);
+    for _ in 0..5 {
+        let (status, body) = b.admin("/ready").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("certificate"), "{body}");
+        assert!(body.contains("Listener"), "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, certs) = b.admin("/certs").await;
+    let certs: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    assert!(certs["certificate"].is_null(), "{certs}");
+    let mut wait_ready = Command::new(binary("mesh-proxy"));
+    wait_ready.args([
+        "wait-ready",
+        "--admin-addr",
+        &b.admin_addr.to_string(),
+        "--timeout",
+        "1s",
+    ]);
+    let (code, _, stderr) = run(wait_ready);
+    assert_eq!(
+        code,
+        Some(1),
+        "wait-ready gives up when not ready: {stderr}"
+    );
+
+    // meshd reachable: certificate, then every type ACKed, then ready.
+    gate.set_open(true);
+    b.wait_ready().await.unwrap();
+    let mut wait_ready = Command::new(binary("mesh-proxy"));
+    wait_ready.args([
+        "wait-ready",
+        "--admin-addr",
+        &b.admin_addr.to_string(),
+        "--timeout",
+        "10s",
+    ]);
+    let (code, _, stderr) = run(wait_ready);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (_, certs) = b.admin("/certs").await;
+    let certs: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    assert_eq!(certs["certificate"]["spiffe_id"], B, "{certs}");
+    assert!(
+        certs["certificate"]["expires_in_seconds"].as_i64().unwrap() > 0,
+        "{certs}"
+    );
+    assert!(!certs.to_string().contains("PRIVATE KEY"), "never the key");
+    let (_, dump) = b.admin("/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let listeners = dump["resources"]["Listener"].as_array().unwrap();
+    let names: Vec<&str> = listeners
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"inbound") && names.contains(&"outbound"),
+        "{dump}"
+    );
+    assert!(
+        listeners
+            .iter()
+            .all(|l| !l["version"].as_str().unwrap().is_empty()),
+        "{dump}"
+    );
+    assert_eq!(
+        dump["resources"]["TrustBundle"].as_array().unwrap().len(),
+        1,
+        "{dump}"
+    );
+
+    // SIGTERM: a clean exit.
+    let mut process = b.process;
+    let status = process.terminate(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_configuration_exits_64_with_one_line_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, "not a bundle").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![], "--control-plane is required"),
+        (
+            vec!["--control-plane".into(), "http://x:1".into()],
+            "must look like https://host:port",
+        ),
+        (
+            vec![
+                "--control-plane".into(),
+                "https://127.0.0.1:1".into(),
+                "--ca-bundle".into(),
+                bundle.to_str().unwrap().into(),
+            ],
+            "--ca-bundle",
+        ),
+        (
+            vec!["--worker-threads".into(), "many".into()],
+            "invalid value",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = Command::new(binary("mesh-proxy"));
+        cmd.args(&args).args(["--admin-addr", "127.0.0.1:0"]);
+        let (code, stdout, stderr) = run(cmd);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stdout.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_tcp_service_gets_mtls_and_connection_authorization_then_bytes_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    apply(
+        &meshd,
+        r#"apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: b, namespace: default}
+spec:
+  ports: [{name: tcp, port: 80, protocol: tcp}]
+  selector: {app: b}
+"#,
+    )
+    .await;
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    b.wait_config("a TCP inbound listener", |d| {
+        Proxy::resources(d, "Listener")
+            .iter()
+            .any(|l| l["name"] == "inbound" && l["resource"]["protocol"] == "PROTOCOL_TCP")
+    })
+    .await;
+    let bundle = meshd.data_dir.join("ca-bundle.pem");
+    let ops = "spiffe://cluster.local/ns/default/sa/ops";
+    let (cert, key) = issue_cert(&meshd, ops, &dir.path().join("ops"));
+    let args = [
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+    ];
+    let inbound = b.inbound_addr.to_string();
+
+    // The bytes reach the app as they were sent: no identity header is added on TCP.
+    let (ok, text) = openssl_s_client(&inbound, &args, &bundle).await;
+    assert!(ok, "{text}\n{}", b.log());
+    assert!(!text.contains("x-mesh-peer-identity"), "{text}");
+    let (ok, _) = openssl_s_client(&inbound, &[], &bundle).await;
+    assert!(!ok, "still mesh mTLS only");
+
+    // A DENY on the caller's identity closes its connections.
+    apply(
+        &meshd,
+        &format!(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-ops, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: b}}}}
+  action: DENY
+  rules: [{{from: [{{principals: ["{ops}"]}}]}}]
+"#
+        ),
+    )
+    .await;
+    b.wait_config("the DENY policy", |d| {
+        !Proxy::resources(d, "AuthorizationPolicy").is_empty()
+    })
+    .await;
+    let before = app_b.requests();
+    let (ok, text) = openssl_s_client(&inbound, &args, &bundle).await;
+    assert!(!ok, "{text}");
+    assert_eq!(app_b.requests(), before, "nothing reached the app");
+}
+
+/// B's application for the gRPC test: `mesh.v1.Identity/Sign`, answering with the caller's
+/// identity header and echoing the CSR field.
+struct GrpcEcho;
+
+#[tonic::async_trait]
+impl mesh_proto::v1::identity_server::Identity for GrpcEcho {
+    async fn sign(
+        &self,
+        request: tonic::Request<mesh_proto::v1::SignRequest>,
+    ) -> Result<tonic::Response<mesh_proto::v1::SignResponse>, tonic::Status> {
+        let peer = request
+            .metadata()
+            .get("x-mesh-peer-identity")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if request.into_inner().csr_pem == "fail" {
+            return Err(tonic::Status::failed_precondition("asked to fail"));
+        }
+        Ok(tonic::Response::new(mesh_proto::v1::SignResponse {
+            cert_chain_pem: peer,
+            trust_bundle_pem: "echo".into(),
+            expires_at_unix: 42,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn grpc_stays_http2_end_to_end_with_its_trailers() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_app = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(mesh_proto::v1::identity_server::IdentityServer::new(
+                GrpcEcho,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let app_a = EchoApp::start("a").await.unwrap();
+    let _b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        grpc_app,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.wait_config("A to know B's endpoint", |d| {
+        Proxy::resources(d, "Cluster").iter().any(|c| {
+            c["name"] == "b.default:80"
+                && c["resource"]["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| !e.is_empty())
+        })
+    })
+    .await;
+
+    // A gRPC client (HTTP/2 with prior knowledge) to A's outbound, addressed to `b`.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.outbound_addr))
+        .unwrap()
+        .origin("http://b:80".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = mesh_proto::v1::identity_client::IdentityClient::new(channel);
+    let answer = client
+        .sign(mesh_proto::v1::SignRequest {
+            csr_pem: "hello".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", a.log()))
+        .into_inner();
+    assert_eq!(answer.cert_chain_pem, A, "B's app sees A's identity");
+    assert_eq!(answer.expires_at_unix, 42);
+    // A gRPC error travels in the trailers: it arrives intact.
+    let status = client
+        .sign(mesh_proto::v1::SignRequest {
+            csr_pem: "fail".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "asked to fail");
+}

@@ -1,0 +1,279 @@
+//! The sidecar when things around it change: meshd goes away and comes back, a sidecar restarts
+//! while meshd is away (`--state-dir`), certificates renew under load, SIGTERM drains. Real
+//! processes on loopback; meshd sits behind a [`Gate`] so that a restarted meshd (new port) is
+//! reachable at the address the sidecars were given.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
+
+use mesh_tests::echo::EchoApp;
+use mesh_tests::meshd::{Meshd, MeshdOptions};
+use mesh_tests::proxy::{Gate, Proxy, ProxyOptions};
+use mesh_tests::wait;
+use std::path::Path;
+use std::time::Duration;
+
+const A: &str = "spiffe://cluster.local/ns/default/sa/a";
+const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+
+async fn sidecar(
+    meshd: &Meshd,
+    gate: &Gate,
+    dir: &Path,
+    identity: &str,
+    app: &EchoApp,
+    args: &[&str],
+) -> Proxy {
+    Proxy::start(
+        meshd,
+        &dir.join(&app.id),
+        identity,
+        app.addr,
+        &ProxyOptions {
+            control_planes: vec![gate.url()],
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The value of a metric line (the first series whose text starts with `series`).
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn get_ok_n(a: &Proxy, n: usize) {
+    let client = reqwest::Client::new();
+    for i in 0..n {
+        let r = a
+            .outbound(&client, reqwest::Method::GET, "b", &format!("/n/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}: {}", r.text().await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn traffic_flows_without_meshd_and_the_sidecars_resync_by_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("meshd");
+    let mut meshd = Meshd::start(&data, &MeshdOptions::default()).await.unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &[]).await;
+    let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &[]).await;
+    a.get_until("b", "/", 200).await;
+    let (_, before) = a.admin("/metrics").await;
+    let bundles_before = metric(
+        &before,
+        "mesh_proxy_config_resources_received_total{type=\"TrustBundle\"}",
+    )
+    .unwrap();
+
+    // meshd gone: every request still works, on the last good configuration.
+    gate.set_open(false);
+    meshd.process.kill();
+    get_ok_n(&a, 50).await;
+    let metrics_down = wait::until(
+        "A to notice meshd is gone",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = a.admin("/metrics").await;
+            (metric(&m, "mesh_proxy_control_plane_connected") == Some(0.0)).then_some(m)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(metrics_down.contains("mesh_proxy_control_plane_connected 0"));
+    assert_eq!(
+        a.admin("/ready").await.0,
+        200,
+        "a lost control plane never unreadies"
+    );
+
+    // meshd back (new port, same data): the sidecars reconnect and get only differences.
+    let meshd2 = Meshd::start(&data, &MeshdOptions::default()).await.unwrap();
+    gate.set_target(&meshd2.grpc_addr);
+    gate.set_open(true);
+    for p in [&a, &b] {
+        wait::until(
+            "the sidecar to reconnect",
+            Duration::from_secs(90),
+            || async {
+                let (_, m) = p.admin("/metrics").await;
+                (metric(&m, "mesh_proxy_control_plane_connected") == Some(1.0)).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    }
+    get_ok_n(&a, 10).await;
+    let (_, after) = a.admin("/metrics").await;
+    assert_eq!(
+        metric(
+            &after,
+            "mesh_proxy_config_resources_received_total{type=\"TrustBundle\"}"
+        ),
+        Some(bundles_before),
+        "the unchanged bundle was not sent again:\n{after}"
+    );
+    assert!(a.log().matches("discovery stream open").count() >= 2);
+    let sidecars = meshd2.admin_get("/api/v1/sidecars").await;
+    assert_eq!(
+        sidecars["sidecars"].as_array().unwrap().len(),
+        2,
+        "{sidecars}"
+    );
+}
+
+#[tokio::test]
+async fn a_sidecar_restarted_with_state_dir_while_meshd_is_down_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let _b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &[]).await;
+    let state = dir.path().join("a-state");
+    let mut a = sidecar(
+        &meshd,
+        &gate,
+        dir.path(),
+        A,
+        &app_a,
+        &["--state-dir", state.to_str().unwrap()],
+    )
+    .await;
+    a.get_until("b", "/", 200).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("key.der"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+
+    gate.set_open(false);
+    meshd.process.kill();
+    a.restart().await.unwrap();
+    a.wait_ready().await.unwrap();
+    get_ok_n(&a, 20).await;
+    assert!(a.log().contains("restored the certificate"), "{}", a.log());
+}
+
+#[tokio::test]
+async fn certificates_renew_under_load_without_a_failed_request_or_a_new_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    // Ten-second certificates: renewed every ~5 s.
+    let b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &["--cert-ttl", "10s"]).await;
+    let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &["--cert-ttl", "10s"]).await;
+    a.get_until("b", "/", 200).await;
+    let serial = |p: &Proxy| {
+        let p = p.admin_addr;
+        async move {
+            let body = reqwest::get(format!("http://{p}/certs"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["certificate"]["serial"].as_str().unwrap().to_string()
+        }
+    };
+    let (a0, b0) = (serial(&a).await, serial(&b).await);
+    let handshakes = |m: &str| {
+        metric(
+            m,
+            "mesh_proxy_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}",
+        )
+    };
+    let (_, m) = a.admin("/metrics").await;
+    let connections_before = handshakes(&m);
+
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(14) {
+        let r = a
+            .outbound(&client, reqwest::Method::GET, "b", "/steady")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {n} failed during renewal");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(serial(&a).await, a0, "A renewed:\n{}", a.log());
+    assert_ne!(serial(&b).await, b0, "B renewed:\n{}", b.log());
+    let (_, m) = a.admin("/metrics").await;
+    assert_eq!(
+        handshakes(&m),
+        connections_before,
+        "the mesh connection A→B stayed open through the renewals"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let mut b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &[]).await;
+    let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &[]).await;
+    a.get_until("b", "/", 200).await;
+
+    app_b.set_delay(Duration::from_millis(1500));
+    let before = app_b.requests();
+    let client = reqwest::Client::new();
+    let in_flight = tokio::spawn(
+        a.outbound(&client, reqwest::Method::GET, "b", "/slow")
+            .send(),
+    );
+    wait::until(
+        "the request to reach B's app",
+        Duration::from_secs(10),
+        || async { (app_b.requests() > before).then_some(()) },
+    )
+    .await
+    .unwrap();
+    b.process.signal("TERM");
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200, "the request in flight finished");
+    let status = b.process.wait(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "{status}\n{}", b.log());
+    assert!(b.log().contains("drained"), "{}", b.log());
+    assert!(
+        tokio::net::TcpStream::connect(b.inbound_addr)
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+    b.process.kill();
+}
