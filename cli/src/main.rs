@@ -133,7 +133,8 @@ enum Command {
     },
     /// Certificates the CA issued and that are still valid, soonest expiry first.
     #[command(
-        after_help = "Examples:\n  meshctl certs\n  meshctl certs --expiring 10m\n  meshctl certs --identity spiffe://cluster.local/ns/shop/sa/reviews"
+        after_help = "Examples:\n  meshctl certs\n  meshctl certs --expiring 10m\n  meshctl certs --identity spiffe://cluster.local/ns/shop/sa/reviews\n  meshctl certs reissue --namespace shop --window 2m --wait",
+        args_conflicts_with_subcommands = true
     )]
     Certs(ca::CertsArgs),
     /// Join tokens: how workloads outside Kubernetes get their first certificate.
@@ -317,7 +318,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to_revision,
         } => documents::rollback(target, *to_revision, ns, format, api()?).await,
         Command::ConfigDump { sidecar } => status::config_dump(sidecar, format, api()?).await,
-        Command::Certs(args) => ca::certs(args, format, api()?).await,
+        Command::Certs(args) => match &args.action {
+            Some(ca::CertsAction::Reissue(r)) => ca::reissue(r, format, api()?).await,
+            None => ca::certs(args, format, api()?).await,
+        },
         Command::Token(TokenCommand::Create {
             identity,
             ttl,

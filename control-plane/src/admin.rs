@@ -31,6 +31,7 @@ mod ca;
 mod debug_json;
 pub mod documents;
 pub mod events;
+mod reissue;
 mod sidecars;
 pub mod stats;
 
@@ -125,6 +126,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/ca/bundle", get(ca_bundle))
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/reissue", post(reissue::create).get(reissue::list))
         .route("/api/v1/sidecars", get(sidecars::list))
         .route("/api/v1/sidecars/{id}", get(sidecars::one))
         .route("/api/v1/sidecars/{id}/config", get(sidecars::config))

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use stream::{StreamState, TypeStatus};
 use tokio::sync::{Notify, Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
-use view::{Inputs, LiveEndpoint, ScopeKey};
+use view::{Directive, Inputs, LiveEndpoint, ReissueTarget, ScopeKey};
 
 /// Debounce: after a push, further changes are pushed once they have been quiet this long…
 pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
@@ -72,6 +72,7 @@ pub struct Xds {
 struct Inner {
     mesh: RwLock<Arc<Mesh>>,
     bundle: RwLock<TrustBundle>,
+    directives: RwLock<Vec<Directive>>,
     sidecars: RwLock<BTreeMap<String, Entry>>,
     scopes: Mutex<HashMap<ScopeKey, watch::Sender<Arc<Snapshot>>>>,
     /// Set while a change waits for its push; the time of the first such change.
@@ -100,6 +101,7 @@ impl Xds {
             inner: Arc::new(Inner {
                 mesh: RwLock::new(mesh),
                 bundle: RwLock::new(bundle),
+                directives: RwLock::new(Vec::new()),
                 sidecars: RwLock::new(BTreeMap::new()),
                 scopes: Mutex::new(HashMap::new()),
                 pending_since: Mutex::new(None),
@@ -134,6 +136,39 @@ impl Xds {
     pub fn set_bundle(&self, bundle: TrustBundle) {
         *write(&self.inner.bundle) = bundle;
         self.mark_changed();
+    }
+
+    /// Tells the sidecars of `target` to re-issue their certificates within `window`, each at a
+    /// random moment of it (so the CA sees a smooth rate). `backdate` is the CA's notBefore
+    /// backdating, so that a certificate issued after this call counts as re-issued.
+    pub fn reissue(
+        &self,
+        target: ReissueTarget,
+        window: Duration,
+        backdate: Duration,
+        reason: &str,
+    ) -> Directive {
+        let now = time::OffsetDateTime::now_utc();
+        let mut directives = write(&self.inner.directives);
+        let last = directives.iter().map(|d| d.generation).max().unwrap_or(0);
+        let directive = Directive {
+            generation: ((now.unix_timestamp_nanos() / 1_000_000) as u64).max(last + 1),
+            target,
+            reissue_before: now.unix_timestamp() + window.as_secs() as i64,
+            // notBefore has one-second resolution: only a certificate from the next second on
+            // is certainly newer than this call (a key compromised now must not survive).
+            issued_before: now.unix_timestamp() + 1 - backdate.as_secs() as i64,
+            reason: reason.to_string(),
+        };
+        directives.push(directive.clone());
+        drop(directives);
+        self.mark_changed();
+        directive
+    }
+
+    /// The directives issued by this replica, oldest first.
+    pub fn directives(&self) -> Vec<Directive> {
+        read(&self.inner.directives).clone()
     }
 
     /// Every connected sidecar with the sync state of each type.
@@ -205,7 +240,9 @@ impl Xds {
         let mesh = read(&self.inner.mesh).clone();
         let bundle = read(&self.inner.bundle).clone();
         let endpoints = self.endpoints();
+        let directives = read(&self.inner.directives).clone();
         let inputs = Inputs {
+            directives: &directives,
             mesh: &mesh,
             bundle: &bundle,
             endpoints: &endpoints,
@@ -243,7 +280,9 @@ impl Xds {
         let mesh = read(&self.inner.mesh).clone();
         let bundle = read(&self.inner.bundle).clone();
         let endpoints = self.endpoints();
+        let directives = read(&self.inner.directives).clone();
         let inputs = Inputs {
+            directives: &directives,
             mesh: &mesh,
             bundle: &bundle,
             endpoints: &endpoints,

@@ -277,3 +277,109 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     );
     b.process.kill();
 }
+
+/// `meshctl certs reissue` (after a key compromise): every sidecar gets a new certificate within
+/// the window while a request loop runs; no request fails and the mesh connection stays open.
+#[tokio::test]
+async fn a_forced_reissue_during_a_request_loop_fails_nothing_and_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &[]).await;
+    let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &[]).await;
+    a.get_until("b", "/", 200).await;
+    let serial = |p: &Proxy| {
+        let p = p.admin_addr;
+        async move {
+            let v: serde_json::Value = reqwest::get(format!("http://{p}/certs"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["certificate"]["serial"].as_str().unwrap().to_string()
+        }
+    };
+    let (a0, b0) = (serial(&a).await, serial(&b).await);
+    let series = "mesh_proxy_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}";
+    let (_, m) = a.admin("/metrics").await;
+    let connections_before = metric(&m, series);
+
+    // The request loop, counting every failure, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outbound = a.outbound_addr;
+    let looping = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client
+                    .get(format!("http://{outbound}/loop"))
+                    .header("host", "b")
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+
+    let mut cmd = meshd.meshctl();
+    cmd.args(["certs", "reissue", "--all", "--window", "2s", "--wait"]);
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || mesh_tests::process::run(cmd))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "reissue --wait: {stdout}{stderr}");
+    assert!(
+        stderr.contains("2/2 workloads hold a new certificate"),
+        "{stderr}"
+    );
+    let renewed = wait::until(
+        "both sidecars to hold new certificates",
+        Duration::from_secs(30),
+        || async { (serial(&a).await != a0 && serial(&b).await != b0).then_some(()) },
+    )
+    .await;
+    assert!(
+        renewed.is_ok(),
+        "{renewed:?}\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looping.await.unwrap();
+    assert!(ok > 50, "the loop ran ({ok} requests)");
+    assert!(
+        failed.is_empty(),
+        "failed requests during the re-issue: {failed:?}"
+    );
+    let (_, m) = a.admin("/metrics").await;
+    assert_eq!(
+        metric(&m, series),
+        connections_before,
+        "the mesh connection A→B stayed open through the re-issue"
+    );
+    // The re-issue is audited.
+    let audit = meshd.admin_get("/api/v1/audit?limit=50").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "certificate.reissue"),
+        "{audit}"
+    );
+}

@@ -42,7 +42,50 @@ pub struct Inputs<'a> {
     pub mesh: &'a Mesh,
     pub bundle: &'a mesh_ca::TrustBundle,
     pub endpoints: &'a [LiveEndpoint],
+    pub directives: &'a [Directive],
 }
+
+/// Which workloads a re-issue directive is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReissueTarget {
+    All,
+    Namespace(String),
+    /// A service's workloads: namespace and service name.
+    Workload {
+        namespace: String,
+        service: String,
+    },
+}
+
+impl ReissueTarget {
+    pub fn matches(&self, namespace: &str, service: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Namespace(ns) => ns == namespace,
+            Self::Workload {
+                namespace: ns,
+                service: svc,
+            } => ns == namespace && svc == service,
+        }
+    }
+}
+
+/// "Re-issue your certificate": forced re-issue (after a key compromise) or a CA rotation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Directive {
+    /// Never reused (unix milliseconds at creation, so also across replicas and restarts).
+    pub generation: u64,
+    pub target: ReissueTarget,
+    /// Re-issue before this instant (unix seconds); each sidecar picks a moment in the window.
+    pub reissue_before: i64,
+    /// A certificate whose notBefore is at or after this already satisfies the directive.
+    pub issued_before: i64,
+    pub reason: String,
+}
+
+/// The name of the one IdentityDirective a sidecar holds.
+pub const DIRECTIVE_NAME: &str = "reissue";
 
 /// The port of a service announced only by its sidecars (no Service document): HTTP on 80.
 const IMPLICIT_PORT: u16 = 80;
@@ -218,6 +261,21 @@ pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snap
                 String::new()
             },
             tls_mode: pb::TlsMode::Unspecified as i32,
+        }));
+    }
+    // The newest directive that concerns this scope (a sidecar holds at most one).
+    if let Some(d) = inputs
+        .directives
+        .iter()
+        .filter(|d| d.target.matches(&scope.namespace, &scope.service))
+        .max_by_key(|d| d.generation)
+    {
+        snap.insert(Body::IdentityDirective(pb::IdentityDirective {
+            name: DIRECTIVE_NAME.into(),
+            reissue_before_unix: d.reissue_before,
+            reason: d.reason.clone(),
+            generation: d.generation,
+            issued_before_unix: d.issued_before,
         }));
     }
     snap.insert(Body::Listener(pb::Listener {
