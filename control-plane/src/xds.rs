@@ -81,6 +81,7 @@ struct Inner {
     permits: Semaphore,
     next_generation: std::sync::atomic::AtomicU64,
     control_plane: ControlPlane,
+    trust_domain: String,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 }
@@ -112,6 +113,7 @@ impl Xds {
                     identity: identity.to_string(),
                     replica: replica.to_string(),
                 },
+                trust_domain: identity.trust_domain().to_string(),
                 metrics,
                 shutdown,
             }),
@@ -242,6 +244,7 @@ impl Xds {
         let endpoints = self.endpoints();
         let directives = read(&self.inner.directives).clone();
         let inputs = Inputs {
+            trust_domain: &self.inner.trust_domain,
             directives: &directives,
             mesh: &mesh,
             bundle: &bundle,
@@ -282,6 +285,7 @@ impl Xds {
         let endpoints = self.endpoints();
         let directives = read(&self.inner.directives).clone();
         let inputs = Inputs {
+            trust_domain: &self.inner.trust_domain,
             directives: &directives,
             mesh: &mesh,
             bundle: &bundle,

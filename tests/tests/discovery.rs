@@ -183,6 +183,16 @@ async fn protocol(options: MeshdOptions) {
         names(&web_first, AUTHZ).is_empty(),
         "web is not selected by api-policy"
     );
+    let bundle = web_first
+        .iter()
+        .flat_map(|r| &r.resources)
+        .find_map(|r| match &r.body {
+            Some(mesh_proto::v1::resource::Body::TrustBundle(b)) => Some(b.clone()),
+            _ => None,
+        })
+        .expect("a trust bundle");
+    assert_eq!(bundle.trust_domain, "cluster.local");
+    assert_eq!(bundle.roots.len(), 1);
     assert!(
         names(&web_first, ROUTES).contains(&"api.a:80".to_string()),
         "{:?}",

@@ -39,6 +39,7 @@ pub struct LiveEndpoint {
 
 /// Everything a view is built from.
 pub struct Inputs<'a> {
+    pub trust_domain: &'a str,
     pub mesh: &'a Mesh,
     pub bundle: &'a mesh_ca::TrustBundle,
     pub endpoints: &'a [LiveEndpoint],
@@ -162,7 +163,7 @@ pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snap
 
     snap.insert(Body::TrustBundle(pb::TrustBundle {
         name: TRUST_BUNDLE_NAME.into(),
-        trust_domain: String::new(),
+        trust_domain: inputs.trust_domain.to_string(),
         roots: inputs
             .bundle
             .roots()
