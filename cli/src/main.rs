@@ -8,6 +8,7 @@ mod apply;
 mod ca;
 mod cert;
 mod check;
+mod demo;
 mod documents;
 mod output;
 mod status;
@@ -164,6 +165,16 @@ enum Command {
     /// Print the dashboard's URL (and open it, on a desktop).
     #[command(after_help = "Example:\n  meshctl dashboard")]
     Dashboard,
+    /// Bring up a whole mesh on this machine: meshd, three demo apps with their sidecars, example
+    /// routes and policies, and a gentle traffic loop with live counts. Ctrl-C stops it all.
+    ///
+    /// meshd and mesh-proxy must be next to meshctl (`cargo build --release --bins`); everything
+    /// lives in a temporary directory that is removed on exit. Ports are ephemeral: the
+    /// dashboard URL and the meshctl commands to try are printed once it is up.
+    #[command(
+        after_help = "Example:\n  cargo build --release --bins && target/release/meshctl demo"
+    )]
+    Demo,
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  source <(meshctl completion bash)\n  meshctl completion zsh > \"${fpath[1]}/_meshctl\"\n  meshctl completion fish > ~/.config/fish/completions/meshctl.fish"
@@ -335,6 +346,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ca(CaCommand::Bundle) => ca::bundle(format, api()?).await,
         Command::Check => check::run(ns, format, api()?).await,
         Command::Dashboard => dashboard(&cli.server, format),
+        Command::Demo => demo::run().await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 *shell,

@@ -1,0 +1,165 @@
+//! `meshctl demo`, the real binary: it comes up, traffic through the sidecars succeeds and is
+//! split between both backend versions, the dashboard and `meshctl status` see the mesh, and
+//! Ctrl-C (SIGINT) exits 0, removes the data dir and leaves no meshd or mesh-proxy behind.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
+
+use mesh_tests::process::{Process, binary, run};
+use mesh_tests::wait;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Bringing up meshd and three sidecars (debug builds, loaded machine), then traffic.
+const UP_DEADLINE: Duration = Duration::from_secs(120);
+const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The last live line's counts: (ok, failed, v1, v2).
+fn last_counts(log: &str) -> Option<(u64, u64, u64, u64)> {
+    let line = log.lines().rev().find(|l| l.starts_with("requests: "))?;
+    let field = |name: &str| -> Option<u64> {
+        let start = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[start..].split_whitespace().next()?.parse().ok()
+    };
+    Some((field("ok")?, field("failed")?, field("v1")?, field("v2")?))
+}
+
+/// The value after `label` on its line of the banner.
+fn banner(log: &str, label: &str) -> String {
+    let line = log.lines().find(|l| l.contains(label)).unwrap();
+    line[line.find(label).unwrap() + label.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string()
+}
+
+/// Processes (other than zombies' empty command lines) whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) && (cmdline.contains("meshd") || cmdline.contains("mesh-proxy"))
+        {
+            found.push(format!("{}: {cmdline}", name.to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_demo_comes_up_serves_traffic_and_ctrl_c_leaves_nothing_behind() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary("meshctl"));
+    cmd.arg("demo")
+        .env_remove("MESHCTL_SERVER")
+        .env_remove("MESHCTL_TOKEN_FILE");
+    let mut demo = Process::spawn("meshctl demo", cmd, out.path().join("demo.log")).unwrap();
+
+    let counts = wait::until(
+        "the demo's traffic: ok > 10, failed 0, both versions",
+        UP_DEADLINE,
+        || {
+            let log = demo.log();
+            let exited = demo.try_exit();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(format!("meshctl demo exited with {status}")));
+                }
+                let (ok, failed, v1, v2) = last_counts(&log)?;
+                if failed > 0 {
+                    return Some(Err(format!("failed requests: {failed}")));
+                }
+                (ok > 10 && v1 > 0 && v2 > 0).then_some(Ok((ok, v1, v2)))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", demo.log()));
+    let (ok, v1, v2) = counts.unwrap_or_else(|e| panic!("{e}; log:\n{}", demo.log()));
+    assert_eq!(ok, v1 + v2, "every answer names its version");
+    assert!(v1 > v2, "80/20 split favours v1: v1={v1} v2={v2}");
+
+    let log = demo.log();
+    let dashboard = banner(&log, "dashboard:");
+    let token_file = PathBuf::from(banner(&log, "admin token file:"));
+    let data_dir = PathBuf::from(banner(&log, "(data dir "));
+    assert!(dashboard.ends_with("/dashboard"), "{log}");
+    assert!(data_dir.is_dir(), "{log}");
+    assert!(token_file.starts_with(&data_dir), "{log}");
+    let server = dashboard.trim_end_matches("/dashboard").to_string();
+    assert!(
+        log.contains(&format!(
+            "meshctl --server {server} --token-file {} status",
+            token_file.display()
+        )),
+        "{log}"
+    );
+
+    // The dashboard answers.
+    let page = reqwest::get(&dashboard).await.unwrap();
+    assert_eq!(page.status(), 200, "{dashboard}");
+
+    // `meshctl status` with the printed server and token file: the three sidecars.
+    let mut status = Command::new(binary("meshctl"));
+    status
+        .args(["--server", &server, "--token-file"])
+        .arg(&token_file)
+        .args(["status", "-o", "json"]);
+    let (code, stdout, stderr) = run(status);
+    assert_eq!(code, Some(0), "meshctl status: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let sidecars = json["sidecars"]
+        .as_array()
+        .or_else(|| json.as_array())
+        .unwrap_or_else(|| panic!("no sidecar list in {json}"));
+    assert_eq!(sidecars.len(), 3, "{json}");
+    for name in ["frontend", "backend-v1", "backend-v2"] {
+        assert!(stdout.contains(&format!("\"{name}\"")), "{name}: {stdout}");
+    }
+    let mut table = Command::new(binary("meshctl"));
+    table
+        .args(["--server", &server, "--token-file"])
+        .arg(&token_file)
+        .arg("status");
+    let (code, stdout, stderr) = run(table);
+    assert_eq!(code, Some(0), "meshctl status: {stderr}");
+    for name in ["frontend", "backend-v1", "backend-v2"] {
+        assert!(stdout.contains(name), "{name}: {stdout}");
+    }
+
+    // The children are running now, so the scan below means something.
+    assert!(
+        !processes_mentioning(&data_dir.to_string_lossy()).is_empty(),
+        "the scan finds the demo's processes while it runs"
+    );
+
+    // Ctrl-C: exit 0, nothing left.
+    demo.signal("INT");
+    let exit = demo.wait(EXIT_DEADLINE).unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", demo.log());
+    assert!(
+        !Path::new(&data_dir).exists(),
+        "{} is left behind",
+        data_dir.display()
+    );
+    let left = wait::until("the demo's processes to be gone", EXIT_DEADLINE, || {
+        let left = processes_mentioning(&data_dir.to_string_lossy());
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+    assert!(
+        left.is_ok(),
+        "left running: {:?}; log:\n{}",
+        processes_mentioning(&data_dir.to_string_lossy()),
+        demo.log()
+    );
+}
