@@ -65,6 +65,10 @@ pub struct IdentityOptions {
 struct Reissue {
     handled_generation: u64,
     at: Option<Instant>,
+    /// The directive being acted on wants a certificate with notBefore at or after this (unix
+    /// seconds; 0: none). Certificate times have one-second resolution, so a renewal within the
+    /// same second as the directive may not satisfy it yet: then we renew again a second later.
+    min_not_before: i64,
 }
 
 pub struct Identity {
@@ -217,6 +221,7 @@ impl Identity {
         tracing::info!(generation = d.generation, reason = %d.reason, ?delay,
             "control plane asked for a new certificate");
         r.at = Some(Instant::now() + delay);
+        r.min_not_before = d.issued_before_unix;
         drop(r);
         self.wake.notify_one();
     }
@@ -316,7 +321,15 @@ impl Identity {
             let expired = self.current().is_none_or(|c| c.not_after <= unix_now());
             match self.sign(url, expired).await {
                 Ok(()) => {
-                    self.reissue.lock().unwrap_or_else(|p| p.into_inner()).at = None;
+                    let not_before = self.current().map_or(0, |c| c.not_before);
+                    let mut r = self.reissue.lock().unwrap_or_else(|p| p.into_inner());
+                    if not_before < r.min_not_before {
+                        // Signed in the same second as the directive: not provably newer.
+                        r.at = Some(Instant::now() + Duration::from_millis(1100));
+                    } else {
+                        r.at = None;
+                        r.min_not_before = 0;
+                    }
                     return;
                 }
                 Err(e) => {

@@ -55,7 +55,9 @@ async fn get_ok_n(a: &Proxy, n: usize) {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "request {i}: {}", r.text().await.unwrap());
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}\nA:\n{}", a.log());
     }
 }
 
@@ -341,7 +343,14 @@ async fn a_forced_reissue_during_a_request_loop_fails_nothing_and_keeps_connecti
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || mesh_tests::process::run(cmd))
         .await
         .unwrap();
-    assert_eq!(code, Some(0), "reissue --wait: {stdout}{stderr}");
+    assert_eq!(
+        code,
+        Some(0),
+        "reissue --wait: {stdout}{stderr}\nA:\n{}\nB:\n{}\nmeshd:\n{}",
+        a.log(),
+        b.log(),
+        meshd.process.log()
+    );
     assert!(
         stderr.contains("2/2 workloads hold a new certificate"),
         "{stderr}"
