@@ -111,26 +111,12 @@ fn route(timeout_ms: u64) -> String {
     )
 }
 
-async fn apply(meshd: &Meshd, yaml: &str) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/documents", meshd.admin_addr))
-        .bearer_auth(meshd.admin_token())
-        .header("content-type", "application/yaml")
-        .body(yaml.to_string())
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        anyhow::bail!("apply: {}: {}", response.status(), response.text().await?);
-    }
-    Ok(())
-}
-
 /// Control-plane push at fleet scale: cold connect+sync, route change → last ACK, meshd RSS
 /// per sidecar, reconnect storm, idle meshd with the fleet.
 pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let bench = format!("push-{n}");
     let meshd = Meshd::start(&work.join(&bench), &MeshdOptions::default()).await?;
-    apply(&meshd, &route(1000)).await?;
+    meshd.try_apply(&route(1000)).await?;
     let pid = meshd.process.pid();
     let rss_before = rss_kib(pid);
     let mut out = Vec::new();
@@ -183,7 +169,7 @@ pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Fi
         // the previous push is coalesced with it by design (see xds::DEBOUNCE_QUIET).
         tokio::time::sleep(Duration::from_millis(250)).await;
         let t = Instant::now();
-        apply(&meshd, &route(2000 + i as u64)).await?;
+        meshd.try_apply(&route(2000 + i as u64)).await?;
         let times = fleet
             .collect(n, deadline, |e| matches!(e, Event::Changed { .. }))
             .await?;

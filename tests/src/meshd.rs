@@ -133,3 +133,31 @@ impl Meshd {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 }
+
+impl Meshd {
+    /// Applies mesh documents (YAML) through the admin API.
+    pub async fn try_apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/documents", self.admin_addr))
+            .bearer_auth(self.admin_token())
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "apply: {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// [`try_apply`](Self::try_apply), panicking on a refusal (for tests).
+    pub async fn apply(&self, yaml: &str) {
+        if let Err(e) = self.try_apply(yaml).await {
+            panic!("{e:#}");
+        }
+    }
+}

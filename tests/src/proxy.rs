@@ -253,21 +253,6 @@ impl Drop for Gate {
     }
 }
 
-/// Applies mesh documents (YAML) through meshd's admin API; panics on a refusal.
-pub async fn apply(meshd: &Meshd, yaml: &str) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/documents", meshd.admin_addr))
-        .bearer_auth(meshd.admin_token())
-        .header("content-type", "application/yaml")
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("apply: {e}"));
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    assert!(status.is_success(), "apply: {status}: {text}");
-}
-
 impl Proxy {
     /// Waits until this sidecar's `/config_dump` satisfies `check`; returns the dump.
     pub async fn wait_config(

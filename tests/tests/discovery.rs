@@ -46,23 +46,6 @@ fn route(timeout: &str) -> String {
     )
 }
 
-async fn apply(meshd: &Meshd, yaml: &str) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/documents", meshd.admin_addr))
-        .bearer_auth(meshd.admin_token())
-        .header("content-type", "application/yaml")
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "apply: {status}: {}",
-        response.text().await.unwrap()
-    );
-}
-
 fn node(id: &str, namespace: &str, service: &str) -> Node {
     Node {
         id: id.into(),
@@ -141,7 +124,7 @@ async fn wait_state(meshd: &Meshd, id: &str, type_url: &str, want: &str) {
 async fn protocol(options: MeshdOptions) {
     let dir = tempfile::tempdir().unwrap();
     let mut meshd = Meshd::start(dir.path(), &options).await.unwrap();
-    apply(&meshd, SERVICES).await;
+    meshd.apply(SERVICES).await;
 
     let web_creds = Credentials::issue(&meshd, "spiffe://cluster.local/ns/a/sa/web")
         .await
@@ -207,16 +190,14 @@ async fn protocol(options: MeshdOptions) {
     wait_state(&meshd, "web-1", CLUSTER, "SYNCED").await;
 
     // A change to the policy reaches only the sidecar it selects …
-    apply(
-        &meshd,
-        &SERVICES.replace("namespaces: [a]", "namespaces: [a, b]"),
-    )
-    .await;
+    meshd
+        .apply(&SERVICES.replace("namespaces: [a]", "namespaces: [a, b]"))
+        .await;
     let r = api.recv_type(AUTHZ).await.unwrap();
     assert_eq!(r.resources.len(), 1);
     api.ack(&r).await.unwrap();
     // … and a change to one route sends only that route table (web gets it next, not the policy).
-    apply(&meshd, &route("2s")).await;
+    meshd.apply(&route("2s")).await;
     let r = web.recv().await.unwrap();
     assert_eq!(
         r.type_url, ROUTES,
@@ -240,7 +221,7 @@ async fn protocol(options: MeshdOptions) {
     assert_eq!(text.as_deref(), Some("api.a:80: route \"x\": cannot build"));
     let r2 = api.recv_type(ROUTES).await.unwrap();
     api.ack(&r2).await.unwrap();
-    apply(&meshd, &route("3s")).await;
+    meshd.apply(&route("3s")).await;
     let fixed = web.recv_type(ROUTES).await.unwrap();
     assert_eq!(
         fixed.resources.len(),

@@ -9,7 +9,7 @@
 use mesh_tests::echo::EchoApp;
 use mesh_tests::meshd::{Meshd, MeshdOptions};
 use mesh_tests::process::{binary, run};
-use mesh_tests::proxy::{Gate, Proxy, ProxyOptions, apply, issue_cert, openssl_s_client};
+use mesh_tests::proxy::{Gate, Proxy, ProxyOptions, issue_cert, openssl_s_client};
 use std::process::Command;
 use std::time::Duration;
 
@@ -375,17 +375,17 @@ async fn a_tcp_service_gets_mtls_and_connection_authorization_then_bytes_untouch
     let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
         .await
         .unwrap();
-    apply(
-        &meshd,
-        r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: Service
 metadata: {name: b, namespace: default}
 spec:
   ports: [{name: tcp, port: 80, protocol: tcp}]
   selector: {app: b}
 "#,
-    )
-    .await;
+        )
+        .await;
     let app_b = EchoApp::start("b").await.unwrap();
     let b = Proxy::start(
         &meshd,
@@ -421,9 +421,8 @@ spec:
     assert!(!ok, "still mesh mTLS only");
 
     // A DENY on the caller's identity closes its connections.
-    apply(
-        &meshd,
-        &format!(
+    meshd
+        .apply(&format!(
             r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {{name: no-ops, namespace: default}}
@@ -432,9 +431,8 @@ spec:
   action: DENY
   rules: [{{from: [{{principals: ["{ops}"]}}]}}]
 "#
-        ),
-    )
-    .await;
+        ))
+        .await;
     b.wait_config("the DENY policy", |d| {
         !Proxy::resources(d, "AuthorizationPolicy").is_empty()
     })

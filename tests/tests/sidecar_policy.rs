@@ -6,7 +6,7 @@
 
 use mesh_tests::echo::EchoApp;
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::proxy::{Proxy, ProxyOptions, apply, issue_cert, openssl_s_client};
+use mesh_tests::proxy::{Proxy, ProxyOptions, issue_cert, openssl_s_client};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,9 +69,8 @@ async fn authorization_denies_with_403_and_allows_the_named_caller() {
     a.get_until("b", "/x", 200).await;
     c.get_until("b", "/x", 200).await;
 
-    apply(
-        &meshd,
-        &format!(
+    meshd
+        .apply(&format!(
             r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {{name: b-allow-a, namespace: default}}
@@ -88,9 +87,8 @@ spec:
   action: DENY
   rules: [{{to: [{{paths: ["/admin/*"]}}]}}]
 "#
-        ),
-    )
-    .await;
+        ))
+        .await;
 
     // C is not allowed any more; A is, except where DENY matches.
     c.get_until("b", "/x", 403).await;
@@ -112,9 +110,9 @@ async fn a_rate_limit_answers_429_beyond_the_burst() {
     let (_app_a, a) = workload(&meshd, dir.path(), A, "a", "a").await;
     a.get_until("b", "/", 200).await;
 
-    apply(
-        &meshd,
-        r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: RateLimitPolicy
 metadata: {name: b-limit, namespace: default}
 spec:
@@ -122,8 +120,8 @@ spec:
   requestsPerSecond: 1
   burst: 3
 "#,
-    )
-    .await;
+        )
+        .await;
     b.wait_config("B to hold the rate limit", |d| {
         !Proxy::resources(d, "RateLimitPolicy").is_empty()
     })
@@ -152,10 +150,10 @@ spec:
 async fn retries_hide_a_flaky_app_but_not_for_a_post_and_a_slow_app_gets_504() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = meshd(dir.path()).await;
-    apply(
-        &meshd,
-        &(service("b", "")
-            + r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            &(service("b", "")
+                + r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: HTTPRoute
 metadata: {name: b-route, namespace: default}
 spec:
@@ -165,8 +163,8 @@ spec:
       retries: {attempts: 2, retryOn: ["5xx"]}
       timeout: 1s
 "#),
-    )
-    .await;
+        )
+        .await;
     let (app_b, _b) = workload(&meshd, dir.path(), B, "b", "b").await;
     let (_app_a, a) = workload(&meshd, dir.path(), A, "a", "a").await;
     a.get_until("b", "/", 200).await;
@@ -230,12 +228,12 @@ spec:
 async fn an_80_20_split_lands_within_5_percent_over_1000_requests() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = meshd(dir.path()).await;
-    apply(
-        &meshd,
-        &(service("b", "")
-            + &service("v1", "")
-            + &service("v2", "")
-            + r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            &(service("b", "")
+                + &service("v1", "")
+                + &service("v2", "")
+                + r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: HTTPRoute
 metadata: {name: b-split, namespace: default}
 spec:
@@ -245,8 +243,8 @@ spec:
         - {service: v1, port: 80, weight: 80}
         - {service: v2, port: 80, weight: 20}
 "#),
-    )
-    .await;
+        )
+        .await;
     let (_v1, _p1) = workload(
         &meshd,
         dir.path(),
@@ -298,9 +296,7 @@ spec:
 async fn an_endpoint_that_keeps_failing_is_ejected() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = meshd(dir.path()).await;
-    apply(
-        &meshd,
-        &service(
+    meshd.apply(&service(
             "b",
             "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 60s, maxEjectionPercent: 50}\n",
         ),
@@ -344,10 +340,10 @@ async fn an_endpoint_that_keeps_failing_is_ejected() {
 async fn a_per_route_rate_limit_covers_only_its_rule() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = meshd(dir.path()).await;
-    apply(
-        &meshd,
-        &(service("b", "")
-            + r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            &(service("b", "")
+                + r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: HTTPRoute
 metadata: {name: b-route, namespace: default}
 spec:
@@ -369,8 +365,8 @@ spec:
   route: b-route
   rule: api
 "#),
-    )
-    .await;
+        )
+        .await;
     let (_app_b, b) = workload(&meshd, dir.path(), B, "b", "b").await;
     let (_app_a, a) = workload(&meshd, dir.path(), A, "a", "a").await;
     b.wait_config("B to hold the per-route limit", |d| {
@@ -442,9 +438,9 @@ async fn a_tls_policy_change_applies_to_new_handshakes_and_fails_no_request() {
             statuses
         }
     });
-    apply(
-        &meshd,
-        r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: TlsPolicy
 metadata: {name: tls13, namespace: default}
 spec:
@@ -452,8 +448,8 @@ spec:
   cipherSuites: [TLS13_AES_128_GCM_SHA256]
   drainGracePeriod: 1s
 "#,
-    )
-    .await;
+        )
+        .await;
     for p in [&a, &b] {
         p.wait_config("the TLS policy", |d| {
             !Proxy::resources(d, "TlsPolicy").is_empty()
@@ -495,16 +491,16 @@ async fn permissive_mode_accepts_plaintext_callers_without_an_identity() {
     };
     assert!(plain("/").await.is_err(), "STRICT by default");
 
-    apply(
-        &meshd,
-        r#"apiVersion: mesh.meshd.dev/v1alpha1
+    meshd
+        .apply(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: TlsPolicy
 metadata: {name: migrate, namespace: default}
 spec:
   inboundMode: PERMISSIVE
 "#,
-    )
-    .await;
+        )
+        .await;
     b.wait_config("B to be PERMISSIVE", |d| {
         !Proxy::resources(d, "TlsPolicy").is_empty()
     })
@@ -521,9 +517,8 @@ spec:
     assert_eq!(echo["headers"]["x-mesh-peer-identity"], A, "{echo}");
 
     // An ALLOW policy that names principals never matches a plaintext caller.
-    apply(
-        &meshd,
-        &format!(
+    meshd
+        .apply(&format!(
             r#"apiVersion: mesh.meshd.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {{name: b-allow-a, namespace: default}}
@@ -532,9 +527,8 @@ spec:
   action: ALLOW
   rules: [{{from: [{{principals: ["{A}"]}}]}}]
 "#
-        ),
-    )
-    .await;
+        ))
+        .await;
     b.wait_config("B to hold the ALLOW policy", |d| {
         Proxy::resources(d, "AuthorizationPolicy").len() == 1
     })
@@ -547,11 +541,9 @@ spec:
 async fn a_circuit_breaker_fails_fast_beyond_max_requests() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = meshd(dir.path()).await;
-    apply(
-        &meshd,
-        &service("b", "  circuitBreaker: {maxRequests: 1}\n"),
-    )
-    .await;
+    meshd
+        .apply(&service("b", "  circuitBreaker: {maxRequests: 1}\n"))
+        .await;
     let (app_b, _b) = workload(&meshd, dir.path(), B, "b", "b").await;
     let (_app_a, a) = workload(&meshd, dir.path(), A, "a", "a").await;
     a.get_until("b", "/", 200).await;
