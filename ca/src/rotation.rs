@@ -20,7 +20,8 @@
 //! moves on by itself.
 
 /// Where a rotation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     Prepare,
     Switch,
@@ -61,14 +62,15 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Automatic,
     Manual,
 }
 
 /// A rotation in progress (or finished), as persisted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rotation {
     /// Grows with every rotation; the re-issue directives carry it as their generation.
     pub generation: u64,
@@ -134,7 +136,7 @@ pub enum RotationError {
 }
 
 /// Progress of the current phase, for status displays.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Progress {
     pub done: usize,
     pub total: usize,

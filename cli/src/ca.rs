@@ -16,14 +16,7 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
             "{}",
             output::fields(&[
                 ("Trust domain", text(&ca["trust_domain"])),
-                (
-                    "Rotation",
-                    ca["rotation_phase"]
-                        .as_str()
-                        .map(str::to_string)
-                        .or_else(|| ca["store_error"].as_str().map(|e| format!("unknown: {e}")))
-                        .unwrap_or_else(|| "-".into())
-                ),
+                ("Rotation", crate::rotate::summary(&ca["rotation"])),
                 ("Signing cert", text(&signing["subject"])),
                 ("  fingerprint", text(&signing["fingerprint"])),
                 (

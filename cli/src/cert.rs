@@ -112,7 +112,7 @@ async fn sign_and_write(
     credential: Option<Credential>,
     out: &std::path::Path,
 ) -> Result<(), Failure> {
-    let (response, key) = mesh_client::request_certificate(channel, identity, ttl, credential)
+    let (response, key) = mesh_client::request_certificate(channel, identity, ttl, credential, "")
         .await
         .map_err(|e| {
             let code = match &e {

@@ -11,6 +11,7 @@ mod check;
 mod demo;
 mod documents;
 mod output;
+mod rotate;
 mod status;
 mod tokens;
 
@@ -153,7 +154,7 @@ enum Command {
     /// The mesh's certificate authority.
     #[command(
         subcommand,
-        after_help = "Examples:\n  meshctl ca status\n  meshctl ca bundle > bundle.pem"
+        after_help = "Examples:\n  meshctl ca status\n  meshctl ca bundle > bundle.pem\n  meshctl ca rotate --wait"
     )]
     Ca(CaCommand),
     /// Check the mesh's health: control plane, store, CA, sidecar sync, certificate renewal.
@@ -236,6 +237,13 @@ enum CaCommand {
     /// Print the current trust bundle (PEM).
     #[command(after_help = "Example:\n  meshctl ca bundle > bundle.pem")]
     Bundle,
+    /// Rotate the CA across the fleet with no restart and no failed request: the new root
+    /// joins the bundle (prepare), signing moves to it and sidecars re-issue (switch), the old
+    /// root leaves once nothing uses it (finalize).
+    #[command(
+        after_help = "Examples:\n  meshctl ca rotate --window 5m --wait\n  meshctl ca rotate --import-cert new-ca.pem --import-key new-ca.key --manual\n  meshctl ca rotate next\n  meshctl ca rotate pause\n  meshctl ca rotate rollback\n  meshctl ca rotate status --wait"
+    )]
+    Rotate(rotate::RotateArgs),
 }
 
 /// A failure with its exit code.
@@ -344,6 +352,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cert(CertCommand::Renew(args)) => cert::renew(args).await,
         Command::Ca(CaCommand::Status) => ca::status(format, api()?).await,
         Command::Ca(CaCommand::Bundle) => ca::bundle(format, api()?).await,
+        Command::Ca(CaCommand::Rotate(args)) => rotate::run(args, format, api()?).await,
         Command::Check => check::run(ns, format, api()?).await,
         Command::Dashboard => dashboard(&cli.server, format),
         Command::Demo => demo::run().await,

@@ -76,12 +76,14 @@ pub async fn channel(
 
 /// A certificate for `identity` from a key made here: returns meshd's answer and the key
 /// (PKCS#8). `credential` is a join token or a Kubernetes token; `None` renews over a channel
-/// that presents the current certificate.
+/// that presents the current certificate. `sidecar_id` labels the certificate in meshd's
+/// records (empty when the caller is not a sidecar).
 pub async fn request_certificate(
     channel: tonic::transport::Channel,
     identity: &SpiffeId,
     ttl: Duration,
     credential: Option<Credential>,
+    sidecar_id: &str,
 ) -> Result<(SignResponse, zeroize::Zeroizing<Vec<u8>>), ClientError> {
     let (csr_pem, key) = mesh_ca::csr::generate_key_and_csr(identity).map_err(ClientError::Key)?;
     let response = IdentityClient::new(channel)
@@ -89,6 +91,7 @@ pub async fn request_certificate(
             csr_pem,
             requested_ttl_seconds: ttl.as_secs(),
             credential,
+            sidecar_id: sidecar_id.to_string(),
         })
         .await
         .map_err(ClientError::Refused)?

@@ -43,6 +43,7 @@ pub struct AdminState {
     pub metrics: Metrics,
     pub documents: crate::source::Documents,
     pub xds: crate::xds::Xds,
+    pub rotations: crate::rotation::Rotations,
     /// The admin bearer token (from `<data-dir>/admin-token`).
     pub admin_token: Arc<str>,
     /// The read-only bearer token (from `<data-dir>/viewer-token`).
@@ -124,6 +125,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/api/v1/ca", get(ca::status))
         .route("/api/v1/ca/bundle", get(ca_bundle))
+        .route(
+            "/api/v1/ca/rotation",
+            post(ca::rotate).get(ca::rotation_status),
+        )
+        .route("/api/v1/ca/rotation/{command}", post(ca::rotation_command))
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/reissue", post(reissue::create).get(reissue::list))

@@ -17,25 +17,45 @@ use std::time::Duration;
 pub const BUNDLE_FILE: &str = "ca-bundle.pem";
 
 /// The CA as the rest of meshd uses it. Cheap to clone.
+///
+/// Outside a rotation it holds one CA. During a rotation it holds two: `current` (the CA in
+/// place when the rotation began) and `next` (the one it moves to); the rotation's phase says
+/// which of them signs and which roots the bundle holds ([`crate::rotation`]).
 #[derive(Clone)]
 pub struct Authority {
     inner: Arc<RwLock<State>>,
     policy: CsrPolicy,
+    signing_policy: SigningPolicy,
+    kek: Arc<KeyEncryptionKey>,
+    trust_domain: mesh_ca::TrustDomain,
+    bundle_file: std::path::PathBuf,
 }
 
-struct State {
-    signer: Arc<CertificateAuthority>,
-    bundle: TrustBundle,
+/// Which CAs exist, which one signs and which roots are trusted: replaced as a whole.
+#[derive(Clone)]
+pub struct State {
+    pub current: Arc<CertificateAuthority>,
+    pub next: Option<Arc<CertificateAuthority>>,
+    pub signer: Arc<CertificateAuthority>,
+    pub bundle: TrustBundle,
+}
+
+/// What the store held when meshd started.
+pub struct Restored {
+    pub authority: Authority,
+    /// The stored record (its `rotation_data` is the rotation driver's to read).
+    pub record: CaStateRecord,
 }
 
 // === impl Authority ===
 
 impl Authority {
     /// Loads the CA from the store, or creates (or imports) it on first start and saves it
-    /// sealed. Writes the trust bundle to `<data-dir>/ca-bundle.pem`.
-    pub async fn bootstrap(config: &Config, store: &Store) -> anyhow::Result<Self> {
+    /// sealed. Writes the trust bundle to `<data-dir>/ca-bundle.pem`. A rotation under way is
+    /// not applied here: [`crate::rotation::Rotations::restore`] does that.
+    pub async fn bootstrap(config: &Config, store: &Store) -> anyhow::Result<Restored> {
         let kek = load_kek(&config.kek)?;
-        let policy = SigningPolicy {
+        let signing_policy = SigningPolicy {
             default_ttl: config.cert_ttl,
             max_ttl: config.cert_ttl,
             ..SigningPolicy::default()
@@ -48,11 +68,11 @@ impl Authority {
             .load_ca_state()
             .await
             .context("reading the CA state")?;
-        let (signer, bundle) = match state {
-            Some(state) => {
+        let (current, next, bundle, record) = match state {
+            Some(record) => {
                 let ca = CertificateAuthority::from_sealed(
-                    &state.cert_chain_pem,
-                    &state.signing_key,
+                    &record.cert_chain_pem,
+                    &record.signing_key,
                     &kek,
                     config.trust_domain.clone(),
                 )
@@ -69,10 +89,22 @@ impl Authority {
                         new.root().fingerprint
                     );
                 }
-                let bundle = TrustBundle::from_pem(&state.roots_pem.concat())
+                let bundle = TrustBundle::from_pem(&record.roots_pem.concat())
                     .context("reading the stored trust bundle")?;
+                let next = match &record.pending_key {
+                    Some(sealed) => Some(
+                        CertificateAuthority::from_sealed(
+                            &pending_chain(&record.rotation_data)?,
+                            sealed,
+                            &kek,
+                            config.trust_domain.clone(),
+                        )
+                        .context("restoring the CA a rotation moves to")?,
+                    ),
+                    None => None,
+                };
                 tracing::info!(root = %ca.root().fingerprint, "CA restored from the store");
-                (ca, bundle)
+                (ca, next, bundle, record)
             }
             None => {
                 let ca = match imported {
@@ -87,7 +119,7 @@ impl Authority {
                     signing_key: ca.sealed_key(&kek).context("sealing the CA key")?,
                     cert_chain_pem: ca.chain_pem(),
                     roots_pem: bundle.roots().iter().map(|r| r.to_pem()).collect(),
-                    rotation_phase: "idle".into(),
+                    rotation_phase: IDLE.into(),
                     rotation_data: "{}".into(),
                     pending_key: None,
                     previous_key: None,
@@ -98,21 +130,28 @@ impl Authority {
                     .await
                     .context("saving the new CA")?;
                 tracing::info!(root = %ca.root().fingerprint, "CA created");
-                (ca, bundle)
+                (ca, None, bundle, record)
             }
         };
-        write_private_or_public(
-            &config.data_dir.join(BUNDLE_FILE),
-            bundle.to_pem().as_bytes(),
-            0o644,
-        )?;
-        Ok(Self {
+        let bundle_file = config.data_dir.join(BUNDLE_FILE);
+        write_private_or_public(&bundle_file, bundle.to_pem().as_bytes(), 0o644)?;
+        let current = Arc::new(current.with_policy(signing_policy));
+        let next = next.map(|n| Arc::new(n.with_policy(signing_policy)));
+        // Until the rotation driver says otherwise: the stored CA signs, the stored bundle.
+        let authority = Self {
             inner: Arc::new(RwLock::new(State {
-                signer: Arc::new(signer.with_policy(policy)),
+                signer: current.clone(),
+                current,
+                next,
                 bundle,
             })),
             policy: CsrPolicy::default(),
-        })
+            signing_policy,
+            kek: Arc::new(kek),
+            trust_domain: config.trust_domain.clone(),
+            bundle_file,
+        };
+        Ok(Restored { authority, record })
     }
 
     /// The current trust bundle.
@@ -120,9 +159,36 @@ impl Authority {
         self.read().bundle.clone()
     }
 
-    /// The current signer.
+    /// The CA that signs now.
     pub fn signer(&self) -> Arc<CertificateAuthority> {
         self.read().signer.clone()
+    }
+
+    /// Every CA held, which signs, which roots are trusted.
+    pub fn state(&self) -> State {
+        self.read().clone()
+    }
+
+    pub fn trust_domain(&self) -> &mesh_ca::TrustDomain {
+        &self.trust_domain
+    }
+
+    /// Replaces the whole state (the rotation driver, after it persisted it) and rewrites the
+    /// public bundle file.
+    pub fn install(&self, state: State) -> anyhow::Result<()> {
+        write_private_or_public(&self.bundle_file, state.bundle.to_pem().as_bytes(), 0o644)?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = state;
+        Ok(())
+    }
+
+    /// Gives a CA this meshd's signing policy.
+    pub fn adopt(&self, ca: CertificateAuthority) -> Arc<CertificateAuthority> {
+        Arc::new(ca.with_policy(self.signing_policy))
+    }
+
+    /// A CA's key sealed with the key-encryption key, for the store.
+    pub fn seal(&self, ca: &CertificateAuthority) -> anyhow::Result<Vec<u8>> {
+        ca.sealed_key(&self.kek).context("sealing a CA key")
     }
 
     /// Checks `csr_pem` against the proven identity and signs it.
@@ -141,6 +207,19 @@ impl Authority {
         // so a poisoned lock is still safe to read.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `ca_state.rotation_phase` when no rotation ever ran.
+pub const IDLE: &str = "idle";
+
+/// The chain of the CA a rotation moves to, from `rotation_data`.
+fn pending_chain(rotation_data: &str) -> anyhow::Result<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(rotation_data).context("reading the stored rotation")?;
+    v.get("next_chain_pem")
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .context("the stored rotation has a pending key but no next_chain_pem")
 }
 
 #[derive(Debug, thiserror::Error)]

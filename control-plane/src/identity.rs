@@ -202,7 +202,9 @@ impl Identity for IdentityService {
             issuer_fingerprint: issued.issuer_fingerprint.clone(),
             not_before: issued.leaf.not_before,
             not_after: issued.leaf.not_after,
-            sidecar: None,
+            // A label, bounded like a DNS name; an oversized one is dropped, not stored.
+            sidecar: (!request.sidecar_id.is_empty() && request.sidecar_id.len() <= 253)
+                .then(|| request.sidecar_id.clone()),
         };
         if let Err(e) = self.store.record_certificate(&record).await {
             // An unrecorded certificate would be invisible to CA rotation: do not hand it out.
@@ -210,6 +212,16 @@ impl Identity for IdentityService {
             return Err(Status::unavailable(
                 "the store cannot record the certificate right now",
             ));
+        }
+        // A renewal over mTLS: the certificate presented is no longer used by its holder.
+        if request.credential.is_none()
+            && let Some(serial) = peer.as_ref().and_then(|p| p.cert_serial.as_deref())
+            && let Err(e) = self
+                .store
+                .supersede_certificate(serial, &record.identity, now())
+                .await
+        {
+            tracing::warn!(error = %e, "marking the renewed certificate superseded");
         }
         self.metrics.certificate_issued();
         self.audit(

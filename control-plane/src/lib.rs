@@ -9,6 +9,7 @@
 //! - [`dashboard`]: the web dashboard's embedded files, served beside the admin API.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`model`]: operator documents → one validated [`model::Mesh`].
+//! - [`rotation`]: the CA rotation driver (phases gated on the fleet, persisted).
 //! - [`server`]: wiring and shutdown.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod dashboard;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod rotation;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -14,6 +14,21 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabel {
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub type_url: String,
 }
@@ -32,6 +47,9 @@ struct Inner {
     pushes: Family<TypeLabel, Counter>,
     nacks: Family<TypeLabel, Counter>,
     push_latency: Histogram,
+    rotation_phase: Family<PhaseLabel, Gauge>,
+    rotation_sidecars: Family<StateLabel, Gauge>,
+    certificates_live: Family<IssuerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,6 +100,29 @@ impl Metrics {
             "Time from a configuration change to the last sidecar's ACK",
             push_latency.clone(),
         );
+        let rotation_phase = Family::<PhaseLabel, Gauge>::default();
+        registry.register(
+            "ca_rotation_phase",
+            "1 for the phase the latest CA rotation is in (idle when none ever ran)",
+            rotation_phase.clone(),
+        );
+        let rotation_sidecars = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "ca_rotation_sidecars",
+            "Connected sidecars done / pending with the current rotation phase",
+            rotation_sidecars.clone(),
+        );
+        let certificates_live = Family::<IssuerLabel, Gauge>::default();
+        registry.register(
+            "certificates_live",
+            "Unexpired workload certificates, by the fingerprint of the CA that signed them",
+            certificates_live.clone(),
+        );
+        rotation_phase
+            .get_or_create(&PhaseLabel {
+                phase: "idle".into(),
+            })
+            .set(1);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -91,7 +132,47 @@ impl Metrics {
                 pushes,
                 nacks,
                 push_latency,
+                rotation_phase,
+                rotation_sidecars,
+                certificates_live,
             }),
+        }
+    }
+
+    /// The phase of the latest rotation (the other phases read 0).
+    pub fn rotation_phase(&self, phase: &str) {
+        self.inner.rotation_phase.clear();
+        self.inner
+            .rotation_phase
+            .get_or_create(&PhaseLabel {
+                phase: phase.to_string(),
+            })
+            .set(1);
+    }
+
+    pub fn rotation_progress(&self, done: usize, total: usize) {
+        let set = |state: &str, n: usize| {
+            self.inner
+                .rotation_sidecars
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("done", done);
+        set("pending", total.saturating_sub(done));
+    }
+
+    /// Live certificates per issuing CA (issuers absent from `counts` are dropped).
+    pub fn certificates_by_issuer(&self, counts: &[(String, u64)]) {
+        self.inner.certificates_live.clear();
+        for (issuer, n) in counts {
+            self.inner
+                .certificates_live
+                .get_or_create(&IssuerLabel {
+                    issuer: issuer.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 

@@ -32,7 +32,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await?;
-    let authority = Authority::bootstrap(&config, &store).await?;
+    let restored = Authority::bootstrap(&config, &store).await?;
+    let authority = restored.authority;
+    let rotation = crate::rotation::restore(&authority, &restored.record)?;
     let admin_token = ensure_token(&config, ADMIN_TOKEN_FILE)?;
     let viewer_token = ensure_token(&config, VIEWER_TOKEN_FILE)?;
     let metrics = Metrics::new();
@@ -66,6 +68,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
     );
     xds.follow(documents.subscribe());
+    let rotations = crate::rotation::Rotations::start(
+        authority.clone(),
+        store.clone(),
+        xds.clone(),
+        tls.clone(),
+        grpc_addr,
+        metrics.clone(),
+        rotation,
+    );
 
     let identity = IdentityService::new(authority.clone(), store.clone(), metrics.clone());
     let grpc = tonic::transport::Server::builder()
@@ -80,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: metrics.clone(),
         documents: documents.clone(),
         xds: xds.clone(),
+        rotations,
         admin_token: Arc::from(admin_token.as_str()),
         viewer_token: Arc::from(viewer_token.as_str()),
         shutdown: stop_rx.clone(),

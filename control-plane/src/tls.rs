@@ -54,7 +54,7 @@ impl ServingTls {
         Ok(tls)
     }
 
-    fn renew(&self, authority: &Authority, addr: SocketAddr) -> anyhow::Result<()> {
+    pub fn renew(&self, authority: &Authority, addr: SocketAddr) -> anyhow::Result<()> {
         let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
         if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
             ips.push(addr.ip());
@@ -126,6 +126,8 @@ pub struct PeerInfo {
     pub identity: Option<SpiffeId>,
     /// SHA-256 fingerprint of the client's leaf certificate, when it sent one.
     pub cert_fingerprint: Option<String>,
+    /// Serial number (hex) of the client's leaf certificate, when it sent one.
+    pub cert_serial: Option<String>,
 }
 
 /// A server-side TLS connection carrying its [`PeerInfo`].
@@ -145,6 +147,9 @@ impl TlsIo {
             remote,
             identity: leaf.and_then(spiffe_id_of),
             cert_fingerprint: leaf.map(|c| mesh_ca::hex(&mesh_ca::sha256(c.as_ref()))),
+            cert_serial: leaf
+                .and_then(|c| mesh_ca::CertInfo::from_der(c.as_ref()).ok())
+                .map(|c| c.serial_hex),
         };
         Self { inner, info }
     }

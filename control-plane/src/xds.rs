@@ -63,6 +63,13 @@ struct Entry {
     replaced: Arc<Notify>,
 }
 
+/// The `issued_before` of a directive made at `now` (unix seconds) by a CA that backdates
+/// notBefore by `backdate`: notBefore has one-second resolution, so only a certificate from the
+/// next second on is certainly newer than the directive (a key compromised now must not survive).
+pub fn issued_after(now: i64, backdate: Duration) -> i64 {
+    now + 1 - backdate.as_secs() as i64
+}
+
 /// The discovery server's shared state. Cheap to clone.
 #[derive(Clone)]
 pub struct Xds {
@@ -150,22 +157,58 @@ impl Xds {
         backdate: Duration,
         reason: &str,
     ) -> Directive {
-        let now = time::OffsetDateTime::now_utc();
-        let mut directives = write(&self.inner.directives);
-        let last = directives.iter().map(|d| d.generation).max().unwrap_or(0);
-        let directive = Directive {
-            generation: ((now.unix_timestamp_nanos() / 1_000_000) as u64).max(last + 1),
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let directive = self.new_directive(
             target,
-            reissue_before: now.unix_timestamp() + window.as_secs() as i64,
-            // notBefore has one-second resolution: only a certificate from the next second on
-            // is certainly newer than this call (a key compromised now must not survive).
-            issued_before: now.unix_timestamp() + 1 - backdate.as_secs() as i64,
+            now + window.as_secs() as i64,
+            issued_after(now, backdate),
+            reason,
+        );
+        self.install_directive(directive.clone());
+        directive
+    }
+
+    /// A directive with a generation never used before (not installed yet).
+    pub fn new_directive(
+        &self,
+        target: ReissueTarget,
+        reissue_before: i64,
+        issued_before: i64,
+        reason: &str,
+    ) -> Directive {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+        let last = read(&self.inner.directives)
+            .iter()
+            .map(|d| d.generation)
+            .max()
+            .unwrap_or(0);
+        Directive {
+            generation: now_ms.max(last + 1),
+            target,
+            reissue_before,
+            issued_before,
             reason: reason.to_string(),
-        };
-        directives.push(directive.clone());
+        }
+    }
+
+    /// Puts `directive` in force (replacing one of the same generation, so reinstalling a
+    /// persisted directive after a restart is harmless).
+    pub fn install_directive(&self, directive: Directive) {
+        let mut directives = write(&self.inner.directives);
+        directives.retain(|d| d.generation != directive.generation);
+        directives.push(directive);
+        directives.sort_by_key(|d| d.generation);
         drop(directives);
         self.mark_changed();
-        directive
+    }
+
+    /// The type version of the TrustBundle every sidecar should hold now: a sidecar that
+    /// ACKed this version holds the current bundle.
+    pub fn bundle_version(&self) -> String {
+        let bundle = read(&self.inner.bundle).clone();
+        let mut snap = Snapshot::new(Instant::now());
+        snap.insert(view::trust_bundle(&self.inner.trust_domain, &bundle));
+        snap.type_version(mesh_proto::ResourceType::TrustBundle)
     }
 
     /// The directives issued by this replica, oldest first.

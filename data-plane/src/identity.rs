@@ -59,6 +59,8 @@ pub struct IdentityOptions {
     pub join_token_file: Option<PathBuf>,
     pub ttl: Duration,
     pub state_dir: Option<PathBuf>,
+    /// This sidecar's `Node.id`, recorded by the CA beside each certificate.
+    pub sidecar_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -362,8 +364,14 @@ impl Identity {
             self.cert.clone()
         };
         let channel = mesh_client::channel(url, self.anchors.clone(), client_cert).await?;
-        let (response, key) =
-            mesh_client::request_certificate(channel, &self.id, self.opts.ttl, credential).await?;
+        let (response, key) = mesh_client::request_certificate(
+            channel,
+            &self.id,
+            self.opts.ttl,
+            credential,
+            &self.opts.sidecar_id,
+        )
+        .await?;
         if !self
             .bundle_from_discovery
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -439,6 +447,7 @@ mod tests {
                 join_token_file: None,
                 ttl: Duration::ZERO,
                 state_dir: None,
+                sidecar_id: "test".into(),
             },
         )
         .unwrap()

@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             join_token_file: config.join_token_file.clone(),
             ttl: config.cert_ttl,
             state_dir: config.state_dir.clone(),
+            sidecar_id: config.id.clone(),
         },
     )?;
     let readiness = readiness::Readiness::new(identity.clone());

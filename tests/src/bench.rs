@@ -241,6 +241,7 @@ pub async fn ca(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
                 csr_pem,
                 requested_ttl_seconds: 0,
                 credential: None,
+                sidecar_id: String::new(),
             };
             mesh_proto::v1::identity_client::IdentityClient::new(ch)
                 .sign(request)

@@ -48,6 +48,7 @@ impl Credentials {
             Some(Credential {
                 kind: Some(credential::Kind::JoinToken(token)),
             }),
+            "",
         )
         .await?;
         let certified = mesh_ca::tls::certified_key(&response.cert_chain_pem, &key)?;

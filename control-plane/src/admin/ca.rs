@@ -2,17 +2,21 @@
 //! dashboard: the trust domain, the signing certificate, every root of the trust bundle with its
 //! validity, the leaf TTL policy and the rotation phase. Never a key.
 
-use super::AdminState;
-use axum::Json;
-use axum::extract::State;
+use super::{AdminState, ApiError, ApiResult, Caller};
+use crate::rotation::{Command, RotateError, StartRequest};
+use crate::store::{AuditEntry, AuditOutcome};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use mesh_ca::CertInfo;
+use mesh_ca::rotation::Mode;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// `GET /api/v1/ca`.
 ///
-/// `rotation_phase` comes from the store; should the store not answer, it is null and
-/// `store_error` says why (the rest is in memory and still worth showing).
+/// `rotation` is the latest CA rotation as `GET /api/v1/ca/rotation` shows it.
 pub(super) async fn status(State(state): State<AdminState>) -> Response {
     let signer = state.authority.signer();
     let bundle = state.authority.bundle();
@@ -28,26 +32,17 @@ pub(super) async fn status(State(state): State<AdminState>) -> Response {
             v
         })
         .collect();
-    let (phase, store_error) = match state.store.load_ca_state().await {
-        Ok(Some(record)) => (Some(record.rotation_phase), None),
-        Ok(None) => (None, Some("no CA state stored".to_string())),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the CA state for the admin API");
-            (None, Some(e.to_string()))
-        }
-    };
+    let rotation = state.rotations.status().await;
     let policy = signer.policy();
-    let mut body = json!({
+    let body = json!({
         "trust_domain": signer.trust_domain().to_string(),
         "signing": cert_json(signing),
         "roots": roots,
         "leaf_ttl_seconds": policy.default_ttl.as_secs(),
         "max_leaf_ttl_seconds": policy.max_ttl.as_secs(),
-        "rotation_phase": phase,
+        "rotation_phase": rotation["phase"],
+        "rotation": rotation,
     });
-    if let Some(e) = store_error {
-        body["store_error"] = json!(e);
-    }
     Json(body).into_response()
 }
 
@@ -61,4 +56,113 @@ fn cert_json(c: &CertInfo) -> Value {
         "not_after": c.not_after,
         "self_signed": c.self_signed,
     })
+}
+
+/// `POST /api/v1/ca/rotation`: starts a CA rotation.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Wait for an operator (`POST /api/v1/ca/rotation/next`) at each gate.
+    #[serde(default)]
+    manual: bool,
+    /// The stagger window of re-issues, e.g. "5m" (default 1m).
+    window: Option<String>,
+    /// The new CA to import (PEM chain, signing certificate first, and its PKCS#8 key);
+    /// generated when absent.
+    import_cert_pem: Option<String>,
+    import_key_pem: Option<String>,
+}
+
+pub(super) async fn rotate(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<RotateRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let window = match req.window.as_deref() {
+        None => Duration::from_secs(60),
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| ApiError::bad_request(format!("window {w:?}: {e}")))?,
+    };
+    let import = match (req.import_cert_pem, req.import_key_pem) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "import_cert_pem and import_key_pem go together",
+            ));
+        }
+    };
+    let request = StartRequest {
+        mode: if req.manual {
+            Mode::Manual
+        } else {
+            Mode::Automatic
+        },
+        window,
+        import,
+    };
+    let result = state.rotations.begin(request, &caller.name).await;
+    audit(&state, &caller, "start", &result).await;
+    Ok((StatusCode::CREATED, Json(result.map_err(rotate_error)?)))
+}
+
+/// `GET /api/v1/ca/rotation`: the latest rotation, its phase and progress.
+pub(super) async fn rotation_status(State(state): State<AdminState>) -> Json<Value> {
+    Json(state.rotations.status().await)
+}
+
+/// `POST /api/v1/ca/rotation/{pause|resume|rollback|next}`.
+pub(super) async fn rotation_command(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(command): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let Some(cmd) = Command::parse(&command) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no rotation command {command:?}: pause, resume, rollback or next"),
+        ));
+    };
+    let result = state.rotations.command(cmd).await;
+    audit(&state, &caller, &command, &result).await;
+    Ok(Json(result.map_err(rotate_error)?))
+}
+
+fn rotate_error(e: RotateError) -> ApiError {
+    let status = match &e {
+        RotateError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        RotateError::Busy(_) | RotateError::Refused(_) => StatusCode::CONFLICT,
+        RotateError::NoRotation => StatusCode::NOT_FOUND,
+        RotateError::Internal(_) => {
+            tracing::error!(error = %e, "CA rotation");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    ApiError::new(status, e.to_string())
+}
+
+async fn audit(
+    state: &AdminState,
+    caller: &Caller,
+    what: &str,
+    result: &Result<Value, RotateError>,
+) {
+    let (outcome, detail) = match result {
+        Ok(v) => (
+            AuditOutcome::Ok,
+            format!("{what}: phase {}", v["phase"].as_str().unwrap_or("?")),
+        ),
+        Err(e) => (AuditOutcome::Denied, format!("{what}: {e}")),
+    };
+    let entry = AuditEntry {
+        actor: caller.name.clone(),
+        action: "ca.rotation".into(),
+        target: "ca".into(),
+        outcome,
+        detail,
+    };
+    if let Err(e) = state.store.audit(&entry).await {
+        tracing::error!(error = %e, "writing the audit log");
+    }
 }

@@ -96,6 +96,89 @@ impl Store {
             .collect())
     }
 
+    /// Marks the certificate `serial_hex` of `identity` superseded at `at`: its holder just
+    /// renewed by presenting it, so it no longer uses it. Returns whether a row changed.
+    pub async fn supersede_certificate(
+        &self,
+        serial_hex: &str,
+        identity: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let serial = serial_hex.to_ascii_lowercase();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE issued_certificates SET superseded_at = $1 \
+                 WHERE serial_hex = $2 AND identity = $3 AND superseded_at IS NULL",
+            )
+            .bind(at)
+            .bind(serial.as_str())
+            .bind(identity)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() > 0)
+        })
+        .map_err(|e| StoreError::database("marking a certificate superseded", e))
+    }
+
+    /// Certificates of `issuer` still in use as far as the CA knows: not expired at `now` and
+    /// not superseded by a renewal. Returns the count and up to `sample` of their identities.
+    pub async fn certificates_in_use(
+        &self,
+        issuer: &str,
+        now: i64,
+        sample: u32,
+    ) -> Result<(u64, Vec<String>)> {
+        let issuer = issuer.to_ascii_lowercase();
+        let (count, identities): (i64, Vec<(String,)>) = with_pool!(self, pool => {
+            async {
+                let count: (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM issued_certificates \
+                     WHERE issuer_fingerprint = $1 AND not_after >= $2 AND superseded_at IS NULL",
+                )
+                .bind(issuer.as_str())
+                .bind(now)
+                .fetch_one(pool)
+                .await?;
+                let identities = sqlx::query_as(
+                    "SELECT DISTINCT identity FROM issued_certificates \
+                     WHERE issuer_fingerprint = $1 AND not_after >= $2 AND superseded_at IS NULL \
+                     ORDER BY identity LIMIT $3",
+                )
+                .bind(issuer.as_str())
+                .bind(now)
+                .bind(i64::from(sample))
+                .fetch_all(pool)
+                .await?;
+                Ok::<_, sqlx::Error>((count.0, identities))
+            }.await
+        })
+        .map_err(|e| StoreError::database("counting certificates in use", e))?;
+        Ok((
+            u64::try_from(count).unwrap_or(0),
+            identities.into_iter().map(|(i,)| i).collect(),
+        ))
+    }
+
+    /// The sidecars (id, identity) that hold a certificate of `issuer` not expired at `now`.
+    pub async fn sidecars_with_certificate_from(
+        &self,
+        issuer: &str,
+        now: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let issuer = issuer.to_ascii_lowercase();
+        with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT DISTINCT sidecar, identity FROM issued_certificates \
+                 WHERE issuer_fingerprint = $1 AND not_after >= $2 AND sidecar IS NOT NULL",
+            )
+            .bind(issuer.as_str())
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(|e| StoreError::database("listing sidecars by issuer", e))
+    }
+
     /// Forgets certificates that expired before `expired_before`; returns how many. Keeps the
     /// table from growing forever with short-lived certificates.
     pub async fn prune_certificates(&self, expired_before: i64) -> Result<u64> {

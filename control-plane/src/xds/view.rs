@@ -73,7 +73,7 @@ impl ReissueTarget {
 }
 
 /// "Re-issue your certificate": forced re-issue (after a key compromise) or a CA rotation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Directive {
     /// Never reused (unix milliseconds at creation, so also across replicas and restarts).
     pub generation: u64,
@@ -156,16 +156,12 @@ fn serves(svc: &ServiceView<'_>, e: &LiveEndpoint) -> bool {
         || svc.doc.is_some_and(|d| d.selects(&e.namespace, &e.labels))
 }
 
-/// Builds the snapshot of one scope.
-pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snapshot {
-    let mut snap = Snapshot::new(changed_at);
-    let w = scope.workload();
-
-    snap.insert(Body::TrustBundle(pb::TrustBundle {
+/// The TrustBundle resource every sidecar holds.
+pub fn trust_bundle(trust_domain: &str, bundle: &mesh_ca::TrustBundle) -> Body {
+    Body::TrustBundle(pb::TrustBundle {
         name: TRUST_BUNDLE_NAME.into(),
-        trust_domain: inputs.trust_domain.to_string(),
-        roots: inputs
-            .bundle
+        trust_domain: trust_domain.to_string(),
+        roots: bundle
             .roots()
             .iter()
             .map(|r| pb::TrustRoot {
@@ -174,7 +170,15 @@ pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snap
                 not_after_unix: r.not_after,
             })
             .collect(),
-    }));
+    })
+}
+
+/// Builds the snapshot of one scope.
+pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snapshot {
+    let mut snap = Snapshot::new(changed_at);
+    let w = scope.workload();
+
+    snap.insert(trust_bundle(inputs.trust_domain, inputs.bundle));
     if let Some(p) = inputs.mesh.tls_policy_for(w) {
         snap.insert(Body::TlsPolicy(tls_policy(p)));
     }

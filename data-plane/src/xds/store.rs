@@ -512,6 +512,7 @@ mod tests {
                 join_token_file: None,
                 ttl: std::time::Duration::ZERO,
                 state_dir: None,
+                sidecar_id: "test".into(),
             },
         )
         .unwrap();

@@ -1,0 +1,203 @@
+//! `meshctl ca rotate`: start a CA rotation, steer it (pause, resume, rollback, next), and
+//! follow its progress (`--wait`): a progress bar on a terminal, one plain line per change
+//! otherwise.
+
+use crate::admin::Client;
+use crate::output::{self, Format};
+use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RotateArgs {
+    /// Rotate to this CA certificate (PEM: the signing certificate first, then its chain up to
+    /// the root) instead of a generated root. With an offline root, this is the new
+    /// intermediate and the root stays.
+    #[arg(long, value_name = "FILE", requires = "import_key")]
+    import_cert: Option<std::path::PathBuf>,
+    /// The PKCS#8 PEM key of --import-cert.
+    #[arg(long, value_name = "FILE", requires = "import_cert")]
+    import_key: Option<std::path::PathBuf>,
+    /// Wait for `meshctl ca rotate next` at each gate instead of moving on automatically.
+    #[arg(long)]
+    manual: bool,
+    /// Sidecars re-issue their certificates at random moments within this window.
+    #[arg(long, default_value = "1m")]
+    window: String,
+    /// Block until the rotation is finished (exit 0) or stops short (non-zero, with why),
+    /// showing progress.
+    #[arg(long)]
+    wait: bool,
+    #[command(subcommand)]
+    pub action: Option<RotateAction>,
+}
+
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum RotateAction {
+    /// Stop the rotation where it is (it never moves on while paused).
+    Pause,
+    /// Continue a paused rotation.
+    Resume,
+    /// Go back to the old CA (allowed until finalize); sidecars re-issue from the old CA.
+    Rollback,
+    /// Manual mode: move to the next phase (refused while the fleet has not met the gate).
+    Next,
+    /// The rotation's phase, progress and what it waits for.
+    Status {
+        /// Follow it until it is finished.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `meshctl ca rotate …`.
+pub async fn run(args: &RotateArgs, format: Format, api: Client) -> Result<(), Failure> {
+    let (status, wait) = match args.action {
+        Some(RotateAction::Status { wait }) => (api.get("/api/v1/ca/rotation").await?, wait),
+        Some(action) => {
+            let command = match action {
+                RotateAction::Pause => "pause",
+                RotateAction::Resume => "resume",
+                RotateAction::Rollback => "rollback",
+                RotateAction::Next => "next",
+                RotateAction::Status { .. } => unreachable!("handled above"),
+            };
+            let path = format!("/api/v1/ca/rotation/{command}");
+            (api.post(&path, &json!({})).await?, false)
+        }
+        None => {
+            let window = humantime::parse_duration(&args.window).map_err(|e| {
+                Failure::new(
+                    EXIT_USAGE,
+                    format!("--window {:?}: {e}; e.g. --window 5m", args.window),
+                )
+            })?;
+            let mut body = json!({
+                "manual": args.manual,
+                "window": humantime::format_duration(window).to_string(),
+            });
+            if let (Some(cert), Some(key)) = (&args.import_cert, &args.import_key) {
+                body["import_cert_pem"] = json!(read(cert, "--import-cert")?);
+                body["import_key_pem"] = json!(read(key, "--import-key")?);
+            }
+            (api.post("/api/v1/ca/rotation", &body).await?, args.wait)
+        }
+    };
+    if !wait {
+        return output::emit(format, &status, |s| println!("{}", summary(s)));
+    }
+    let last = follow(&api, status).await?;
+    output::emit(format, &last, |_| {})?;
+    match last["phase"].as_str() {
+        Some("done") => Ok(()),
+        Some(phase) => Err(Failure::new(
+            EXIT_FAILURE,
+            format!("the rotation ended {phase}, not done: the old CA is still the one in use"),
+        )),
+        None => Err(Failure::new(EXIT_FAILURE, "meshd reported no rotation")),
+    }
+}
+
+fn read(path: &std::path::Path, flag: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            EXIT_USAGE,
+            format!(
+                "{flag} {}: {}",
+                path.display(),
+                crate::admin::without_os_error(&e.to_string())
+            ),
+        )
+    })
+}
+
+/// One line: phase, progress, what it waits for.
+pub fn summary(s: &Value) -> String {
+    let phase = s["phase"].as_str().unwrap_or("?");
+    if phase == "idle" {
+        return "idle".into();
+    }
+    let mut line = format!("rotation {}: {phase}", s["generation"]);
+    if s["paused"] == true {
+        line.push_str(" (paused)");
+    }
+    if let (Some(done), Some(total)) = (
+        s["progress"]["done"].as_u64(),
+        s["progress"]["total"].as_u64(),
+    ) {
+        line.push_str(&format!(", {done}/{total} sidecars"));
+    }
+    if let Some(w) = s["waiting_for"].as_str().filter(|w| !w.is_empty()) {
+        line.push_str(&format!(" — waiting: {w}"));
+    }
+    line
+}
+
+/// Polls until the rotation is terminal or paused; returns the last status. Fails when meshd
+/// stops answering for good or the rotation makes no progress for a long time.
+async fn follow(api: &Client, mut status: Value) -> Result<Value, Failure> {
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    let mut last_change = Instant::now();
+    let window = Duration::from_secs(status["window_secs"].as_u64().unwrap_or(60));
+    let stall = window + Duration::from_secs(600);
+    loop {
+        let line = summary(&status);
+        if terminal {
+            let bar = bar(&status);
+            eprint!("\r\x1b[2K{bar} {line}");
+            let _ = std::io::stderr().flush();
+        } else if line != last_line {
+            eprintln!("{line}");
+        }
+        if line != last_line {
+            last_line = line;
+            last_change = Instant::now();
+        }
+        let phase = status["phase"].as_str().unwrap_or("");
+        if matches!(phase, "done" | "rolled-back" | "idle") {
+            if terminal {
+                eprintln!();
+            }
+            return Ok(status);
+        }
+        if status["paused"] == true {
+            if terminal {
+                eprintln!();
+            }
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                "the rotation is paused: `meshctl ca rotate resume` to continue",
+            ));
+        }
+        if last_change.elapsed() > stall {
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!(
+                    "no progress for {}: {last_line}",
+                    humantime::format_duration(stall)
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        status = api.get("/api/v1/ca/rotation").await?;
+    }
+}
+
+/// `[####------] prepare`: the phase's progress as a bar.
+fn bar(s: &Value) -> String {
+    const WIDTH: u64 = 20;
+    let done = s["progress"]["done"].as_u64().unwrap_or(0);
+    let total = s["progress"]["total"].as_u64().unwrap_or(0);
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled as usize),
+        "-".repeat((WIDTH - filled) as usize)
+    )
+}
