@@ -9,6 +9,7 @@ pub mod meshd;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod ring;
 pub mod sidecar;
 pub mod wait;
 

@@ -116,6 +116,12 @@ impl Meshd {
 impl Meshd {
     /// GET on the admin API with the admin token; the JSON body (panics on a non-2xx answer).
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get_text(path).await)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// GET on the admin API with the admin token; panics unless it answers 2xx.
+    pub async fn admin_get_text(&self, path: &str) -> String {
         let response = reqwest::Client::new()
             .get(format!("http://{}{path}", self.admin_addr))
             .bearer_auth(self.admin_token())
@@ -128,7 +134,7 @@ impl Meshd {
             response.status()
         );
         response
-            .json()
+            .text()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }

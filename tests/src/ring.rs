@@ -1,0 +1,236 @@
+//! A small fleet for rotation tests: meshd behind a [`Gate`] (so it can be restarted on a new
+//! port at the same address), N echo apps each behind a real mesh-proxy, and a steady request
+//! loop around the ring (sidecar i calls service i+1) that counts every failure.
+
+use crate::echo::EchoApp;
+use crate::meshd::{Meshd, MeshdOptions};
+use crate::proxy::{Gate, Proxy, ProxyOptions};
+use crate::wait;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The services of the ring, in order.
+pub const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+pub fn identity(name: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{name}")
+}
+
+pub struct Ring {
+    pub dir: PathBuf,
+    pub meshd: Meshd,
+    pub gate: Gate,
+    pub apps: Vec<EchoApp>,
+    pub proxies: Vec<Proxy>,
+    meshd_options: MeshdOptions,
+}
+
+impl Ring {
+    /// meshd (with `meshd_args`) and one sidecar per name of [`NAMES`] (with `proxy_args`),
+    /// each ready and able to reach the next.
+    pub async fn start(dir: &Path, meshd_args: &[&str], proxy_args: &[&str]) -> Self {
+        let meshd_options = MeshdOptions {
+            args: meshd_args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        let meshd = Meshd::start(&dir.join("meshd"), &meshd_options)
+            .await
+            .expect("meshd starts");
+        let gate = Gate::start(&meshd.grpc_addr, true).await.expect("gate");
+        let mut apps = Vec::new();
+        let mut proxies = Vec::new();
+        for name in NAMES {
+            let app = EchoApp::start(name).await.expect("echo app");
+            let proxy = Proxy::start(
+                &meshd,
+                &dir.join(name),
+                &identity(name),
+                app.addr,
+                &ProxyOptions {
+                    control_planes: vec![gate.url()],
+                    args: proxy_args.iter().map(|a| a.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("sidecar starts");
+            apps.push(app);
+            proxies.push(proxy);
+        }
+        let ring = Self {
+            dir: dir.to_path_buf(),
+            meshd,
+            gate,
+            apps,
+            proxies,
+            meshd_options,
+        };
+        for (i, p) in ring.proxies.iter().enumerate() {
+            p.get_until(NAMES[(i + 1) % NAMES.len()], "/", 200).await;
+        }
+        ring
+    }
+
+    /// Kills meshd (SIGKILL) and starts it again on the same data, behind the same gate.
+    pub async fn restart_meshd(&mut self) {
+        self.meshd.process.kill();
+        let meshd = Meshd::start(&self.dir.join("meshd"), &self.meshd_options)
+            .await
+            .expect("meshd restarts");
+        self.gate.set_target(&meshd.grpc_addr);
+        self.meshd = meshd;
+    }
+
+    /// Starts the request loop around the ring.
+    pub fn traffic(&self) -> Traffic {
+        let targets = self
+            .proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.outbound_addr, NAMES[(i + 1) % NAMES.len()].to_string()))
+            .collect();
+        Traffic::start(targets)
+    }
+
+    /// Every sidecar's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = format!("meshd:\n{}\n", self.meshd.process.log());
+        for (name, p) in NAMES.iter().zip(&self.proxies) {
+            out.push_str(&format!("sidecar {name}:\n{}\n", p.log()));
+        }
+        out
+    }
+
+    /// The latest rotation as `GET /api/v1/ca/rotation` shows it.
+    pub async fn rotation(&self) -> serde_json::Value {
+        self.meshd.admin_get("/api/v1/ca/rotation").await
+    }
+
+    /// Waits until the rotation's status satisfies `done`.
+    pub async fn wait_rotation(
+        &self,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let last = std::sync::Mutex::new(serde_json::Value::Null);
+        let found = wait::until(what, deadline, || async {
+            let r = self.rotation().await;
+            let ok = done(&r);
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = r.clone();
+            ok.then_some(r)
+        })
+        .await;
+        let last = last.into_inner().unwrap_or_else(|p| p.into_inner());
+        found.unwrap_or_else(|e| panic!("{e}; last status {last}\n{}", self.logs()))
+    }
+}
+
+/// Requests in a loop through every (outbound address, host) pair, one task each, until
+/// stopped; every answer other than 200 and every error is kept.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Traffic {
+    pub fn start(targets: Vec<(SocketAddr, String)>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let tasks = targets
+            .into_iter()
+            .map(|(addr, host)| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut failed = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client
+                            .get(format!("http://{addr}/loop"))
+                            .header("host", &host)
+                            .timeout(Duration::from_secs(20))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                failed.push(format!("→{host}: {status} {body}"));
+                            }
+                            Err(e) => failed.push(format!("→{host}: {e}")),
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    failed
+                })
+            })
+            .collect();
+        Self { stop, ok, tasks }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests succeeded (the loop is running).
+    pub async fn wait_more(&self, n: u64) {
+        let target = self.ok() + n;
+        wait::until(
+            "the request loop to make progress",
+            Duration::from_secs(60),
+            || async { (self.ok() >= target).then_some(()) },
+        )
+        .await
+        .expect("the request loop runs");
+    }
+
+    /// Stops the loop: (requests that succeeded, every failure).
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for t in self.tasks {
+            failed.extend(t.await.unwrap_or_else(|e| vec![format!("loop task: {e}")]));
+        }
+        (self.ok.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// PEM certificates in `text` (e.g. `openssl s_client -showcerts` output), in order.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(len) = rest[start..].find("-----END CERTIFICATE-----") else {
+            break;
+        };
+        let end = start + len + "-----END CERTIFICATE-----".len();
+        out.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// `openssl verify -CAfile bundle cert`: whether it verified, and what openssl said.
+pub fn openssl_verify(bundle: &Path, cert: &Path) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(bundle)
+        .arg(cert)
+        .output()
+        .expect("openssl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

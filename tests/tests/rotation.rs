@@ -1,0 +1,194 @@
+//! CA rotation across a live fleet: meshd, four real sidecars in a ring and a steady request
+//! loop between them that counts every failure. `openssl` checks, from outside, what chain each
+//! sidecar serves once the rotation is over.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
+
+use mesh_tests::proxy::{issue_cert, openssl_s_client};
+use mesh_tests::ring::{NAMES, Ring, openssl_verify, pem_blocks};
+use std::time::Duration;
+
+/// How long a whole rotation may take in a test (debug build, loaded 2-core machine).
+const ROTATION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `meshctl ca rotate ARGS` off the runtime thread: (exit code, stdout, stderr).
+async fn meshctl(ring: &Ring, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = ring.meshd.meshctl();
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || mesh_tests::process::run(cmd))
+        .await
+        .unwrap()
+}
+
+/// Checks, with openssl as the client, that every sidecar's inbound port serves a chain that
+/// verifies against `trusted` only, and whose leaf does not verify against `not_trusted`.
+async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted: &str) {
+    let dir = ring.dir.join(format!("openssl-{}", mesh_tests::unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (trusted_file, other_file) = (dir.join("trusted.pem"), dir.join("other.pem"));
+    std::fs::write(&trusted_file, trusted).unwrap();
+    std::fs::write(&other_file, not_trusted).unwrap();
+    // A client certificate of the mesh as it is now (the inbound port requires one).
+    let (cert, key) = issue_cert(
+        &ring.meshd,
+        "spiffe://cluster.local/ns/default/sa/checker",
+        &dir,
+    );
+    for (name, p) in NAMES.iter().zip(&ring.proxies) {
+        let (ok, out) = openssl_s_client(
+            &p.inbound_addr.to_string(),
+            &[
+                "-showcerts",
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+            ],
+            &trusted_file,
+        )
+        .await;
+        assert!(ok, "openssl s_client to sidecar {name}:\n{out}");
+        let chain = pem_blocks(&out);
+        assert!(!chain.is_empty(), "no certificate shown by {name}:\n{out}");
+        let leaf = dir.join(format!("{name}-leaf.pem"));
+        std::fs::write(&leaf, &chain[0]).unwrap();
+        let (verified, text) = openssl_verify(&trusted_file, &leaf);
+        assert!(
+            verified,
+            "{name}'s certificate against the trusted root: {text}"
+        );
+        let (verified, text) = openssl_verify(&other_file, &leaf);
+        assert!(
+            !verified,
+            "{name}'s certificate must not verify against the other root: {text}"
+        );
+    }
+}
+
+fn root_fingerprints(ca: &serde_json::Value) -> Vec<String> {
+    ca["roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["fingerprint"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Ring::start(dir.path(), &[], &[]).await;
+    let old_bundle = ring.meshd.bundle_pem();
+    let old_root = root_fingerprints(&ring.meshd.admin_get("/api/v1/ca").await);
+    assert_eq!(old_root.len(), 1);
+
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &["ca", "rotate", "--window", "3s", "--wait", "-o", "json"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
+    for phase in ["switch", "done"] {
+        assert!(
+            stderr.contains(&format!(": {phase}")),
+            "progress shows {phase}: {stderr}"
+        );
+    }
+    let last: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(last["phase"], "done", "{last}");
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+
+    // The bundle holds only the new root, and meshd's bundle file says so too.
+    let ca = ring.meshd.admin_get("/api/v1/ca").await;
+    let roots = root_fingerprints(&ca);
+    assert_eq!(roots, vec![last["new_root"].as_str().unwrap().to_string()]);
+    assert_ne!(roots, old_root);
+    let new_bundle = ring.meshd.bundle_pem();
+    assert_eq!(pem_blocks(&new_bundle).len(), 1);
+    every_sidecar_serves_a_chain_of(&ring, &new_bundle, &old_bundle).await;
+
+    // Metrics and audit show it.
+    let metrics = ring.meshd.admin_get_text("/metrics").await;
+    assert!(
+        metrics.contains("meshd_ca_rotation_phase{phase=\"done\"} 1"),
+        "{metrics}"
+    );
+    let audit = ring.meshd.admin_get("/api/v1/audit?limit=100").await;
+    let rotation_entries = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "ca.rotation")
+        .count();
+    assert!(rotation_entries >= 4, "start and three phases: {audit}");
+}
+
+#[tokio::test]
+async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Ring::start(dir.path(), &[], &[]).await;
+    let old_bundle = ring.meshd.bundle_pem();
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+
+    let (code, stdout, stderr) =
+        meshctl(&ring, &["ca", "rotate", "--manual", "--window", "4s"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    ring.wait_rotation("prepare's gate", ROTATION_DEADLINE, |r| {
+        r["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("rotate next"))
+    })
+    .await;
+    let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "next"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("switch"), "{stdout}");
+    // Some sidecars re-issue from the new CA…
+    let during = ring
+        .wait_rotation("a first re-issue", ROTATION_DEADLINE, |r| {
+            r["progress"]["done"].as_u64().unwrap_or(0) >= 1
+        })
+        .await;
+    let new_bundle_roots = during["new_root"].as_str().unwrap().to_string();
+    // …then the operator changes their mind.
+    let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "rollback"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("rolling-back"), "{stdout}");
+    ring.wait_rotation("rolling back's gate", ROTATION_DEADLINE, |r| {
+        r["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("rotate next"))
+    })
+    .await;
+    let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "next"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("rolled-back"), "{stdout}");
+    // A rotation that is over cannot be steered any more.
+    let (code, _, stderr) = meshctl(&ring, &["ca", "rotate", "rollback"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("rolled-back"), "{stderr}");
+
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+    let ca = ring.meshd.admin_get("/api/v1/ca").await;
+    let roots = root_fingerprints(&ca);
+    assert_eq!(roots.len(), 1);
+    assert_ne!(roots[0], new_bundle_roots, "the new root left the bundle");
+    assert_eq!(ring.meshd.bundle_pem(), old_bundle);
+    // Every sidecar serves a certificate of the old CA again; a checker cert of the new CA
+    // is no longer possible, so the "other" bundle is one made up for the check.
+    let other = mesh_ca::CertificateAuthority::generate_root(&mesh_ca::CaOptions::new(
+        "cluster.local".parse().unwrap(),
+    ))
+    .unwrap()
+    .bundle()
+    .to_pem();
+    every_sidecar_serves_a_chain_of(&ring, &old_bundle, &other).await;
+}
