@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
     );
     xds.follow(documents.subscribe());
+    remember_endpoints(&xds, &store).await;
     let rotations = crate::rotation::Rotations::start(
         authority.clone(),
         store.clone(),
@@ -128,6 +129,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a restarted meshd serves the endpoints it knew before, waiting for their sidecars
+/// to reconnect (their reconnect backoff is capped at 30 s).
+pub const WARMUP: Duration = Duration::from_secs(60);
+/// Sidecars that disconnected this recently before a start count as known endpoints (a
+/// graceful shutdown records the disconnections of every stream it ends).
+const RECENT_DISCONNECT: i64 = 120;
+
+/// Records the sidecars' streams in the store from now on, and serves the endpoints the store
+/// knew as connected during [`WARMUP`].
+async fn remember_endpoints(xds: &Xds, store: &Store) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let _ = store.prune_registrations(now - 24 * 3600).await;
+    match store.recent_registrations(now - RECENT_DISCONNECT).await {
+        Ok(known) => {
+            let endpoints = known
+                .into_iter()
+                .filter(|r| !r.service.is_empty())
+                .map(|r| {
+                    let endpoint = crate::xds::view::LiveEndpoint {
+                        namespace: r.namespace,
+                        service: r.service,
+                        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
+                        address: r.inbound_address,
+                        identity: r.identity,
+                    };
+                    (r.id, endpoint)
+                })
+                .collect();
+            xds.remember(endpoints, WARMUP);
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the sidecars known before this start"),
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    xds.record_registrations(tx);
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 512).await > 0 {
+            if let Err(e) = store.record_registrations(&batch).await {
+                tracing::warn!(error = %e, "recording sidecar registrations");
+            }
+            batch.clear();
+        }
+    });
 }
 
 /// This replica's name: the host name (a pod name in Kubernetes) and the process id.

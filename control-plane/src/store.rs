@@ -46,12 +46,14 @@ mod ca;
 mod certificates;
 mod documents;
 mod join_tokens;
+mod registrations;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord};
 pub use ca::CaStateRecord;
 pub use certificates::IssuedCert;
 pub use documents::{ApplyOutcome, Document, Labels, Revision, RevisionOp};
 pub use join_tokens::{ConsumeOutcome, JoinToken, JoinTokenRecord};
+pub use registrations::{Registration, RegistrationEvent};
 
 /// How long a SQLite connection waits for another writer before giving up with "database is
 /// locked". Writes are short transactions, so a few seconds is plenty.

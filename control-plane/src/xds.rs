@@ -12,6 +12,7 @@ pub mod view;
 
 use crate::metrics::Metrics;
 use crate::model::Mesh;
+use crate::store::{Registration, RegistrationEvent};
 use crate::tls::PeerInfo;
 use mesh_ca::{SpiffeId, TrustBundle};
 use mesh_proto::v1::discovery_server::Discovery;
@@ -81,6 +82,11 @@ struct Inner {
     bundle: RwLock<TrustBundle>,
     directives: RwLock<Vec<Directive>>,
     sidecars: RwLock<BTreeMap<String, Entry>>,
+    /// Sidecars known from the store as connected before this meshd started, served as
+    /// endpoints until they reconnect or the warm-up ends ([`Xds::remember`]).
+    remembered: RwLock<BTreeMap<String, LiveEndpoint>>,
+    /// Where streams that open and close are reported, to be recorded in the store.
+    registry: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RegistrationEvent>>,
     scopes: Mutex<HashMap<ScopeKey, watch::Sender<Arc<Snapshot>>>>,
     /// Set while a change waits for its push; the time of the first such change.
     pending_since: Mutex<Option<Instant>>,
@@ -111,6 +117,8 @@ impl Xds {
                 bundle: RwLock::new(bundle),
                 directives: RwLock::new(Vec::new()),
                 sidecars: RwLock::new(BTreeMap::new()),
+                remembered: RwLock::new(BTreeMap::new()),
+                registry: std::sync::OnceLock::new(),
                 scopes: Mutex::new(HashMap::new()),
                 pending_since: Mutex::new(None),
                 dirty: Notify::new(),
@@ -139,6 +147,45 @@ impl Xds {
                 xds.mark_changed();
             }
         });
+    }
+
+    /// Reports every stream that opens or closes to `tx` (meshd records them in the store).
+    pub fn record_registrations(&self, tx: tokio::sync::mpsc::UnboundedSender<RegistrationEvent>) {
+        let _ = self.inner.registry.set(tx);
+    }
+
+    /// Serves `endpoints` (id → endpoint: sidecars the store knew as connected) as if they were
+    /// connected, each until it reconnects, all at most for `grace`. A restarted meshd must not
+    /// tell every client that a service lost its endpoints while its sidecars are reconnecting.
+    pub fn remember(&self, endpoints: BTreeMap<String, LiveEndpoint>, grace: Duration) {
+        if endpoints.is_empty() {
+            return;
+        }
+        tracing::info!(
+            sidecars = endpoints.len(),
+            ?grace,
+            "serving the endpoints known before the restart while their sidecars reconnect"
+        );
+        *write(&self.inner.remembered) = endpoints;
+        self.mark_changed();
+        let xds = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let left = std::mem::take(&mut *write(&xds.inner.remembered));
+            if !left.is_empty() {
+                tracing::info!(
+                    sidecars = left.len(),
+                    "warm-up over: sidecars that did not reconnect are no longer endpoints"
+                );
+                xds.mark_changed();
+            }
+        });
+    }
+
+    fn report(&self, event: RegistrationEvent) {
+        if let Some(tx) = self.inner.registry.get() {
+            let _ = tx.send(event);
+        }
     }
 
     /// A new trust bundle (CA rotation) for every sidecar.
@@ -304,7 +351,8 @@ impl Xds {
     }
 
     fn endpoints(&self) -> Vec<LiveEndpoint> {
-        read(&self.inner.sidecars)
+        let sidecars = read(&self.inner.sidecars);
+        let mut out: Vec<LiveEndpoint> = sidecars
             .values()
             .filter(|e| !e.status.service.is_empty())
             .map(|e| LiveEndpoint {
@@ -314,7 +362,14 @@ impl Xds {
                 address: e.status.inbound_address.clone(),
                 identity: e.status.identity.clone(),
             })
-            .collect()
+            .collect();
+        out.extend(
+            read(&self.inner.remembered)
+                .iter()
+                .filter(|(id, _)| !sidecars.contains_key(*id))
+                .map(|(_, e)| e.clone()),
+        );
+        out
     }
 
     /// The scope's snapshot channel, built now if the scope is new.
@@ -346,6 +401,17 @@ impl Xds {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let replaced = Arc::new(Notify::new());
         let id = status.id.clone();
+        write(&self.inner.remembered).remove(&id);
+        self.report(RegistrationEvent::Connected(Registration {
+            id: id.clone(),
+            namespace: status.namespace.clone(),
+            service: status.service.clone(),
+            labels: serde_json::to_string(&status.labels).unwrap_or_else(|_| "{}".into()),
+            inbound_address: status.inbound_address.clone(),
+            identity: status.identity.clone(),
+            connected_at: status.connected_at,
+            disconnected_at: None,
+        }));
         let old = write(&self.inner.sidecars).insert(
             id.clone(),
             Entry {
@@ -368,6 +434,10 @@ impl Xds {
         if sidecars.get(id).is_some_and(|e| e.generation == generation) {
             sidecars.remove(id);
             drop(sidecars);
+            self.report(RegistrationEvent::Disconnected {
+                id: id.to_string(),
+                at: now(),
+            });
             self.inner.metrics.sidecar_disconnected();
             self.mark_changed();
         }

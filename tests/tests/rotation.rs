@@ -192,3 +192,66 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
     .to_pem();
     every_sidecar_serves_a_chain_of(&ring, &old_bundle, &other).await;
 }
+
+/// Waits until the manual rotation is `phase` and its gate is met, then moves it on with
+/// `meshctl ca rotate next`; returns the new phase.
+async fn next_when_ready(ring: &Ring, phase: &str) -> String {
+    ring.wait_rotation(&format!("{phase}'s gate"), ROTATION_DEADLINE, |r| {
+        r["phase"] == phase
+            && r["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.contains("rotate next"))
+    })
+    .await;
+    let (code, stdout, stderr) = meshctl(ring, &["ca", "rotate", "next", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    v["phase"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = Ring::start(dir.path(), &[], &[]).await;
+    let old_bundle = ring.meshd.bundle_pem();
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &["ca", "rotate", "--manual", "--window", "4s", "-o", "json"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let started: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(started["phase"], "prepare");
+
+    // Killed in each phase, right after it began: the phase survives and completes.
+    for (phase, then) in [
+        ("prepare", "switch"),
+        ("switch", "finalize"),
+        ("finalize", "done"),
+    ] {
+        ring.restart_meshd().await;
+        let r = ring.rotation().await;
+        assert_eq!(r["phase"], phase, "after the restart: {r}");
+        assert_eq!(r["generation"], started["generation"]);
+        assert_eq!(r["new_root"], started["new_root"]);
+        assert_eq!(next_when_ready(&ring, phase).await, then);
+    }
+
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\n{}",
+        ring.logs()
+    );
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+    let ca = ring.meshd.admin_get("/api/v1/ca").await;
+    assert_eq!(
+        root_fingerprints(&ca),
+        vec![started["new_root"].as_str().unwrap().to_string()]
+    );
+    every_sidecar_serves_a_chain_of(&ring, &ring.meshd.bundle_pem(), &old_bundle).await;
+}
