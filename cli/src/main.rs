@@ -13,6 +13,7 @@ mod documents;
 mod output;
 mod rotate;
 mod status;
+mod tls;
 mod tokens;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -157,6 +158,13 @@ enum Command {
         after_help = "Examples:\n  meshctl ca status\n  meshctl ca bundle > bundle.pem\n  meshctl ca rotate --wait"
     )]
     Ca(CaCommand),
+    /// Mesh TLS: roll out a TlsPolicy (mesh-wide, or staged on a selector first) and see what
+    /// the fleet actually negotiates.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  meshctl tls set --min-version 1.3 --ciphers TLS13_AES_256_GCM_SHA384 --selector tier=canary\n  meshctl tls set --min-version 1.3 --ciphers TLS13_AES_256_GCM_SHA384\n  meshctl tls set --groups X25519MLKEM768\n  meshctl tls status"
+    )]
+    Tls(TlsCommand),
     /// Check the mesh's health: control plane, store, CA, sidecar sync, certificate renewal.
     ///
     /// One line per finding with what to do; exit 1 if something is wrong, 3 if meshd cannot
@@ -226,6 +234,18 @@ enum CertCommand {
         after_help = "Example:\n  meshctl cert renew --dir ./certs --control-plane https://127.0.0.1:15012"
     )]
     Renew(cert::RenewArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Apply a TlsPolicy in the root namespace (mesh-wide unless --selector stages it).
+    #[command(
+        after_help = "Examples:\n  meshctl tls set --min-version 1.3 --ciphers TLS13_AES_256_GCM_SHA384\n  meshctl tls set --groups X25519MLKEM768,X25519 --selector tier=canary\n  meshctl rollback tlspolicy/mesh-tls -n mesh-system --to-revision 3   # undo"
+    )]
+    Set(tls::SetArgs),
+    /// The TLS policies in force and the negotiated version × cipher suite × group inventory.
+    #[command(after_help = "Examples:\n  meshctl tls status\n  meshctl tls status -o json")]
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +373,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ca(CaCommand::Status) => ca::status(format, api()?).await,
         Command::Ca(CaCommand::Bundle) => ca::bundle(format, api()?).await,
         Command::Ca(CaCommand::Rotate(args)) => rotate::run(args, format, api()?).await,
+        Command::Tls(TlsCommand::Set(args)) => tls::set(args, format, api()?).await,
+        Command::Tls(TlsCommand::Status) => tls::status(format, api()?).await,
         Command::Check => check::run(ns, format, api()?).await,
         Command::Dashboard => dashboard(&cli.server, format),
         Command::Demo => demo::run().await,

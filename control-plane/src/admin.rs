@@ -34,6 +34,7 @@ pub mod events;
 mod reissue;
 mod sidecars;
 pub mod stats;
+mod tls;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
@@ -133,6 +134,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/reissue", post(reissue::create).get(reissue::list))
+        .route("/api/v1/tls", get(tls::inventory))
         .route("/api/v1/sidecars", get(sidecars::list))
         .route("/api/v1/sidecars/{id}", get(sidecars::one))
         .route("/api/v1/sidecars/{id}/config", get(sidecars::config))

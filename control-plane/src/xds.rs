@@ -16,7 +16,9 @@ use crate::store::{Registration, RegistrationEvent};
 use crate::tls::PeerInfo;
 use mesh_ca::{SpiffeId, TrustBundle};
 use mesh_proto::v1::discovery_server::Discovery;
-use mesh_proto::v1::{ControlPlane, DiscoveryRequest, DiscoveryResponse};
+use mesh_proto::v1::{
+    ControlPlane, DiscoveryRequest, DiscoveryResponse, ReportResponse, SidecarReport,
+};
 use snapshot::Snapshot;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,6 +56,19 @@ pub struct SidecarStatus {
     pub connected_at: i64,
     pub last_seen: i64,
     pub types: Vec<TypeStatus>,
+    /// What its TLS connections negotiated, from its latest report.
+    pub tls: Vec<NegotiatedTls>,
+}
+
+/// One line of a sidecar's TLS report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NegotiatedTls {
+    pub direction: String,
+    pub version: String,
+    pub cipher_suite: String,
+    pub group: String,
+    pub open_connections: u64,
+    pub handshakes: u64,
 }
 
 struct Entry {
@@ -517,6 +532,7 @@ impl Xds {
             connected_at: now(),
             last_seen: now(),
             types: Vec::new(),
+            tls: Vec::new(),
         };
         tracing::info!(sidecar = %id, %identity, remote = %peer.remote, "sidecar connected");
         // Registered first, so that the scope's first snapshot already has this sidecar as an
@@ -622,6 +638,48 @@ impl Discovery for Xds {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
+    }
+
+    async fn report(
+        &self,
+        request: Request<SidecarReport>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let identity = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone())
+            .ok_or_else(|| Status::unauthenticated("a report needs a mesh client certificate"))?;
+        let report = request.into_inner();
+        const MAX_LINES: usize = 256;
+        if report.tls.len() > MAX_LINES {
+            return Err(Status::invalid_argument(format!(
+                "a report holds at most {MAX_LINES} TLS lines"
+            )));
+        }
+        let mut sidecars = write(&self.inner.sidecars);
+        let entry = sidecars
+            .get_mut(&report.sidecar_id)
+            .filter(|e| e.status.identity == identity.to_string())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no discovery stream of {identity} with sidecar id {:?} on this replica",
+                    report.sidecar_id
+                ))
+            })?;
+        entry.status.tls = report
+            .tls
+            .into_iter()
+            .map(|t| NegotiatedTls {
+                direction: t.direction,
+                version: t.version,
+                cipher_suite: t.cipher_suite,
+                group: t.group,
+                open_connections: t.open_connections,
+                handshakes: t.handshakes,
+            })
+            .collect();
+        entry.status.last_seen = now();
+        Ok(Response::new(ReportResponse {}))
     }
 }
 

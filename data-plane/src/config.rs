@@ -108,6 +108,10 @@ pub struct Args {
     #[arg(long, env = ENV_CERT_TTL)]
     pub cert_ttl: Option<String>,
     /// How long in-flight requests get to finish after SIGTERM.
+    /// How often the sidecar reports to meshd what its TLS connections negotiated (for
+    /// `meshctl tls status`).
+    #[arg(long, default_value = "10s")]
+    pub report_interval: String,
     #[arg(long, env = ENV_DRAIN_GRACE, default_value = "5s")]
     pub drain_grace: String,
 }
@@ -132,6 +136,7 @@ pub struct Config {
     pub worker_threads: usize,
     pub cert_ttl: Duration,
     pub drain_grace: Duration,
+    pub report_interval: Duration,
 }
 
 fn addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -261,6 +266,7 @@ impl Config {
             worker_threads: args.worker_threads,
             cert_ttl,
             drain_grace: duration("drain-grace", &args.drain_grace)?,
+            report_interval: duration("report-interval", &args.report_interval)?,
         })
     }
 }

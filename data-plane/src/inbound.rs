@@ -124,6 +124,7 @@ impl Inbound {
             }
         };
         self.metrics.handshake("inbound", true);
+        let _open = self.metrics.negotiated("inbound", stream.get_ref().1);
         let id = stream
             .get_ref()
             .1

@@ -121,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         state_dir: config.state_dir.clone(),
+        report_interval: config.report_interval,
     };
     match xds.restore() {
         Ok(0) => {}

@@ -32,6 +32,48 @@ pub struct HandshakeLabels {
     pub result: &'static str,
 }
 
+/// What a mesh TLS connection negotiated.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct NegotiatedLabels {
+    pub direction: &'static str,
+    /// As rustls names it: `TLSv1_3`.
+    pub version: String,
+    pub cipher_suite: String,
+    pub group: String,
+}
+
+/// Counts for one kind of negotiated connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NegotiatedCount {
+    pub open: u64,
+    pub handshakes: u64,
+}
+
+/// Held for as long as a mesh TLS connection is open: counts it in the inventory.
+pub struct OpenConnection {
+    metrics: Metrics,
+    labels: NegotiatedLabels,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics
+            .inner
+            .tls_open
+            .get_or_create(&self.labels)
+            .dec();
+        let mut inventory = self
+            .metrics
+            .inner
+            .inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = inventory.get_mut(&self.labels) {
+            c.open = c.open.saturating_sub(1);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub r#type: &'static str,
@@ -57,6 +99,10 @@ pub struct Metrics {
 
 struct Inner {
     registry: Registry,
+    tls_open: Family<NegotiatedLabels, Gauge>,
+    tls_negotiated: Family<NegotiatedLabels, Counter>,
+    /// The same counts, readable (a Family cannot be listed): the report to meshd.
+    inventory: std::sync::Mutex<std::collections::BTreeMap<NegotiatedLabels, NegotiatedCount>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<DirectionLabel, Histogram, fn() -> Histogram>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -97,6 +143,18 @@ impl Metrics {
             "request_duration_seconds",
             "Time from request to response headers",
             latency.clone(),
+        );
+        let tls_open = Family::<NegotiatedLabels, Gauge>::default();
+        registry.register(
+            "tls_connections_open",
+            "Open mesh TLS connections by direction, version, cipher suite and key-exchange group",
+            tls_open.clone(),
+        );
+        let tls_negotiated = Family::<NegotiatedLabels, Counter>::default();
+        registry.register(
+            "tls_negotiated",
+            "Mesh TLS handshakes by direction, version, cipher suite and key-exchange group",
+            tls_negotiated.clone(),
         );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
@@ -154,6 +212,9 @@ impl Metrics {
                 requests,
                 latency,
                 handshakes,
+                tls_open,
+                tls_negotiated,
+                inventory: std::sync::Mutex::default(),
                 cert_expiry,
                 control_plane_connected,
                 config_updates,
@@ -197,6 +258,56 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" },
             })
             .inc();
+    }
+
+    /// Counts a finished handshake by what it negotiated; the connection counts as open until
+    /// the returned guard is dropped.
+    pub fn negotiated(
+        &self,
+        direction: &'static str,
+        conn: &rustls::CommonState,
+    ) -> OpenConnection {
+        let labels = NegotiatedLabels {
+            direction,
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher_suite: conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            group: conn
+                .negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name()))
+                .unwrap_or_default(),
+        };
+        self.inner.tls_open.get_or_create(&labels).inc();
+        self.inner.tls_negotiated.get_or_create(&labels).inc();
+        let mut inventory = self
+            .inner
+            .inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let c = inventory.entry(labels.clone()).or_default();
+        c.open += 1;
+        c.handshakes += 1;
+        drop(inventory);
+        OpenConnection {
+            metrics: self.clone(),
+            labels,
+        }
+    }
+
+    /// Every kind of connection negotiated since start, with its counts.
+    pub fn tls_inventory(&self) -> Vec<(NegotiatedLabels, NegotiatedCount)> {
+        self.inner
+            .inventory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(l, c)| (l.clone(), *c))
+            .collect()
     }
 
     pub fn control_plane_connected(&self, connected: bool) {

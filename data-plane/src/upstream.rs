@@ -225,6 +225,7 @@ impl Upstreams {
                 .await;
             self.metrics.handshake("outbound", tls.is_ok());
             let tls = tls.map_err(|e| UpstreamError::Connect(format!("{addr}: TLS: {e}")))?;
+            let open = self.metrics.negotiated("outbound", tls.get_ref().1);
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
@@ -240,6 +241,7 @@ impl Upstreams {
                     tracing::debug!(cluster = %cluster_name, %addr, "upstream connection ended: {e}");
                 }
                 connections.fetch_sub(1, Ordering::Relaxed);
+                drop(open);
             });
             Ok(sender)
         };

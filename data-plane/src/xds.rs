@@ -28,6 +28,49 @@ pub struct XdsClient {
     pub readiness: Arc<Readiness>,
     pub metrics: Metrics,
     pub state_dir: Option<PathBuf>,
+    /// How often to report the negotiated TLS inventory while the stream is up.
+    pub report_interval: std::time::Duration,
+}
+
+/// Aborts a task when dropped (the reporter lives as long as its stream).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reports the negotiated TLS inventory on the stream's connection every `interval`.
+async fn report_loop(
+    channel: tonic::transport::Channel,
+    sidecar_id: String,
+    metrics: Metrics,
+    interval: std::time::Duration,
+) {
+    let mut client = DiscoveryClient::new(channel);
+    loop {
+        let tls = metrics
+            .tls_inventory()
+            .into_iter()
+            .map(|(l, c)| mesh_proto::v1::NegotiatedTls {
+                direction: l.direction.to_string(),
+                version: l.version,
+                cipher_suite: l.cipher_suite,
+                group: l.group,
+                open_connections: c.open,
+                handshakes: c.handshakes,
+            })
+            .collect();
+        let report = mesh_proto::v1::SidecarReport {
+            sidecar_id: sidecar_id.clone(),
+            tls,
+        };
+        if let Err(status) = client.report(report).await {
+            tracing::debug!(code = ?status.code(), "TLS report: {}", status.message());
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// How a stream ended.
@@ -85,6 +128,7 @@ impl XdsClient {
             // The channel has room for all eight.
             let _ = tx.try_send(first);
         }
+        let report_channel = channel.clone();
         let mut responses = match DiscoveryClient::new(channel)
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -96,6 +140,12 @@ impl XdsClient {
         };
         self.metrics.control_plane_connected(true);
         tracing::info!(%url, node = %self.node.id, "discovery stream open");
+        let _reporter = AbortOnDrop(tokio::spawn(report_loop(
+            report_channel,
+            self.node.id.clone(),
+            self.metrics.clone(),
+            self.report_interval,
+        )));
         let mut got_any = false;
         loop {
             let response = match responses.message().await {

@@ -255,3 +255,136 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
     );
     every_sidecar_serves_a_chain_of(&ring, &ring.meshd.bundle_pem(), &old_bundle).await;
 }
+
+/// The inventory's kinds of connection that are open now: (direction, version, suite, group).
+async fn open_kinds(ring: &Ring) -> Vec<(String, String, String, String)> {
+    let inv = ring.meshd.admin_get("/api/v1/tls").await;
+    inv["negotiated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["open_connections"].as_u64().unwrap_or(0) > 0)
+        .map(|n| {
+            let f = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            (f("direction"), f("version"), f("cipher_suite"), f("group"))
+        })
+        .collect()
+}
+
+/// Waits until every open connection in the inventory satisfies `ok`, both directions present.
+async fn wait_inventory(ring: &Ring, what: &str, ok: impl Fn(&str, &str, &str) -> bool) {
+    let last = std::sync::Mutex::new(Vec::new());
+    let found = mesh_tests::wait::until(what, ROTATION_DEADLINE, || async {
+        let kinds = open_kinds(ring).await;
+        let good = !kinds.is_empty()
+            && kinds.iter().any(|k| k.0 == "inbound")
+            && kinds.iter().any(|k| k.0 == "outbound")
+            && kinds.iter().all(|(_, v, s, g)| ok(v, s, g));
+        *last.lock().unwrap() = kinds;
+        good.then_some(())
+    })
+    .await;
+    let last = last.into_inner().unwrap();
+    assert!(found.is_ok(), "{what}: inventory {last:?}\n{}", ring.logs());
+}
+
+#[tokio::test]
+async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Ring::start(dir.path(), &[], &["--report-interval", "500ms"]).await;
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    const SUITE: &str = "TLS13_CHACHA20_POLY1305_SHA256";
+
+    // TLS 1.3 only, one cipher suite; connections of the old policy drain within 2 s.
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &[
+            "tls",
+            "set",
+            "--min-version",
+            "1.3",
+            "--ciphers",
+            SUITE,
+            "--drain-grace",
+            "2s",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    wait_inventory(&ring, "only TLS 1.3 with one suite", |v, s, _| {
+        v == "TLSv1_3" && s == SUITE
+    })
+    .await;
+    let bundle = ring.dir.join("meshd/ca-bundle.pem");
+    let (cert, key) = issue_cert(
+        &ring.meshd,
+        "spiffe://cluster.local/ns/default/sa/checker",
+        &ring.dir,
+    );
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let inbound = ring.proxies[1].inbound_addr.to_string();
+    let (ok, out) =
+        openssl_s_client(&inbound, &["-tls1_2", "-cert", cert, "-key", key], &bundle).await;
+    assert!(!ok, "TLS 1.2 must be refused:\n{out}");
+    let (ok, out) = openssl_s_client(
+        &inbound,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "-cert",
+            cert,
+            "-key",
+            key,
+        ],
+        &bundle,
+    )
+    .await;
+    assert!(ok, "TLS 1.3 with the one suite is accepted:\n{out}");
+    let (ok, out) = openssl_s_client(
+        &inbound,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_AES_128_GCM_SHA256",
+            "-cert",
+            cert,
+            "-key",
+            key,
+        ],
+        &bundle,
+    )
+    .await;
+    assert!(!ok, "another TLS 1.3 suite is refused:\n{out}");
+    let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(SUITE) && stdout.contains("4 of 4 sidecars"),
+        "{stdout}"
+    );
+
+    // The post-quantum hybrid key exchange fleet-wide, then back to the classic one.
+    let (code, stdout, stderr) =
+        meshctl(&ring, &["tls", "set", "--groups", "X25519MLKEM768"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    wait_inventory(&ring, "every connection on X25519MLKEM768", |v, s, g| {
+        v == "TLSv1_3" && s == SUITE && g == "X25519MLKEM768"
+    })
+    .await;
+    let (code, stdout, stderr) = meshctl(&ring, &["tls", "set", "--groups", "X25519"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    wait_inventory(&ring, "every connection back on X25519", |_, _, g| {
+        g == "X25519"
+    })
+    .await;
+
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\n{}",
+        ring.logs()
+    );
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+}
