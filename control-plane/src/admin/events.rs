@@ -380,6 +380,7 @@ mod tests {
             cert_fingerprint: String::new(),
             connected_at: 1,
             last_seen: 1,
+            tls: Vec::new(),
             types: vec![TypeStatus {
                 type_url: "type.mesh.v1/Cluster".into(),
                 state,
