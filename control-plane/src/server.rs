@@ -51,8 +51,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let tls = ServingTls::new(&authority, grpc_addr)?;
-    let renew = tokio::spawn(tls.clone().renew_forever(authority.clone(), grpc_addr));
+    let (tls, valid_for) = ServingTls::new(&authority, grpc_addr)?;
+    let renew = tokio::spawn(
+        tls.clone()
+            .renew_forever(authority.clone(), grpc_addr, valid_for),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -36,8 +36,9 @@ pub struct ServingTls {
 
 impl ServingTls {
     /// Issues meshd's serving certificate for `addr` (plus `localhost` and 127.0.0.1) and builds
-    /// the server config: client certificates optional, verified when presented.
-    pub fn new(authority: &Authority, addr: SocketAddr) -> anyhow::Result<Self> {
+    /// the server config: client certificates optional, verified when presented. Also returns
+    /// how long the certificate is valid.
+    pub fn new(authority: &Authority, addr: SocketAddr) -> anyhow::Result<(Self, Duration)> {
         let anchors = TrustAnchors::new(&authority.bundle())?;
         let cert = CertSlot::new(None);
         let tls = Self {
@@ -50,11 +51,14 @@ impl ServingTls {
             anchors,
             cert,
         };
-        tls.renew(authority, addr)?;
-        Ok(tls)
+        let valid_for = tls.renew(authority, addr)?;
+        Ok((tls, valid_for))
     }
 
-    pub fn renew(&self, authority: &Authority, addr: SocketAddr) -> anyhow::Result<()> {
+    /// Issues a new serving certificate from the CA that signs now; returns how long it is
+    /// valid (the CA clamps the lifetime to its leaf policy, so it may be much less than
+    /// [`SERVING_CERT_TTL`]).
+    pub fn renew(&self, authority: &Authority, addr: SocketAddr) -> anyhow::Result<Duration> {
         let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
         if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
             ips.push(addr.ip());
@@ -66,16 +70,25 @@ impl ServingTls {
                 .signer()
                 .issue_server_cert(&identity, &names, &ips, SERVING_CERT_TTL)?;
         self.cert.replace(certified_key(&issued.chain_pem, &key)?);
-        Ok(())
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok(Duration::from_secs(
+            u64::try_from(issued.leaf.not_after - now).unwrap_or(0),
+        ))
     }
 
-    /// Renews the serving certificate at half of its life, until the task is dropped.
-    pub async fn renew_forever(self, authority: Authority, addr: SocketAddr) {
+    /// Renews the serving certificate at half of its remaining life (`valid_for`, from the
+    /// first issue), until the task is dropped; after a failure, again in 5 s.
+    pub async fn renew_forever(self, authority: Authority, addr: SocketAddr, valid_for: Duration) {
+        let mut wait = valid_for / 2;
         loop {
-            tokio::time::sleep(SERVING_CERT_TTL / 2).await;
-            if let Err(e) = self.renew(&authority, addr) {
-                tracing::error!(error = %format!("{e:#}"), "renewing meshd's serving certificate");
-            }
+            tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+            wait = match self.renew(&authority, addr) {
+                Ok(valid_for) => valid_for / 2,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "renewing meshd's serving certificate");
+                    Duration::from_secs(5)
+                }
+            };
         }
     }
 

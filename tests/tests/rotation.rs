@@ -388,3 +388,53 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     );
     assert!(ok > 100, "the loop ran ({ok} requests)");
 }
+
+/// Certificates meshd issued to `identity` (expired ones included).
+async fn issued_to(ring: &Ring, identity: &str) -> usize {
+    let path = format!(
+        "/api/v1/certificates?identity={}",
+        identity.replace(':', "%3A").replace('/', "%2F")
+    );
+    ring.meshd.admin_get(&path).await["certificates"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// One-minute certificates: every sidecar renews at least twice under a steady loop, and no
+/// request fails. (A longer soak: the same with a larger renewal count, by hand.)
+#[tokio::test]
+async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Ring::start(dir.path(), &["--cert-ttl", "1m"], &[]).await;
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    let counts = std::sync::Mutex::new(Vec::new());
+    let renewed = mesh_tests::wait::until(
+        "every sidecar to renew twice",
+        Duration::from_secs(150),
+        || async {
+            let mut now = Vec::new();
+            for name in NAMES {
+                now.push(issued_to(&ring, &mesh_tests::ring::identity(name)).await);
+            }
+            let done = now.iter().all(|n| *n >= 3);
+            *counts.lock().unwrap() = now;
+            done.then_some(())
+        },
+    )
+    .await;
+    let counts = counts.into_inner().unwrap();
+    assert!(
+        renewed.is_ok(),
+        "{renewed:?}: certificates per sidecar {counts:?}\n{}",
+        ring.logs()
+    );
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\n{}",
+        ring.logs()
+    );
+    assert!(ok > 500, "the loop ran ({ok} requests)");
+}
