@@ -126,6 +126,7 @@ pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Fi
         identities: 10.min(n),
         watch_route_table: "app-0.fleet:80".into(),
         connect_concurrency: 64,
+        reissue_concurrency: None,
     };
     let deadline = Duration::from_secs(60 + (n as u64) / 20);
     let t0 = Instant::now();
@@ -322,6 +323,77 @@ pub async fn ca(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         ),
         Figure::new("ca", "raw P-256 sign+verify, same machine", raw, "ops/s"),
         Figure::new("ca", "gRPC CA / raw sign+verify", ratio, "ratio").goal(">= 0.5", ratio >= 0.5),
+    ])
+}
+
+/// A CA rotation over a simulated fleet of `n` sidecars: every one re-issues its certificate
+/// over gRPC when the switch directive arrives (window 0: all at once, the CA's worst case),
+/// timed beside the raw signing rate of the same machine.
+pub async fn reissue(work: &Path, n: usize) -> anyhow::Result<Vec<Figure>> {
+    let bench = format!("reissue-{n}");
+    let meshd = Meshd::start(&work.join(&bench), &MeshdOptions::default()).await?;
+    let options = FleetOptions {
+        size: n,
+        identities: 10.min(n),
+        watch_route_table: String::new(),
+        connect_concurrency: 64,
+        reissue_concurrency: Some(64),
+    };
+    let deadline = Duration::from_secs(60 + (n as u64) / 20);
+    let mut fleet = Fleet::start(&meshd, &options).await?;
+    fleet
+        .collect(n, deadline, |e| matches!(e, Event::Synced { .. }))
+        .await?;
+    let client = reqwest::Client::new();
+    let admin = format!("http://{}", meshd.admin_addr);
+    let t0 = Instant::now();
+    client
+        .post(format!("{admin}/api/v1/ca/rotation"))
+        .bearer_auth(meshd.admin_token())
+        .json(&serde_json::json!({ "window": "0s" }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let times = fleet
+        .collect(n, deadline, |e| matches!(e, Event::Reissued { .. }))
+        .await?;
+    let last = times.iter().max().copied().unwrap_or(t0);
+    let reissued = last.duration_since(t0).as_secs_f64();
+    let done = crate::wait::until("the rotation to finish", deadline, || async {
+        let r: serde_json::Value = client
+            .get(format!("{admin}/api/v1/ca/rotation"))
+            .bearer_auth(meshd.admin_token())
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (r["phase"] == "done").then_some(())
+    })
+    .await;
+    done?;
+    let total = t0.elapsed().as_secs_f64();
+    let raw =
+        tokio::task::spawn_blocking(|| mesh_ca::raw_p256_sign_verify_rate(Duration::from_secs(2)))
+            .await?;
+    let rate = n as f64 / reissued;
+    Ok(vec![
+        Figure::new(
+            &bench,
+            "rotation start → every sidecar re-issued",
+            reissued,
+            "s",
+        ),
+        Figure::new(&bench, "re-issue rate", rate, "certs/s"),
+        Figure::new(&bench, "raw P-256 sign+verify, same machine", raw, "ops/s"),
+        Figure::new(
+            &bench,
+            "re-issue rate / raw sign+verify",
+            rate / raw,
+            "ratio",
+        ),
+        Figure::new(&bench, "rotation start → done (old root gone)", total, "s"),
     ])
 }
 

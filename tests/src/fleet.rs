@@ -18,6 +18,8 @@ pub enum Event {
     Synced { member: usize, at: Instant },
     /// The member received (and ACKed) a new version of the watched resource.
     Changed { member: usize, at: Instant },
+    /// The member obeyed an IdentityDirective: it holds a new certificate.
+    Reissued { member: usize, at: Instant },
 }
 
 pub struct Fleet {
@@ -38,6 +40,9 @@ pub struct FleetOptions {
     pub watch_route_table: String,
     /// How many members open their streams at the same time.
     pub connect_concurrency: usize,
+    /// Obey IdentityDirectives as a sidecar does (renew over mTLS at once, the window
+    /// ignored: the benchmark measures the CA's rate); renewals share this concurrency.
+    pub reissue_concurrency: Option<usize>,
 }
 
 impl Fleet {
@@ -53,6 +58,9 @@ impl Fleet {
         let gate = Arc::new(tokio::sync::Semaphore::new(
             options.connect_concurrency.max(1),
         ));
+        let reissue = options
+            .reissue_concurrency
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
         let mut tasks = Vec::with_capacity(options.size);
         let grpc_url = meshd.grpc_url();
         for member in 0..options.size {
@@ -80,6 +88,7 @@ impl Fleet {
                 events: events_tx.clone(),
                 reconnect: reconnect_rx.clone(),
                 gate: gate.clone(),
+                reissue: reissue.clone(),
             };
             tasks.push(tokio::spawn(ctx.run()));
         }
@@ -113,7 +122,9 @@ impl Fleet {
                 .ok_or_else(|| anyhow::anyhow!("the fleet stopped"))?;
             if want(&event) {
                 let (member, at) = match event {
-                    Event::Synced { member, at } | Event::Changed { member, at } => (member, at),
+                    Event::Synced { member, at }
+                    | Event::Changed { member, at }
+                    | Event::Reissued { member, at } => (member, at),
                 };
                 seen.insert(member, at);
             }
@@ -148,12 +159,14 @@ struct Member {
     events: mpsc::UnboundedSender<Event>,
     reconnect: watch::Receiver<u64>,
     gate: Arc<tokio::sync::Semaphore>,
+    reissue: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Member {
     async fn run(mut self) {
         let mut holds = BTreeMap::new();
         let mut watched_version: Option<String> = None;
+        let mut handled_generation = 0u64;
         loop {
             let permit = self.gate.acquire().await;
             let opened = ScriptedSidecar::open_url(
@@ -189,6 +202,7 @@ impl Member {
                             break;
                         }
                         let at = Instant::now();
+                        self.follow_identity(&r, &mut handled_generation);
                         if r.type_url == mesh_proto::ROUTE_TABLE_TYPE_URL
                             && let Some(res) = r.resources.iter().find(|x| x.name == self.watch)
                         {
@@ -209,6 +223,63 @@ impl Member {
                 }
             }
             holds = s.holds.clone();
+        }
+    }
+
+    /// As a sidecar: a new trust bundle replaces the anchors; a new IdentityDirective makes
+    /// the member renew over mTLS (in the background, so the stream keeps ACKing).
+    fn follow_identity(&self, r: &mesh_proto::v1::DiscoveryResponse, handled: &mut u64) {
+        use mesh_proto::v1::resource::Body;
+        let Some(gate) = &self.reissue else {
+            return;
+        };
+        for res in &r.resources {
+            match &res.body {
+                Some(Body::TrustBundle(b)) => {
+                    let pem: String = b.roots.iter().map(|r| r.pem.as_str()).collect();
+                    if let Ok(bundle) = mesh_ca::TrustBundle::from_pem(&pem) {
+                        let _ = self.creds.anchors.replace(&bundle);
+                    }
+                }
+                Some(Body::IdentityDirective(d)) if d.generation > *handled => {
+                    *handled = d.generation;
+                    let (gate, creds) = (gate.clone(), self.creds.clone());
+                    let (url, id, member) =
+                        (self.grpc_url.clone(), self.node.id.clone(), self.member);
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        let _permit = gate.acquire().await;
+                        let Ok(identity) = creds.identity.parse::<mesh_ca::SpiffeId>() else {
+                            return;
+                        };
+                        for _ in 0..20 {
+                            let renewed = async {
+                                let ch = mesh_client::channel(
+                                    &url,
+                                    creds.anchors.clone(),
+                                    creds.cert.clone(),
+                                )
+                                .await?;
+                                mesh_client::request_certificate(
+                                    ch,
+                                    &identity,
+                                    Duration::ZERO,
+                                    None,
+                                    &id,
+                                )
+                                .await
+                            };
+                            if renewed.await.is_ok() {
+                                let at = Instant::now();
+                                let _ = events.send(Event::Reissued { member, at });
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    });
+                }
+                _ => {}
+            }
         }
     }
 }

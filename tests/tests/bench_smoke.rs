@@ -22,7 +22,12 @@ fn bench_smoke_runs_every_benchmark_and_writes_results() {
         .iter()
         .map(|f| f["bench"].as_str().unwrap())
         .collect();
-    assert_eq!(benches, ["ca", "idle", "push-20"].into_iter().collect());
+    assert_eq!(
+        benches,
+        ["ca", "idle", "push-20", "reissue-20"]
+            .into_iter()
+            .collect()
+    );
     for name in [
         "Identity.Sign over gRPC, 16 clients (peak)",
         "raw P-256 sign+verify, same machine",
@@ -30,6 +35,8 @@ fn bench_smoke_runs_every_benchmark_and_writes_results() {
         "route change -> last ACK p99",
         "reconnect storm until all SYNCED",
         "meshd RSS, 0 sidecars",
+        "rotation start → every sidecar re-issued",
+        "re-issue rate",
     ] {
         let f = figures
             .iter()

@@ -1182,6 +1182,7 @@ async fn in_chromium_a_fleet_of_hundreds_is_paged_and_the_feed_stays_small() {
             identities: 10,
             watch_route_table: String::new(),
             connect_concurrency: 32,
+            reissue_concurrency: None,
         },
     )
     .await
