@@ -340,7 +340,14 @@ async fn the_viewer_token_reads_everything_and_changes_nothing() {
         ),
         (reqwest::Method::DELETE, "/api/v1/tokens/whatever", None),
         (reqwest::Method::PUT, "/api/v1/documents", None),
+        (
+            reqwest::Method::POST,
+            "/api/v1/ca/rotation",
+            Some(("application/json", "{}".into())),
+        ),
+        (reqwest::Method::POST, "/api/v1/ca/rotation/rollback", None),
     ];
+    let refused = writes.len();
     for (method, path, body) in writes {
         let what = format!("{method} {path}");
         let (status, answer) = call(&meshd, method, path, &viewer, body).await;
@@ -365,7 +372,7 @@ async fn the_viewer_token_reads_everything_and_changes_nothing() {
         .iter()
         .filter(|e| e["actor"] == "viewer" && e["outcome"] == "denied")
         .collect();
-    assert_eq!(denied.len(), 7, "{audit}");
+    assert_eq!(denied.len(), refused, "{audit}");
     assert!(
         denied
             .iter()
@@ -1012,6 +1019,40 @@ async fn in_chromium_the_admin_sees_sidecars_live_a_nack_and_the_rotation_phase(
     browser
         .wait_text("the TLS policy", "#tls-policies", |t| {
             t.contains("a/modern") && t.contains("1.3 – 1.3")
+        })
+        .await
+        .unwrap();
+    // A rotation, in manual mode so that it waits at prepare's gate: its phase and progress
+    // appear on the page without a reload.
+    let (status, started) = call(
+        &meshd,
+        reqwest::Method::POST,
+        "/api/v1/ca/rotation",
+        &meshd.admin_token(),
+        Some(("application/json", json!({ "manual": true }).to_string())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    browser
+        .wait_text("the rotation phase", "#ca-phase", |t| {
+            t.eq_ignore_ascii_case("prepare")
+        })
+        .await
+        .unwrap();
+    let progress = browser
+        .wait_text("the rotation's progress", "#ca-progress-text", |t| {
+            t.contains("sidecars done with prepare")
+        })
+        .await
+        .unwrap();
+    let (_, now) = get(&meshd, "/api/v1/ca/rotation", &meshd.admin_token()).await;
+    assert!(
+        progress.contains(&format!("/{} sidecars", now["progress"]["total"])),
+        "{progress} vs {now}"
+    );
+    browser
+        .wait_text("the new root in the bundle", "#ca-roots tbody", |t| {
+            t.contains(started["new_root"].as_str().unwrap())
         })
         .await
         .unwrap();

@@ -593,8 +593,6 @@ async function loadCa() {
   }
 }
 
-const CA_KNOWN = new Set(['trust_domain', 'signing', 'roots', 'leaf_ttl_seconds', 'max_leaf_ttl_seconds', 'rotation_phase', 'store_error']);
-
 function renderCa(ca) {
   app.ca = ca;
   const rotation = ca.rotation && typeof ca.rotation === 'object' ? ca.rotation : {};
@@ -610,17 +608,30 @@ function renderCa(ca) {
     ['Leaf TTL', ca.leaf_ttl_seconds ? `${Math.round(ca.leaf_ttl_seconds / 60)} min (max ${Math.round(ca.max_leaf_ttl_seconds / 60)} min)` : ''],
     ...(ca.store_error ? [['Store', ca.store_error]] : []),
   ]);
-  // Whatever the rotation reports beyond its phase (progress, counts, times) is shown as is.
-  const extra = Object.entries(ca).filter(([k]) => !CA_KNOWN.has(k));
-  const flat = [];
-  for (const [k, v] of extra) {
-    if (v && typeof v === 'object' && !Array.isArray(v)) {
-      for (const [k2, v2] of Object.entries(v)) flat.push([`${k}.${k2}`, typeof v2 === 'object' ? JSON.stringify(v2) : v2]);
-    } else {
-      flat.push([k, typeof v === 'object' ? JSON.stringify(v) : v]);
-    }
+  // The rotation: progress of the current phase, what it waits for, who is late.
+  const progress = rotation.progress || null;
+  const bar = $('ca-progress');
+  bar.hidden = !progress;
+  if (progress) {
+    bar.max = Math.max(progress.total, 1);
+    bar.value = progress.total ? progress.done : 1;
   }
-  fields($('ca-rotation'), flat);
+  $('ca-progress-text').textContent = progress
+    ? `${progress.done}/${progress.total} sidecars done with ${phase}${rotation.paused ? ' (paused)' : ''}`
+    : '';
+  const short = (f) => (f ? `${String(f).slice(0, 16)}…` : '');
+  fields($('ca-rotation'), phase === 'idle' ? [] : [
+    ['Rotation', `#${rotation.generation} (${rotation.mode})`],
+    ['Waiting for', rotation.waiting_for || ''],
+    ['Stragglers', (rotation.stragglers || []).join(', ')],
+    ['Old root', short(rotation.old_root)],
+    ['New root', short(rotation.new_root)],
+    ['Started by', rotation.started_by || ''],
+    ['Phase since', timeCell(rotation.phase_started_at, 'span')],
+  ]);
+  // While a rotation moves, follow it.
+  clearTimeout(app.caTimer);
+  if (progress && location.hash === '#/ca') app.caTimer = setTimeout(loadCa, 1000);
   const body = $('ca-roots').tBodies[0];
   body.replaceChildren(...(ca.roots || []).map((r) => h('tr', { 'data-fingerprint': r.fingerprint },
     h('td', { 'data-label': 'Subject', text: r.subject }),
@@ -629,7 +640,24 @@ function renderCa(ca) {
     h('td', { 'data-label': 'Signing', text: r.active ? 'yes' : '' }))));
 }
 
+async function loadInventory() {
+  try {
+    const inv = await api('/api/v1/tls');
+    $('tls-reporting').textContent = `${inv.reporting} of ${inv.sidecars} sidecars report what they negotiate.`;
+    $('tls-inventory').tBodies[0].replaceChildren(...(inv.negotiated || []).map((n) => h('tr', {},
+      h('td', { 'data-label': 'Direction', text: n.direction }),
+      h('td', { 'data-label': 'Version', text: n.version }),
+      h('td', { class: 'mono', 'data-label': 'Cipher suite', text: n.cipher_suite }),
+      h('td', { 'data-label': 'Group', text: n.group }),
+      h('td', { 'data-label': 'Open', text: String(n.open_connections) }),
+      h('td', { 'data-label': 'Handshakes', text: String(n.handshakes) }))));
+  } catch (e) {
+    if (e.status !== 401) $('tls-reporting').textContent = `unknown (${e.message})`;
+  }
+}
+
 async function loadTls() {
+  loadInventory();
   const box = $('tls-policies');
   try {
     const body = await api('/api/v1/documents?kind=TlsPolicy');
