@@ -392,3 +392,91 @@ async fn a_forced_reissue_during_a_request_loop_fails_nothing_and_keeps_connecti
         "{audit}"
     );
 }
+
+/// A resource the sidecar cannot build: a workload (here a scripted one, as a VM agent would)
+/// registers service `b` with a DNS name as its inbound address; meshd passes it on as an
+/// endpoint of b's Cluster, and mesh-proxy, which takes only IP:port endpoints, NACKs that
+/// Cluster. The NACK text shows in meshd's admin API, A keeps its last good Cluster (the real
+/// B) and no request fails; once the bad endpoint is gone, A is SYNCED again.
+#[tokio::test]
+async fn a_cluster_the_sidecar_cannot_build_is_nacked_and_traffic_keeps_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let _b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &["--id", "b-1"]).await;
+    let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &["--id", "a-1"]).await;
+    a.get_until("b", "/", 200).await;
+    let traffic = mesh_tests::ring::Traffic::start(vec![(a.outbound_addr, "b".into())]);
+    traffic.wait_more(10).await;
+
+    let creds = mesh_tests::sidecar::Credentials::issue(&meshd, B)
+        .await
+        .unwrap();
+    let vm = mesh_tests::sidecar::ScriptedSidecar::open(
+        &meshd,
+        &creds,
+        true,
+        mesh_proto::v1::Node {
+            id: "b-vm".into(),
+            namespace: "default".into(),
+            service: "b".into(),
+            inbound_address: "b-vm.internal:15006".into(),
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let cluster_state = || async {
+        let all = meshd.admin_get("/api/v1/sidecars").await;
+        let a = all["sidecars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "a-1")
+            .cloned()
+            .unwrap_or_default();
+        a["types"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["type_url"] == mesh_proto::CLUSTER_TYPE_URL)
+            .map(|t| {
+                (
+                    t["state"].as_str().unwrap_or("").to_string(),
+                    t["nack"].clone(),
+                )
+            })
+    };
+    let nack = wait::until("A to NACK b's Cluster", Duration::from_secs(30), || async {
+        match cluster_state().await {
+            Some((state, nack)) if state == "NACKED" => Some(nack),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nA:\n{}", a.log()));
+    let text = nack.as_str().unwrap_or_default();
+    assert!(
+        text.contains("b-vm.internal:15006") && text.contains("endpoint address"),
+        "the NACK names the resource and why: {text}"
+    );
+    traffic.wait_more(30).await;
+
+    // The bad endpoint leaves: the next Cluster is good, A ACKs it.
+    drop(vm);
+    wait::until("A SYNCED again", Duration::from_secs(30), || async {
+        matches!(cluster_state().await, Some((s, _)) if s == "SYNCED").then_some(())
+    })
+    .await
+    .unwrap();
+    let (ok, failed) = traffic.stop().await;
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 40, "the loop ran ({ok} requests)");
+}
