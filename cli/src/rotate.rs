@@ -37,14 +37,21 @@ pub struct RotateArgs {
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum RotateAction {
     /// Stop the rotation where it is (it never moves on while paused).
+    #[command(after_help = "Example:\n  meshctl ca rotate pause")]
     Pause,
     /// Continue a paused rotation.
+    #[command(after_help = "Example:\n  meshctl ca rotate resume")]
     Resume,
     /// Go back to the old CA (allowed until finalize); sidecars re-issue from the old CA.
+    #[command(after_help = "Example:\n  meshctl ca rotate rollback")]
     Rollback,
     /// Manual mode: move to the next phase (refused while the fleet has not met the gate).
+    #[command(after_help = "Example:\n  meshctl ca rotate next")]
     Next,
     /// The rotation's phase, progress and what it waits for.
+    #[command(
+        after_help = "Examples:\n  meshctl ca rotate status\n  meshctl ca rotate status --wait"
+    )]
     Status {
         /// Follow it until it is finished.
         #[arg(long)]
