@@ -62,6 +62,30 @@ pub struct Args {
     /// (removing a file deletes nothing).
     #[arg(long, env = ENV_CONFIG_DIR, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
+    /// The Kubernetes API server that checks sidecars' ServiceAccount tokens (TokenReview),
+    /// e.g. https://kubernetes.default.svc. In a pod it is found from the environment; without
+    /// either, Kubernetes tokens are refused (join tokens still work).
+    #[arg(long, env = "MESHD_K8S_API_SERVER", value_name = "URL")]
+    pub k8s_api_server: Option<String>,
+    /// meshd's own bearer token for that API server (in a pod: its ServiceAccount token).
+    #[arg(long, env = "MESHD_K8S_TOKEN_FILE", value_name = "FILE")]
+    pub k8s_token_file: Option<PathBuf>,
+    /// PEM roots of that API server's certificate (in a pod: the ServiceAccount's ca.crt).
+    #[arg(long, env = "MESHD_K8S_CA_FILE", value_name = "FILE")]
+    pub k8s_ca_file: Option<PathBuf>,
+    /// The audience sidecars' tokens must be projected for.
+    #[arg(long, env = "MESHD_K8S_AUDIENCE", default_value = "meshd")]
+    pub k8s_audience: String,
+}
+
+/// Where ServiceAccount tokens are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// `None`: in-cluster (from the pod's environment and ServiceAccount files).
+    pub api_server: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub audience: String,
 }
 
 /// Where the key-encryption key comes from.
@@ -87,6 +111,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// `--config-dir`: documents applied from files (see [`crate::source::config_dir`]).
     pub config_dir: Option<PathBuf>,
+    /// Kubernetes ServiceAccount tokens are accepted (checked with a TokenReview).
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// The longest certificate TTL meshd will configure (the CA's policy maximum).
@@ -139,7 +165,36 @@ impl Config {
         {
             bail!("--config-dir {}: no such directory", dir.display());
         }
+        for (flag, file) in [
+            ("--k8s-token-file", &args.k8s_token_file),
+            ("--k8s-ca-file", &args.k8s_ca_file),
+        ] {
+            if let Some(path) = file
+                && !path.is_file()
+            {
+                bail!("{flag} {}: no such file", path.display());
+            }
+        }
+        if let Some(url) = &args.k8s_api_server {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("--k8s-api-server {url:?} is not a URL"))?;
+            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+                bail!("--k8s-api-server {url:?} must look like https://host[:port]");
+            }
+        }
+        if args.k8s_audience.trim().is_empty() {
+            bail!("--k8s-audience must not be empty");
+        }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = (args.k8s_api_server.is_some() || in_cluster).then(|| KubernetesConfig {
+            api_server: args.k8s_api_server.clone(),
+            token_file: args.k8s_token_file.clone(),
+            ca_file: args.k8s_ca_file.clone(),
+            audience: args.k8s_audience.clone(),
+        });
         Ok(Self {
+            kubernetes,
             config_dir: args.config_dir,
             data_dir: args.data_dir,
             database_url,

@@ -75,14 +75,22 @@ pub struct IdentityService {
     authority: Authority,
     store: Store,
     metrics: crate::metrics::Metrics,
+    /// Checks Kubernetes ServiceAccount tokens, when meshd knows an API server.
+    kubernetes: Option<crate::kubernetes::TokenReviewer>,
 }
 
 impl IdentityService {
-    pub fn new(authority: Authority, store: Store, metrics: crate::metrics::Metrics) -> Self {
+    pub fn new(
+        authority: Authority,
+        store: Store,
+        metrics: crate::metrics::Metrics,
+        kubernetes: Option<crate::kubernetes::TokenReviewer>,
+    ) -> Self {
         Self {
             authority,
             store,
             metrics,
+            kubernetes,
         }
     }
 
@@ -114,12 +122,35 @@ impl IdentityService {
                     ConsumeOutcome::Revoked => Err((vague(), "revoked join token".into())),
                 }
             }
-            Some(CredentialKind::KubernetesServiceAccountToken(_)) => Err((
-                Status::unauthenticated(
-                    "Kubernetes ServiceAccount tokens are not accepted by this meshd (no Kubernetes API configured); use a join token",
-                ),
-                "kubernetes token without a configured TokenReview".into(),
-            )),
+            Some(CredentialKind::KubernetesServiceAccountToken(token)) => {
+                let Some(reviewer) = &self.kubernetes else {
+                    return Err((
+                        Status::unauthenticated(
+                            "Kubernetes ServiceAccount tokens are not accepted by this meshd (no Kubernetes API configured: --k8s-api-server); use a join token",
+                        ),
+                        "kubernetes token without a configured TokenReview".into(),
+                    ));
+                };
+                match reviewer.review(token).await {
+                    Ok((ns, sa)) => {
+                        let id = SpiffeId::new(self.authority.trust_domain().clone(), &ns, &sa)
+                            .map_err(|e| {
+                                (
+                                    vague(),
+                                    format!("kubernetes service account {ns}/{sa}: {e}"),
+                                )
+                            })?;
+                        Ok((id, format!("k8s:{ns}/{sa}")))
+                    }
+                    Err(e @ crate::kubernetes::ReviewError::Refused(_)) => {
+                        Err((vague(), e.to_string()))
+                    }
+                    Err(e @ crate::kubernetes::ReviewError::Unavailable(_)) => Err((
+                        Status::unavailable("cannot check the token right now"),
+                        e.to_string(),
+                    )),
+                }
+            }
             None => match peer.and_then(|p| p.identity.clone()) {
                 Some(id) => Ok((id.clone(), format!("mtls:{id}"))),
                 None => Err((

@@ -5,6 +5,7 @@
 //! - [`ca`]: the CA at run time (bootstrap, sealed key, signing).
 //! - [`tls`]: meshd's TLS serving and the verified peer identity.
 //! - [`identity`]: the `Identity` gRPC service and join tokens.
+//! - [`kubernetes`]: ServiceAccount tokens checked with a TokenReview.
 //! - [`admin`]: the admin HTTP API.
 //! - [`dashboard`]: the web dashboard's embedded files, served beside the admin API.
 //! - [`metrics`]: Prometheus metrics.
@@ -17,6 +18,7 @@ pub mod ca;
 pub mod config;
 pub mod dashboard;
 pub mod identity;
+pub mod kubernetes;
 pub mod metrics;
 pub mod model;
 pub mod rotation;

@@ -82,7 +82,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         rotation,
     );
 
-    let identity = IdentityService::new(authority.clone(), store.clone(), metrics.clone());
+    let kubernetes = match &config.kubernetes {
+        Some(k) => Some(crate::kubernetes::TokenReviewer::new(k)?),
+        None => None,
+    };
+    let identity = IdentityService::new(
+        authority.clone(),
+        store.clone(),
+        metrics.clone(),
+        kubernetes,
+    );
     let grpc = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_service(DiscoveryServer::new(xds.clone()))

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub const ENV_CONTROL_PLANE: &str = "MESH_PROXY_CONTROL_PLANE";
 pub const ENV_CA_BUNDLE: &str = "MESH_PROXY_CA_BUNDLE";
 pub const ENV_JOIN_TOKEN_FILE: &str = "MESH_PROXY_JOIN_TOKEN_FILE";
+pub const ENV_K8S_TOKEN_FILE: &str = "MESH_PROXY_K8S_TOKEN_FILE";
+pub const ENV_TRUST_DOMAIN: &str = "MESH_PROXY_TRUST_DOMAIN";
 pub const ENV_SERVICE: &str = "MESH_PROXY_SERVICE";
 pub const ENV_NAMESPACE: &str = "MESH_PROXY_NAMESPACE";
 pub const ENV_WORKLOAD: &str = "MESH_PROXY_WORKLOAD";
@@ -68,8 +70,18 @@ pub struct Args {
     pub ca_bundle: Option<PathBuf>,
     /// File holding the join token (from `meshctl token create`) that proves this workload's
     /// identity for its first certificate. It names the identity.
-    #[arg(long, env = ENV_JOIN_TOKEN_FILE, value_name = "FILE")]
+    #[arg(long, env = ENV_JOIN_TOKEN_FILE, value_name = "FILE", conflicts_with = "k8s_token_file")]
     pub join_token_file: Option<PathBuf>,
+    /// File holding a Kubernetes ServiceAccount token projected for the audience `meshd`
+    /// (re-read at every use, as the kubelet rotates it); meshd checks it with a TokenReview.
+    /// The identity is spiffe://<trust-domain>/ns/<namespace>/sa/<service account> of the
+    /// token.
+    #[arg(long, env = ENV_K8S_TOKEN_FILE, value_name = "FILE")]
+    pub k8s_token_file: Option<PathBuf>,
+    /// The mesh's trust domain, for the identity of a Kubernetes token (a join token names
+    /// its own).
+    #[arg(long, env = ENV_TRUST_DOMAIN, default_value = "cluster.local")]
+    pub trust_domain: String,
     /// The service this workload serves (default: the identity's service account).
     #[arg(long, env = ENV_SERVICE)]
     pub service: Option<String>,
@@ -121,7 +133,8 @@ pub struct Args {
 pub struct Config {
     pub control_planes: Vec<String>,
     pub ca_bundle: mesh_ca::TrustBundle,
-    pub join_token_file: Option<PathBuf>,
+    /// How the first certificate is obtained.
+    pub bootstrap: Option<crate::identity::Bootstrap>,
     pub identity: SpiffeId,
     pub service: String,
     pub namespace: String,
@@ -151,6 +164,57 @@ fn duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
 }
 
 /// The identity named by a join token file.
+/// The identity a Kubernetes ServiceAccount token (a JWT) is for, from its claims: the
+/// `kubernetes.io` claim's namespace and service account, or a `sub` of
+/// `system:serviceaccount:<ns>:<sa>`. Unverified here: meshd verifies the token (TokenReview)
+/// and checks the certificate request against what Kubernetes says.
+pub fn k8s_token_identity(
+    path: &std::path::Path,
+    trust_domain: &mesh_ca::TrustDomain,
+) -> anyhow::Result<(String, SpiffeId)> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --k8s-token-file {}", path.display()))?;
+    let token = text.trim().to_string();
+    let what = || format!("--k8s-token-file {}", path.display());
+    let payload = token
+        .split('.')
+        .nth(1)
+        .filter(|_| token.split('.').count() == 3)
+        .with_context(|| format!("{}: not a JWT (header.payload.signature)", what()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .with_context(|| format!("{}: the payload is not base64url", what()))?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: the payload is not JSON", what()))?;
+    let k8s = &claims["kubernetes.io"];
+    let (ns, sa) = match (
+        k8s["namespace"].as_str(),
+        k8s["serviceaccount"]["name"].as_str(),
+    ) {
+        (Some(ns), Some(sa)) => (ns.to_string(), sa.to_string()),
+        _ => {
+            let sub = claims["sub"].as_str().unwrap_or_default();
+            let mut parts = sub
+                .strip_prefix("system:serviceaccount:")
+                .unwrap_or("")
+                .split(':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(ns), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
+                    (ns.to_string(), sa.to_string())
+                }
+                _ => bail!(
+                    "{}: not a ServiceAccount token (no kubernetes.io claim, sub {sub:?})",
+                    what()
+                ),
+            }
+        }
+    };
+    let id = SpiffeId::new(trust_domain.clone(), &ns, &sa)
+        .with_context(|| format!("{}: service account {ns}/{sa}", what()))?;
+    Ok((token, id))
+}
+
 pub fn token_identity(path: &std::path::Path) -> anyhow::Result<(String, SpiffeId)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --join-token-file {}", path.display()))?;
@@ -182,22 +246,35 @@ impl Config {
         let ca_bundle = mesh_ca::TrustBundle::from_pem(&pem)
             .with_context(|| format!("--ca-bundle {}", bundle_path.display()))?;
 
-        let identity = match (&args.join_token_file, &args.state_dir) {
-            (Some(path), _) => token_identity(path)?.1,
+        let bootstrap = match (&args.join_token_file, &args.k8s_token_file) {
+            (Some(path), _) => Some(crate::identity::Bootstrap::JoinToken(path.clone())),
+            (None, Some(path)) => Some(crate::identity::Bootstrap::Kubernetes {
+                token_file: path.clone(),
+                trust_domain: args
+                    .trust_domain
+                    .parse()
+                    .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?,
+            }),
+            (None, None) => None,
+        };
+        let identity = match (&bootstrap, &args.state_dir) {
+            (Some(b), _) => b.read()?.1,
             (None, Some(dir)) => crate::identity::stored_identity(dir).with_context(|| {
                 format!(
-                    "no --join-token-file, and --state-dir {} holds no certificate",
+                    "no --join-token-file or --k8s-token-file, and --state-dir {} holds no \
+                     certificate",
                     dir.display()
                 )
             })?,
             (None, None) => bail!(
-                "--join-token-file is required (a token from `meshctl token create`) unless \
-                 --state-dir holds a certificate"
+                "--join-token-file (a token from `meshctl token create`) or --k8s-token-file (a \
+                 projected ServiceAccount token) is required unless --state-dir holds a \
+                 certificate"
             ),
         };
         if identity.namespace() != args.namespace {
             bail!(
-                "the join token is for namespace {:?} ({identity}), but --namespace is {:?}",
+                "the token is for namespace {:?} ({identity}), but --namespace is {:?}",
                 identity.namespace(),
                 args.namespace
             );
@@ -251,7 +328,7 @@ impl Config {
         Ok(Self {
             control_planes: args.control_plane,
             ca_bundle,
-            join_token_file: args.join_token_file,
+            bootstrap,
             workload: args.workload.unwrap_or_else(|| service.clone()),
             identity,
             service,
@@ -268,5 +345,62 @@ impl Config {
             drain_grace: duration("drain-grace", &args.drain_grace)?,
             report_interval: duration("report-interval", &args.report_interval)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#.into()),
+            b64(claims.to_string())
+        )
+    }
+
+    fn identity_of(token: &str) -> anyhow::Result<SpiffeId> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("{token}\n"))?;
+        k8s_token_identity(&path, &"cluster.local".parse()?).map(|(_, id)| id)
+    }
+
+    #[test]
+    fn a_serviceaccount_token_names_its_identity_and_anything_else_is_refused_clearly() {
+        let claims = serde_json::json!({
+            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "reviews"}}
+        });
+        assert_eq!(
+            identity_of(&jwt(&claims)).unwrap().to_string(),
+            "spiffe://cluster.local/ns/shop/sa/reviews"
+        );
+        let sub = serde_json::json!({"sub": "system:serviceaccount:shop:cart"});
+        assert_eq!(
+            identity_of(&jwt(&sub)).unwrap().to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+        for (token, want) in [
+            ("not-a-jwt".to_string(), "not a JWT"),
+            ("a.b!c.d".to_string(), "not base64url"),
+            ("a.bm90IGpzb24.d".to_string(), "not JSON"),
+            (
+                jwt(&serde_json::json!({"sub": "system:node:worker-1"})),
+                "not a ServiceAccount token",
+            ),
+            (
+                jwt(&serde_json::json!({"sub": "system:serviceaccount:Bad NS:x"})),
+                "service account Bad NS/x",
+            ),
+        ] {
+            let e = format!("{:#}", identity_of(&token).unwrap_err());
+            assert!(
+                e.contains(want) && e.contains("--k8s-token-file"),
+                "{token}: {e}"
+            );
+        }
     }
 }

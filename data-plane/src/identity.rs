@@ -52,11 +52,52 @@ pub struct CertState {
     pub installed_unix: i64,
 }
 
+/// How a sidecar proves its identity for a first certificate.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// A join token from `meshctl token create` (it names the identity).
+    JoinToken(PathBuf),
+    /// A projected Kubernetes ServiceAccount token, re-read at every use.
+    Kubernetes {
+        token_file: PathBuf,
+        trust_domain: mesh_ca::TrustDomain,
+    },
+}
+
+impl Bootstrap {
+    /// The token and the identity it is for.
+    pub fn read(&self) -> anyhow::Result<(Credential, SpiffeId)> {
+        match self {
+            Self::JoinToken(path) => {
+                let (token, id) = crate::config::token_identity(path)?;
+                Ok((
+                    Credential {
+                        kind: Some(credential::Kind::JoinToken(token)),
+                    },
+                    id,
+                ))
+            }
+            Self::Kubernetes {
+                token_file,
+                trust_domain,
+            } => {
+                let (token, id) = crate::config::k8s_token_identity(token_file, trust_domain)?;
+                Ok((
+                    Credential {
+                        kind: Some(credential::Kind::KubernetesServiceAccountToken(token)),
+                    },
+                    id,
+                ))
+            }
+        }
+    }
+}
+
 /// Where and how to ask for certificates.
 #[derive(Debug, Clone)]
 pub struct IdentityOptions {
     pub control_planes: Vec<String>,
-    pub join_token_file: Option<PathBuf>,
+    pub bootstrap: Option<Bootstrap>,
     pub ttl: Duration,
     pub state_dir: Option<PathBuf>,
     /// This sidecar's `Node.id`, recorded by the CA beside each certificate.
@@ -345,15 +386,10 @@ impl Identity {
 
     async fn sign(&self, url: &str, with_token: bool) -> anyhow::Result<()> {
         let credential = if with_token {
-            let path = self
-                .opts
-                .join_token_file
-                .as_ref()
-                .ok_or_else(|| anyhow!("no valid certificate and no --join-token-file"))?;
-            let (token, _) = crate::config::token_identity(path)?;
-            Some(Credential {
-                kind: Some(credential::Kind::JoinToken(token)),
-            })
+            let bootstrap = self.opts.bootstrap.as_ref().ok_or_else(|| {
+                anyhow!("no valid certificate and no --join-token-file or --k8s-token-file")
+            })?;
+            Some(bootstrap.read()?.0)
         } else {
             None
         };
@@ -444,7 +480,7 @@ mod tests {
             &ca.bundle(),
             IdentityOptions {
                 control_planes: vec!["https://127.0.0.1:1".into()],
-                join_token_file: None,
+                bootstrap: None,
                 ttl: Duration::ZERO,
                 state_dir: None,
                 sidecar_id: "test".into(),

@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         &config.ca_bundle,
         identity::IdentityOptions {
             control_planes: config.control_planes.clone(),
-            join_token_file: config.join_token_file.clone(),
+            bootstrap: config.bootstrap.clone(),
             ttl: config.cert_ttl,
             state_dir: config.state_dir.clone(),
             sidecar_id: config.id.clone(),

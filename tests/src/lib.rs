@@ -5,6 +5,7 @@ pub mod browser;
 pub mod corpus;
 pub mod echo;
 pub mod fleet;
+pub mod kube_api;
 pub mod meshd;
 pub mod postgres;
 pub mod process;

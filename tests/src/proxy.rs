@@ -26,6 +26,9 @@ pub struct ProxyOptions {
     pub args: Vec<String>,
     /// `--service`; the identity's service account when `None`.
     pub service: Option<String>,
+    /// Bootstrap with this Kubernetes ServiceAccount token (`--k8s-token-file`) instead of a
+    /// join token.
+    pub k8s_token: Option<String>,
 }
 
 pub struct Proxy {
@@ -93,10 +96,19 @@ impl Proxy {
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let id: mesh_ca::SpiffeId = identity.parse()?;
-        let token = meshd.join_token(identity, "10m", 1);
-        let token_file = dir.join("join-token");
-        std::fs::write(&token_file, &token)?;
         let mut cmd = Command::new(binary("mesh-proxy"));
+        match &options.k8s_token {
+            Some(token) => {
+                let file = dir.join("k8s-token");
+                std::fs::write(&file, token)?;
+                cmd.arg("--k8s-token-file").arg(file);
+            }
+            None => {
+                let file = dir.join("join-token");
+                std::fs::write(&file, meshd.join_token(identity, "10m", 1))?;
+                cmd.arg("--join-token-file").arg(file);
+            }
+        }
         let urls = if options.control_planes.is_empty() {
             vec![meshd.grpc_url()]
         } else {
@@ -107,8 +119,6 @@ impl Proxy {
         }
         cmd.arg("--ca-bundle")
             .arg(meshd.data_dir.join("ca-bundle.pem"))
-            .arg("--join-token-file")
-            .arg(&token_file)
             .args(["--namespace", id.namespace()])
             .args([
                 "--service",

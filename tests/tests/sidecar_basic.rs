@@ -543,3 +543,131 @@ async fn grpc_stays_http2_end_to_end_with_its_trailers() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert_eq!(status.message(), "asked to fail");
 }
+
+/// `--k8s-token-file`: the sidecar proves itself with a projected ServiceAccount token, meshd
+/// asks the Kubernetes API (TokenReview, for the audience `meshd`, with its own token) and
+/// grants the identity Kubernetes names. The API server is a stand-in
+/// (`mesh_tests::kube_api`): none can be installed here.
+#[tokio::test]
+async fn a_kubernetes_serviceaccount_token_gets_the_identity_kubernetes_vouches_for() {
+    use mesh_tests::kube_api::{FakeKubeApi, service_account_jwt};
+    let dir = tempfile::tempdir().unwrap();
+    let b_token = service_account_jwt("default", "b", "1");
+    // Claims say "b", Kubernetes says "c": the claims must not win.
+    let forged = service_account_jwt("default", "b", "2");
+    let api = FakeKubeApi::start(&[(&b_token, "default", "b"), (&forged, "default", "c")])
+        .await
+        .unwrap();
+    let meshd_token = dir.path().join("meshd-sa-token");
+    std::fs::write(&meshd_token, "meshd-own-token").unwrap();
+    let meshd = Meshd::start(
+        &dir.path().join("meshd"),
+        &MeshdOptions {
+            args: vec![
+                "--k8s-api-server".into(),
+                api.url.clone(),
+                "--k8s-token-file".into(),
+                meshd_token.display().to_string(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let _b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions {
+            k8s_token: Some(b_token.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let seen = a.get_until("b", "/", 200).await;
+    assert_eq!(seen["headers"]["x-mesh-peer-identity"], A, "{seen}");
+    let certs = meshd
+        .admin_get(
+            "/api/v1/certificates?identity=spiffe%3A%2F%2Fcluster.local%2Fns%2Fdefault%2Fsa%2Fb",
+        )
+        .await;
+    assert_eq!(
+        certs["certificates"].as_array().unwrap().len(),
+        1,
+        "{certs}"
+    );
+    let reviews = api.reviews();
+    assert_eq!(reviews.len(), 1, "{reviews:?}");
+    assert_eq!(reviews[0].bearer, "meshd-own-token");
+    assert_eq!(reviews[0].body["spec"]["token"], b_token.as_str());
+    assert_eq!(reviews[0].body["spec"]["audiences"][0], "meshd");
+
+    // An unknown token, and a token Kubernetes ties to another account: no certificate.
+    for (name, token, why) in [
+        (
+            "unknown",
+            service_account_jwt("default", "b", "3"),
+            "invalid bearer token",
+        ),
+        (
+            "forged",
+            forged.clone(),
+            "but the caller proved spiffe://cluster.local/ns/default/sa/c",
+        ),
+    ] {
+        let p = Proxy::start(
+            &meshd,
+            &dir.path().join(name),
+            B,
+            app_b.addr,
+            &ProxyOptions {
+                k8s_token: Some(token),
+                no_wait_ready: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let refused = mesh_tests::wait::until(
+            "the sidecar to report the refusal",
+            Duration::from_secs(30),
+            || async {
+                let log = p.log();
+                log.contains("no certificate yet").then_some(log)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.admin("/ready").await.0, 503, "{name}: {refused}");
+        let audit = meshd.admin_get("/api/v1/audit?limit=100").await;
+        assert!(
+            audit["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["outcome"] == "denied"
+                    && e["detail"].as_str().unwrap_or("").contains(why)),
+            "{name}: the audit log says why ({why}): {audit}"
+        );
+    }
+    let certs = meshd.admin_get("/api/v1/certificates").await;
+    assert!(
+        !certs.to_string().contains("/sa/c\""),
+        "no certificate for the account Kubernetes named: {certs}"
+    );
+}

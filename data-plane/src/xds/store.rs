@@ -509,7 +509,7 @@ mod tests {
             &ca.bundle(),
             IdentityOptions {
                 control_planes: vec!["https://127.0.0.1:1".into()],
-                join_token_file: None,
+                bootstrap: None,
                 ttl: std::time::Duration::ZERO,
                 state_dir: None,
                 sidecar_id: "test".into(),
