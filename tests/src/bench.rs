@@ -22,7 +22,7 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(bench: &str, name: &str, value: f64, unit: &str) -> Self {
+    pub(crate) fn new(bench: &str, name: &str, value: f64, unit: &str) -> Self {
         Self {
             bench: bench.into(),
             name: name.into(),
@@ -33,7 +33,7 @@ impl Figure {
         }
     }
 
-    fn goal(mut self, text: &str, met: bool) -> Self {
+    pub(crate) fn goal(mut self, text: &str, met: bool) -> Self {
         self.goal = Some(text.into());
         self.met = Some(met);
         self
@@ -47,6 +47,7 @@ pub struct Sizes {
     pub route_changes: usize,
     pub ca_window: Duration,
     pub idle_window: Duration,
+    pub dataplane: crate::dataplane::Durations,
 }
 
 impl Sizes {
@@ -56,6 +57,11 @@ impl Sizes {
             route_changes: 2,
             ca_window: Duration::from_millis(500),
             idle_window: Duration::from_millis(500),
+            dataplane: crate::dataplane::Durations {
+                warmup: Duration::from_millis(300),
+                run: Duration::from_secs(1),
+                rate: 200.0,
+            },
         }
     }
 
@@ -65,6 +71,11 @@ impl Sizes {
             route_changes: 10,
             ca_window: Duration::from_secs(10),
             idle_window: Duration::from_secs(10),
+            dataplane: crate::dataplane::Durations {
+                warmup: Duration::from_secs(5),
+                run: Duration::from_secs(30),
+                rate: 1000.0,
+            },
         }
     }
 }
@@ -97,7 +108,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 echo application on `127.0.0.1:0`, the workload behind a sidecar in the
 //! end-to-end tests. It answers every request with JSON: its id, the method, path, headers
-//! (names in lower case) and body it received. Switches make it fail the next N requests with
+//! (names in lower case) and body it received (`/bytes/N` answers N bytes of filler instead, for
+//! benchmarks). Switches make it fail the next N requests with
 //! 503 or answer slowly. Plain tokio, no HTTP library: it only has to speak what the sidecar
 //! sends (Content-Length or chunked bodies, keep-alive).
 
@@ -149,6 +150,20 @@ async fn serve(tcp: TcpStream, id: &str, sw: &Switches) -> std::io::Result<()> {
         let close = headers
             .get("connection")
             .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        // `/bytes/N`: N bytes of filler instead of the echo (the benchmarks' fixed-size answer).
+        if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n <= 1 << 20)
+        {
+            let head = format!(
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {n}\r\n\r\n"
+            );
+            let mut response = head.into_bytes();
+            response.resize(response.len() + n, b'x');
+            write.write_all(&response).await?;
+            continue;
+        }
         let json = serde_json::json!({
             "id": id,
             "method": method,

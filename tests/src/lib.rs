@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod browser;
 pub mod corpus;
+pub mod dataplane;
 pub mod echo;
 pub mod fleet;
 pub mod kube_api;

@@ -26,6 +26,9 @@ pub struct ProxyOptions {
     pub args: Vec<String>,
     /// `--service`; the identity's service account when `None`.
     pub service: Option<String>,
+    /// The sidecar's log filter (default: `MESH_TEST_PROXY_LOG`, or info with mesh_proxy at
+    /// debug).
+    pub log: Option<String>,
     /// Bootstrap with this Kubernetes ServiceAccount token (`--k8s-token-file`) instead of a
     /// join token.
     pub k8s_token: Option<String>,
@@ -59,11 +62,16 @@ fn ready_addrs(log: &str) -> Option<Addrs> {
 type Addrs = (SocketAddr, SocketAddr, SocketAddr);
 
 /// Starts mesh-proxy with `args` and waits for its ready line.
-async fn spawn(dir: &Path, args: &[std::ffi::OsString]) -> anyhow::Result<(Process, Addrs)> {
+async fn spawn(
+    dir: &Path,
+    args: &[std::ffi::OsString],
+    log: Option<&str>,
+) -> anyhow::Result<(Process, Addrs)> {
     let mut cmd = Command::new(binary("mesh-proxy"));
     // MESH_TEST_PROXY_LOG overrides the sidecars' log filter when debugging a test.
-    let filter =
-        std::env::var("MESH_TEST_PROXY_LOG").unwrap_or_else(|_| "info,mesh_proxy=debug".into());
+    let filter = log.map(str::to_string).unwrap_or_else(|| {
+        std::env::var("MESH_TEST_PROXY_LOG").unwrap_or_else(|_| "info,mesh_proxy=debug".into())
+    });
     cmd.args(args).env("RUST_LOG", filter);
     let log = dir.join(format!("mesh-proxy-{}.log", crate::unique()));
     let mut process = Process::spawn("mesh-proxy", cmd, log)?;
@@ -130,7 +138,8 @@ impl Proxy {
             .args(["--admin-addr", "127.0.0.1:0"])
             .args(&options.args);
         let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
-        let (process, (inbound_addr, outbound_addr, admin_addr)) = spawn(dir, &args).await?;
+        let (process, (inbound_addr, outbound_addr, admin_addr)) =
+            spawn(dir, &args, options.log.as_deref()).await?;
         let proxy = Self {
             process,
             args,
@@ -151,7 +160,7 @@ impl Proxy {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.process.kill();
         let (process, (inbound_addr, outbound_addr, admin_addr)) =
-            spawn(&self.dir, &self.args).await?;
+            spawn(&self.dir, &self.args, None).await?;
         self.process = process;
         self.inbound_addr = inbound_addr;
         self.outbound_addr = outbound_addr;

@@ -24,7 +24,7 @@ fn bench_smoke_runs_every_benchmark_and_writes_results() {
         .collect();
     assert_eq!(
         benches,
-        ["ca", "idle", "push-20", "reissue-20"]
+        ["ca", "dataplane", "idle", "push-20", "reissue-20"]
             .into_iter()
             .collect()
     );
@@ -37,6 +37,11 @@ fn bench_smoke_runs_every_benchmark_and_writes_results() {
         "meshd RSS, 0 sidecars",
         "rotation start → every sidecar re-issued",
         "re-issue rate",
+        "direct: throughput at saturation",
+        "mesh-proxy ×2: throughput at saturation",
+        "Envoy ×2: throughput at saturation",
+        "mesh-proxy peak RSS (larger of the two)",
+        "Envoy ×2: CPU per 1,000 requests",
     ] {
         let f = figures
             .iter()

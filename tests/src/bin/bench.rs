@@ -1,4 +1,4 @@
-//! `cargo run --release -p mesh-tests --bin bench -- all|smoke|push|ca|reissue|idle`
+//! `cargo run --release -p mesh-tests --bin bench -- all|smoke|dataplane|push|ca|reissue|idle`
 //!
 //! Runs the benchmarks of BENCHMARKS.md, prints a table and writes `target/bench/results.json`.
 
@@ -39,6 +39,8 @@ enum What {
     },
     /// Idle footprint.
     Idle,
+    /// Data plane: direct vs two mesh-proxies vs two Envoys, same load, same run.
+    Dataplane,
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +73,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     };
     let mut figures: Vec<Figure> = Vec::new();
     let all = matches!(args.what, What::All | What::Smoke);
+    if all || matches!(args.what, What::Dataplane) {
+        figures.extend(mesh_tests::dataplane::run(work.path(), sizes.dataplane).await?);
+    }
     if all || matches!(args.what, What::Idle) {
         figures.extend(bench::idle(work.path(), &sizes).await?);
     }
