@@ -62,7 +62,13 @@ pub async fn load(target: SocketAddr, host: &str, rate: Option<f64>, duration: D
                 if scheduled >= end {
                     break;
                 }
+                // Late before sleeping: the system under test held this connection past the
+                // slot, so the wait counts (no coordinated omission). Otherwise the timer's
+                // own lag (up to a millisecond) is the generator's, not the system's: count
+                // from the moment the request actually goes out.
+                let behind = Instant::now() > scheduled;
                 tokio::time::sleep_until(scheduled.into()).await;
+                let origin = if behind { scheduled } else { Instant::now() };
                 if sender.is_none() {
                     sender = connect(target).await;
                 }
@@ -72,8 +78,7 @@ pub async fn load(target: SocketAddr, host: &str, rate: Option<f64>, duration: D
                 };
                 if ok {
                     out.ok += 1;
-                    out.latencies
-                        .push(scheduled.elapsed().as_secs_f64() * 1000.0);
+                    out.latencies.push(origin.elapsed().as_secs_f64() * 1000.0);
                 } else {
                     out.errors += 1;
                     sender = None;

@@ -438,3 +438,180 @@ async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
     );
     assert!(ok > 500, "the loop ran ({ok} requests)");
 }
+
+/// `openssl ARGS` in `dir`; panics with its stderr when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An intermediate CA `name` signed by the offline root in `dir`; returns (chain, key) files
+/// (the chain: the intermediate, then the root).
+fn intermediate(dir: &std::path::Path, name: &str) -> (String, String) {
+    let ext = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/O=corp/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+    let chain = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap(),
+        std::fs::read_to_string(dir.join("root.pem")).unwrap()
+    );
+    std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
+    (
+        dir.join(format!("{name}-chain.pem")).display().to_string(),
+        dir.join(format!("{name}.key")).display().to_string(),
+    )
+}
+
+/// An offline root signs the intermediate meshd uses; rotating to a new intermediate of the
+/// same root is the same machine with the bundle unchanged, and no request fails.
+#[tokio::test]
+async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/O=corp/CN=offline root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let (chain1, key1) = intermediate(&pki, "intermediate-1");
+    let (chain2, key2) = intermediate(&pki, "intermediate-2");
+    let ring = Ring::start(dir.path(), &["--ca-cert", &chain1, "--ca-key", &key1], &[]).await;
+    let bundle_before = ring.meshd.bundle_pem();
+    assert_eq!(pem_blocks(&bundle_before).len(), 1, "only the offline root");
+
+    // Without an import, meshd cannot make a successor: it does not hold the root's key.
+    let (code, _, stderr) = meshctl(&ring, &["ca", "rotate"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--import-cert"), "{stderr}");
+
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &[
+            "ca",
+            "rotate",
+            "--import-cert",
+            &chain2,
+            "--import-key",
+            &key2,
+            "--window",
+            "2s",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+    assert_eq!(ring.meshd.bundle_pem(), bundle_before, "the root stays");
+    let ca = ring.meshd.admin_get("/api/v1/ca").await;
+    assert!(
+        ca["signing"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("intermediate-2"),
+        "{ca}"
+    );
+    // Each sidecar now serves leaf + intermediate-2, which verifies up to the offline root.
+    let (cert, key) = issue_cert(
+        &ring.meshd,
+        "spiffe://cluster.local/ns/default/sa/checker",
+        &dir.path().join("checker"),
+    );
+    let root = pki.join("root.pem");
+    for (name, p) in NAMES.iter().zip(&ring.proxies) {
+        let (ok, out) = openssl_s_client(
+            &p.inbound_addr.to_string(),
+            &[
+                "-showcerts",
+                "-cert",
+                cert.to_str().unwrap(),
+                // The checker's leaf is signed by intermediate-2 too: send it along.
+                "-cert_chain",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+            ],
+            &root,
+        )
+        .await;
+        assert!(ok, "sidecar {name}:\n{out}");
+        assert!(
+            out.contains("CN=intermediate-2") || out.contains("CN = intermediate-2"),
+            "{name}: {out}"
+        );
+        assert!(!out.contains("intermediate-1"), "{name}: {out}");
+    }
+}
