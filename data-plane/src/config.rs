@@ -113,8 +113,10 @@ pub struct Args {
     /// so that a restart while meshd is down comes back serving.
     #[arg(long, env = ENV_STATE_DIR, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Worker threads of the async runtime.
-    #[arg(long, env = ENV_WORKER_THREADS, default_value_t = 2)]
+    /// Worker threads of the async runtime. 1 (the default) runs everything on one thread,
+    /// with no cross-thread wake-ups: the cheapest per request (see BENCHMARKS.md); more
+    /// threads raise throughput at saturation on a busy pod.
+    #[arg(long, env = ENV_WORKER_THREADS, default_value_t = 1)]
     pub worker_threads: usize,
     /// Certificate lifetime to ask for (e.g. 1h); meshd clamps it. Default: meshd's.
     #[arg(long, env = ENV_CERT_TTL)]

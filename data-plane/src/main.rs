@@ -18,15 +18,21 @@ fn init_logging() {
         .try_init();
 }
 
+/// One worker: a current-thread runtime, so a request never wakes another thread (the
+/// profile of the data-plane benchmark showed most of the proxy's CPU in the kernel, parking
+/// and waking tokio's workers). More: the multi-thread scheduler.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("mesh-proxy: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("mesh-proxy: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {

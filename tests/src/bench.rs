@@ -61,6 +61,7 @@ impl Sizes {
                 warmup: Duration::from_millis(300),
                 run: Duration::from_secs(1),
                 rate: 200.0,
+                proxy_threads: 1,
             },
         }
     }
@@ -75,6 +76,10 @@ impl Sizes {
                 warmup: Duration::from_secs(5),
                 run: Duration::from_secs(30),
                 rate: 1000.0,
+                proxy_threads: std::env::var("BENCH_PROXY_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
             },
         }
     }

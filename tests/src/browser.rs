@@ -422,6 +422,22 @@ impl Browser {
         .await
     }
 
+    /// Signs in on the dashboard's login form with `token`.
+    pub async fn sign_in(&self, token: &str) -> anyhow::Result<()> {
+        let input = self
+            .find("#login-token")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no login form"))?;
+        self.clear(&input).await?;
+        self.type_text(&input, token).await?;
+        let submit = self
+            .find("#login-submit")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no sign-in button"))?;
+        self.click(&submit).await?;
+        Ok(())
+    }
+
     /// Ends the session (Chromium exits) and stops chromedriver.
     pub async fn close(mut self) {
         let _ = self.command(reqwest::Method::DELETE, "", None).await;

@@ -29,6 +29,8 @@ pub struct Durations {
     pub warmup: Duration,
     pub run: Duration,
     pub rate: f64,
+    /// mesh-proxy's `--worker-threads` (Envoy runs with `--concurrency 2`, Istio's default).
+    pub proxy_threads: usize,
 }
 
 /// What one load run saw.
@@ -320,6 +322,7 @@ pub async fn run(work: &Path, d: Durations) -> anyhow::Result<Vec<Figure>> {
     let meshd = Meshd::start(&dir.join("meshd"), &MeshdOptions::default()).await?;
     let quiet = ProxyOptions {
         log: Some("info".into()),
+        args: vec!["--worker-threads".into(), d.proxy_threads.to_string()],
         ..Default::default()
     };
     let app_a = EchoApp::start("a").await?;

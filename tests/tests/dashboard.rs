@@ -772,11 +772,7 @@ async fn the_dashboard_is_embedded_and_locked_down() {
 
 /// Signs in on the login form with `token`.
 async fn sign_in(browser: &Browser, token: &str) {
-    let input = browser.find("#login-token").await.unwrap().unwrap();
-    browser.clear(&input).await.unwrap();
-    browser.type_text(&input, token).await.unwrap();
-    let submit = browser.find("#login-submit").await.unwrap().unwrap();
-    browser.click(&submit).await.unwrap();
+    browser.sign_in(token).await.unwrap();
 }
 
 /// Asserts that the console has no error since the last call (logging what it has).

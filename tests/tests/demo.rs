@@ -104,9 +104,30 @@ async fn the_demo_comes_up_serves_traffic_and_ctrl_c_leaves_nothing_behind() {
         "{log}"
     );
 
-    // The dashboard answers.
+    // The dashboard answers, and in Chromium the demo's three sidecars appear, SYNCED.
     let page = reqwest::get(&dashboard).await.unwrap();
     assert_eq!(page.status(), 200, "{dashboard}");
+    let browser = mesh_tests::browser::Browser::start(1280, 800)
+        .await
+        .unwrap();
+    browser.goto(&dashboard).await.unwrap();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    browser.sign_in(token.trim()).await.unwrap();
+    let fleet = browser
+        .wait_text("the demo's sidecars, synced", "#sidecar-rows", |t| {
+            ["frontend", "backend-v1", "backend-v2"]
+                .iter()
+                .all(|n| t.contains(n))
+                && t.matches("SYNCED").count() >= 3
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", demo.log()));
+    assert!(!fleet.contains("NACKED"), "{fleet}");
+    browser
+        .screenshot(&mesh_tests::browser::output_dir().join("demo-dashboard.png"))
+        .await
+        .unwrap();
+    browser.close().await;
 
     // `meshctl status` with the printed server and token file: the three sidecars.
     let mut status = Command::new(binary("meshctl"));
