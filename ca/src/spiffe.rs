@@ -77,6 +77,17 @@ pub struct SpiffeId {
     service_account: String,
 }
 
+/// The (namespace, service account) of a Kubernetes ServiceAccount user name,
+/// `system:serviceaccount:<namespace>:<name>`, as TokenReviews and token `sub` claims give it;
+/// `None` for any other user name.
+pub fn service_account_of(username: &str) -> Option<(&str, &str)> {
+    let mut parts = username.strip_prefix("system:serviceaccount:")?.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => Some((ns, sa)),
+        _ => None,
+    }
+}
+
 // === impl SpiffeId ===
 
 impl SpiffeId {
@@ -181,6 +192,24 @@ impl FromStr for SpiffeId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn service_account_user_names_and_nothing_else() {
+        assert_eq!(
+            service_account_of("system:serviceaccount:shop:reviews"),
+            Some(("shop", "reviews"))
+        );
+        for other in [
+            "system:node:worker-1",
+            "system:serviceaccount:shop",
+            "system:serviceaccount::reviews",
+            "system:serviceaccount:shop:reviews:extra",
+            "alice",
+        ] {
+            assert_eq!(service_account_of(other), None, "{other}");
+        }
+    }
+
     use super::*;
 
     #[test]

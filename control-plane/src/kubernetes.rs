@@ -95,15 +95,9 @@ impl TokenReviewer {
             )));
         }
         let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        let mut parts = username
-            .strip_prefix("system:serviceaccount:")
-            .unwrap_or("")
-            .split(':');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(ns), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
-                Ok((ns.to_string(), sa.to_string()))
-            }
-            _ => Err(ReviewError::Refused(format!(
+        match mesh_ca::spiffe::service_account_of(&username) {
+            Some((ns, sa)) => Ok((ns.to_string(), sa.to_string())),
+            None => Err(ReviewError::Refused(format!(
                 "{username:?} is not a ServiceAccount"
             ))),
         }

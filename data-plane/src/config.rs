@@ -197,15 +197,9 @@ pub fn k8s_token_identity(
         (Some(ns), Some(sa)) => (ns.to_string(), sa.to_string()),
         _ => {
             let sub = claims["sub"].as_str().unwrap_or_default();
-            let mut parts = sub
-                .strip_prefix("system:serviceaccount:")
-                .unwrap_or("")
-                .split(':');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(ns), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
-                    (ns.to_string(), sa.to_string())
-                }
-                _ => bail!(
+            match mesh_ca::spiffe::service_account_of(sub) {
+                Some((ns, sa)) => (ns.to_string(), sa.to_string()),
+                None => bail!(
                     "{}: not a ServiceAccount token (no kubernetes.io claim, sub {sub:?})",
                     what()
                 ),

