@@ -53,10 +53,11 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
             "/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}"
         ))
         .await?;
-    let mut spec = match existing["document"]["spec"].as_object() {
+    let old = match existing["document"]["spec"].as_object() {
         Some(spec) if code == 200 => spec.clone(),
         _ => serde_json::Map::new(),
     };
+    let mut spec = old.clone();
 
     if let Some(v) = &args.min_version {
         spec.insert("minVersion".into(), json!(v));
@@ -97,19 +98,146 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
             "say what to set: --min-version, --max-version, --ciphers or --groups; e.g. meshctl tls set --min-version 1.3",
         ));
     }
-    let doc = json!({
-        "apiVersion": "mesh.meshd.dev/v1alpha1",
-        "kind": "TlsPolicy",
-        "metadata": { "name": name, "namespace": ROOT_NAMESPACE },
-        "spec": spec,
-    });
-    let response = api.post("/api/v1/documents", &json!([doc])).await?;
+    // A change that shares no version, suite or group with what the fleet runs cannot be
+    // pushed in one step: while some sidecars have it and others not, their handshakes fail.
+    // So: first a policy that accepts both, wait until every sidecar holds it, then the change.
+    if let Some(interim) = bridge(&old, &spec) {
+        eprintln!(
+            "step 1/2: the new setting shares nothing with the current one; first accepting both"
+        );
+        let before = policy_versions(&api).await?;
+        api.post("/api/v1/documents", &json!([document(&name, &interim)]))
+            .await?;
+        let n = wait_policy_acked(&api, &before).await?;
+        eprintln!("step 2/2: all {n} sidecars accept both; now the new setting alone");
+    }
+    let response = api
+        .post("/api/v1/documents", &json!([document(&name, &spec)]))
+        .await?;
     output::emit(format, &response, |r| {
         for r in r["results"].as_array().into_iter().flatten() {
             println!("tlspolicy/{} {}", text(&r["name"]), text(&r["outcome"]));
         }
         eprintln!("follow the rollout with `meshctl tls status`");
     })
+}
+
+type Spec = serde_json::Map<String, Value>;
+
+fn document(name: &str, spec: &Spec) -> Value {
+    json!({
+        "apiVersion": "mesh.meshd.dev/v1alpha1",
+        "kind": "TlsPolicy",
+        "metadata": { "name": name, "namespace": ROOT_NAMESPACE },
+        "spec": spec,
+    })
+}
+
+/// When `old` and `new` share no TLS version, no cipher suite or no key-exchange group, the
+/// interim spec that accepts both (the new ones preferred); `None` when one step is safe. An
+/// empty list means the provider's defaults, which overlap any explicit choice.
+fn bridge(old: &Spec, new: &Spec) -> Option<Spec> {
+    let list = |m: &Spec, key: &str| -> Vec<String> {
+        m.get(key)
+            .and_then(Value::as_array)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut interim = new.clone();
+    let mut needed = false;
+    for key in ["cipherSuites", "keyExchangeGroups"] {
+        let (o, n) = (list(old, key), list(new, key));
+        if !o.is_empty() && !n.is_empty() && !o.iter().any(|x| n.contains(x)) {
+            let mut union = n.clone();
+            union.extend(o.into_iter().filter(|x| !n.contains(x)));
+            interim.insert(key.into(), json!(union));
+            needed = true;
+        }
+    }
+    let version = |m: &Spec, key: &str, default: &str| -> String {
+        match m.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => default.to_string(),
+        }
+    };
+    let (old_min, old_max) = (
+        version(old, "minVersion", "1.2"),
+        version(old, "maxVersion", "1.3"),
+    );
+    let (new_min, new_max) = (
+        version(new, "minVersion", "1.2"),
+        version(new, "maxVersion", "1.3"),
+    );
+    if old_max < new_min || new_max < old_min {
+        interim.insert("minVersion".into(), json!(old_min.min(new_min)));
+        interim.insert("maxVersion".into(), json!(old_max.max(new_max)));
+        needed = true;
+    }
+    needed.then_some(interim)
+}
+
+/// Each connected sidecar's acknowledged TlsPolicy version.
+async fn policy_versions(
+    api: &Client,
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    let all = api.get("/api/v1/sidecars").await?;
+    Ok(all["sidecars"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let acked = s["types"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["type_url"] == mesh_proto::TLS_POLICY_TYPE_URL)
+                .map(|t| text(&t["acked_version"]))
+                .unwrap_or_default();
+            (text(&s["id"]), acked)
+        })
+        .collect())
+}
+
+/// Waits until every sidecar ACKed a TlsPolicy version other than the one it held `before`
+/// (new sidecars count once they ACKed any); returns how many there are.
+async fn wait_policy_acked(
+    api: &Client,
+    before: &std::collections::BTreeMap<String, String>,
+) -> Result<usize, Failure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let now = policy_versions(api).await?;
+        let waiting: Vec<&String> = now
+            .iter()
+            .filter(|(id, v)| v.is_empty() || before.get(*id) == Some(*v))
+            .map(|(id, _)| id)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(now.len());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::new(
+                crate::EXIT_FAILURE,
+                format!(
+                    "{} sidecar(s) did not take the interim policy within 5 minutes (e.g. {}); \
+                     the change was not applied: see `meshctl status`",
+                    waiting.len(),
+                    waiting
+                        .iter()
+                        .take(3)
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 /// `meshctl tls status`: policies, then the negotiated inventory.
@@ -179,4 +307,56 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
         }
         table.print();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: Value) -> Spec {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_disjoint_change_is_bridged_and_an_overlapping_one_is_not() {
+        // Groups with nothing in common: accept both first, the new one preferred.
+        let interim = bridge(
+            &spec(json!({"keyExchangeGroups": ["X25519MLKEM768"]})),
+            &spec(json!({"keyExchangeGroups": ["X25519"]})),
+        )
+        .expect("disjoint groups need a bridge");
+        assert_eq!(
+            interim["keyExchangeGroups"],
+            json!(["X25519", "X25519MLKEM768"])
+        );
+        // TLS 1.2 only → TLS 1.3 only: both versions meanwhile.
+        let interim = bridge(
+            &spec(json!({"maxVersion": "1.2"})),
+            &spec(json!({"minVersion": "1.3", "maxVersion": "1.3"})),
+        )
+        .expect("disjoint versions need a bridge");
+        assert_eq!(interim["minVersion"], "1.2");
+        assert_eq!(interim["maxVersion"], "1.3");
+        // Overlaps, and the provider's defaults (an empty list), go in one step.
+        for (old, new) in [
+            (
+                json!({"keyExchangeGroups": ["X25519", "secp256r1"]}),
+                json!({"keyExchangeGroups": ["X25519"]}),
+            ),
+            (
+                json!({}),
+                json!({"cipherSuites": ["TLS13_CHACHA20_POLY1305_SHA256"], "minVersion": "1.3"}),
+            ),
+            (
+                json!({"cipherSuites": ["TLS13_AES_128_GCM_SHA256"]}),
+                json!({}),
+            ),
+        ] {
+            assert_eq!(
+                bridge(&spec(old.clone()), &spec(new.clone())),
+                None,
+                "{old} → {new}"
+            );
+        }
+    }
 }

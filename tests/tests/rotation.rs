@@ -372,8 +372,15 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         v == "TLSv1_3" && s == SUITE && g == "X25519MLKEM768"
     })
     .await;
+    // Back: nothing in common with X25519MLKEM768 alone, so meshctl bridges it (both groups
+    // until every sidecar has them, then X25519 alone); a one-step change would fail
+    // handshakes between sidecars on either side of it.
     let (code, stdout, stderr) = meshctl(&ring, &["tls", "set", "--groups", "X25519"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("step 1/2") && stderr.contains("step 2/2: all 4 sidecars accept both"),
+        "{stderr}"
+    );
     wait_inventory(&ring, "every connection back on X25519", |_, _, g| {
         g == "X25519"
     })
