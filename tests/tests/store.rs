@@ -88,6 +88,8 @@ store_suite!(
     ca_state_round_trip_and_overwrite,
     ca_key_blobs_are_stored_byte_for_byte,
     certificates_filter_by_validity_and_group_by_issuer,
+    a_renewal_supersedes_the_certificate_it_presented,
+    registrations_remember_who_was_connected,
     audit_is_newest_first_with_limit_and_since,
     ping_answers,
 );
@@ -841,6 +843,106 @@ async fn certificates_filter_by_validity_and_group_by_issuer(db: TestDb) {
 
     assert_eq!(store.prune_certificates(NOW).await.unwrap(), 1);
     assert_eq!(store.list_certificates(None, None).await.unwrap().len(), 6);
+}
+
+/// What the CA rotation reads: which sidecars hold a certificate of an issuer, and which
+/// certificates of an issuer are still in use (neither expired nor superseded by a renewal).
+async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
+    const WEB: &str = "spiffe://mesh.local/ns/prod/sa/web";
+    let store = db.open().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut first = cert("0A", WEB, "old", now - 10, now + 3600);
+    first.sidecar = Some("web-1".into());
+    store.record_certificate(&first).await.unwrap();
+    assert_eq!(
+        store.certificates_in_use("old", now, 5).await.unwrap(),
+        (1, vec![WEB.to_string()])
+    );
+    // Renewed from the new CA, presenting the first certificate: that one is no longer used.
+    let mut second = cert("0B", WEB, "new", now, now + 3600);
+    second.sidecar = Some("web-1".into());
+    store.record_certificate(&second).await.unwrap();
+    assert!(store.supersede_certificate("0a", WEB, now).await.unwrap());
+    assert!(
+        !store.supersede_certificate("0a", WEB, now).await.unwrap(),
+        "once"
+    );
+    assert!(
+        !store
+            .supersede_certificate("0b", "spiffe://mesh.local/ns/prod/sa/other", now)
+            .await
+            .unwrap(),
+        "only the identity's own"
+    );
+    assert_eq!(
+        store.certificates_in_use("old", now, 5).await.unwrap(),
+        (0, vec![])
+    );
+    assert_eq!(store.certificates_in_use("new", now, 5).await.unwrap().0, 1);
+    assert_eq!(
+        store
+            .sidecars_with_certificate_from("new", now)
+            .await
+            .unwrap(),
+        [("web-1".to_string(), WEB.to_string())]
+    );
+    assert!(
+        store
+            .sidecars_with_certificate_from("other", now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn registrations_remember_who_was_connected(db: TestDb) {
+    use meshd::store::{Registration, RegistrationEvent};
+    let store = db.open().await;
+    let reg = |id: &str, at: i64| Registration {
+        id: id.into(),
+        namespace: "shop".into(),
+        service: "cart".into(),
+        labels: r#"{"version":"v1"}"#.into(),
+        inbound_address: "10.0.0.1:15006".into(),
+        identity: "spiffe://mesh.local/ns/shop/sa/cart".into(),
+        connected_at: at,
+        disconnected_at: None,
+    };
+    store
+        .record_registrations(&[
+            RegistrationEvent::Connected(reg("cart-1", NOW)),
+            RegistrationEvent::Connected(reg("cart-2", NOW)),
+            RegistrationEvent::Connected(reg("cart-3", NOW - 900)),
+            RegistrationEvent::Disconnected {
+                id: "cart-2".into(),
+                at: NOW + 5,
+            },
+            RegistrationEvent::Disconnected {
+                id: "cart-3".into(),
+                at: NOW - 600,
+            },
+        ])
+        .await
+        .unwrap();
+    let ids = |list: Vec<Registration>| list.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    // Connected now, or gone within the window; not the one gone long ago.
+    assert_eq!(
+        ids(store.recent_registrations(NOW).await.unwrap()),
+        ["cart-1", "cart-2"]
+    );
+    // A reconnect clears the disconnection.
+    store
+        .record_registrations(&[RegistrationEvent::Connected(reg("cart-3", NOW + 10))])
+        .await
+        .unwrap();
+    let recent = store.recent_registrations(NOW + 60).await.unwrap();
+    assert_eq!(ids(recent.clone()), ["cart-1", "cart-3"]);
+    assert_eq!(recent[1], reg("cart-3", NOW + 10));
+    assert_eq!(
+        store.prune_registrations(NOW + 6).await.unwrap(),
+        1,
+        "cart-2"
+    );
 }
 
 async fn audit_is_newest_first_with_limit_and_since(db: TestDb) {
