@@ -50,7 +50,7 @@ mod registrations;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord};
 pub use ca::CaStateRecord;
-pub use certificates::IssuedCert;
+pub use certificates::{IssueRecord, IssuedCert};
 pub use documents::{ApplyOutcome, Document, Labels, Revision, RevisionOp};
 pub use join_tokens::{ConsumeOutcome, JoinToken, JoinTokenRecord};
 pub use registrations::{Registration, RegistrationEvent};

@@ -893,6 +893,40 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
             .unwrap()
             .is_empty()
     );
+
+    // Group commit: several signatures' records in one transaction, all or nothing.
+    let issue = |serial: &str, renewed_with: Option<&str>| meshd::store::IssueRecord {
+        cert: cert(serial, WEB, "new", now, now + 3600),
+        renewed_with: renewed_with.map(str::to_string),
+        audit: AuditEntry {
+            actor: "mtls".into(),
+            action: "certificate.sign".into(),
+            target: WEB.into(),
+            outcome: AuditOutcome::Ok,
+            detail: format!("serial {serial}"),
+        },
+    };
+    store
+        .record_issues(&[issue("0C", Some("0b")), issue("0D", None)])
+        .await
+        .unwrap();
+    assert_eq!(store.certificates_in_use("new", now, 5).await.unwrap().0, 2);
+    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 2);
+    let err = store
+        .record_issues(&[issue("0E", None), issue("0C", None)])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        store
+            .list_certificates(None, Some(WEB))
+            .await
+            .unwrap()
+            .len(),
+        4,
+        "0E was not kept either"
+    );
+    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 2);
 }
 
 async fn registrations_remember_who_was_connected(db: TestDb) {

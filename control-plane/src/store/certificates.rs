@@ -19,6 +19,60 @@ pub struct IssuedCert {
     pub sidecar: Option<String>,
 }
 
+/// One signature's records, for [`Store::record_issues`].
+#[derive(Debug, Clone)]
+pub struct IssueRecord {
+    pub cert: IssuedCert,
+    /// The serial of the certificate its holder presented to renew (now superseded).
+    pub renewed_with: Option<String>,
+    pub audit: super::AuditEntry,
+}
+
+/// Writes a batch in one transaction: the same text for both backends, begun by `$begin`.
+macro_rules! write_batch {
+    ($begin:expr, $batch:expr, $at:expr) => {
+        async {
+            let mut tx = $begin.await?;
+            for r in $batch {
+                sqlx::query(INSERT_CERTIFICATE)
+                    .bind(r.cert.issuer_fingerprint.to_ascii_lowercase())
+                    .bind(r.cert.serial_hex.to_ascii_lowercase())
+                    .bind(r.cert.identity.as_str())
+                    .bind(r.cert.not_before)
+                    .bind(r.cert.not_after)
+                    .bind(r.cert.sidecar.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(old) = &r.renewed_with {
+                    sqlx::query(SUPERSEDE)
+                        .bind($at)
+                        .bind(old.to_ascii_lowercase())
+                        .bind(r.cert.identity.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(super::audit::INSERT_AUDIT)
+                    .bind($at)
+                    .bind(r.audit.actor.as_str())
+                    .bind(r.audit.action.as_str())
+                    .bind(r.audit.target.as_str())
+                    .bind(r.audit.outcome.as_str())
+                    .bind(r.audit.detail.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await
+    };
+}
+
+const INSERT_CERTIFICATE: &str = "INSERT INTO issued_certificates \
+     (issuer_fingerprint, serial_hex, identity, not_before, not_after, sidecar) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+const SUPERSEDE: &str = "UPDATE issued_certificates SET superseded_at = $1 \
+     WHERE serial_hex = $2 AND identity = $3 AND superseded_at IS NULL";
+
 // === impl Store ===
 
 impl Store {
@@ -28,11 +82,7 @@ impl Store {
         let serial = cert.serial_hex.to_ascii_lowercase();
         let issuer = cert.issuer_fingerprint.to_ascii_lowercase();
         with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO issued_certificates \
-                 (issuer_fingerprint, serial_hex, identity, not_before, not_after, sidecar) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
+            sqlx::query(INSERT_CERTIFICATE)
             .bind(issuer.as_str())
             .bind(serial.as_str())
             .bind(cert.identity.as_str())
@@ -96,6 +146,26 @@ impl Store {
             .collect())
     }
 
+    /// Records a batch of signatures in one transaction (one commit for all: group commit).
+    /// On SQLite the transaction takes the write lock at once (`BEGIN IMMEDIATE`), so it never
+    /// holds a read lock it must upgrade while other writers wait. All or nothing.
+    pub async fn record_issues(&self, batch: &[IssueRecord]) -> Result<()> {
+        let at = super::now_unix();
+        let result = match &self.pool {
+            super::DbPool::Sqlite(pool) => {
+                write_batch!(pool.begin_with("BEGIN IMMEDIATE"), batch, at)
+            }
+            super::DbPool::Postgres(pool) => write_batch!(pool.begin(), batch, at),
+        };
+        result.map_err(|e| {
+            StoreError::conflict_or_database(
+                format!("one of {} certificates", batch.len()),
+                "recording issued certificates",
+                e,
+            )
+        })
+    }
+
     /// Marks the certificate `serial_hex` of `identity` superseded at `at`: its holder just
     /// renewed by presenting it, so it no longer uses it. Returns whether a row changed.
     pub async fn supersede_certificate(
@@ -106,10 +176,7 @@ impl Store {
     ) -> Result<bool> {
         let serial = serial_hex.to_ascii_lowercase();
         with_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE issued_certificates SET superseded_at = $1 \
-                 WHERE serial_hex = $2 AND identity = $3 AND superseded_at IS NULL",
-            )
+            sqlx::query(SUPERSEDE)
             .bind(at)
             .bind(serial.as_str())
             .bind(identity)
