@@ -34,6 +34,8 @@ use tokio::sync::Notify;
 
 /// How often the driver looks at the fleet.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often `meshd_certificates_live` is recounted.
+const METRICS_INTERVAL: Duration = Duration::from_secs(15);
 /// How many stragglers a status names.
 const STRAGGLERS: usize = 5;
 /// The longest stagger window accepted.
@@ -236,10 +238,16 @@ impl Rotations {
     }
 
     async fn run(self) {
+        let mut last_count: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.inner.wake.notified() => {}
+            }
+            // Counting live certificates by issuer reads the table: not every tick.
+            if last_count.is_none_or(|t| t.elapsed() >= METRICS_INTERVAL) {
+                self.update_certificate_metrics().await;
+                last_count = Some(std::time::Instant::now());
             }
             if let Err(e) = self.step().await {
                 tracing::warn!(error = %format!("{e:#}"), "CA rotation step");
@@ -249,7 +257,6 @@ impl Rotations {
 
     /// One look at the fleet: in automatic mode, moves on when the phase's gate is met.
     async fn step(&self) -> anyhow::Result<()> {
-        self.update_certificate_metrics().await;
         let mut guard = self.inner.data.lock().await;
         let Some(data) = guard.as_ref() else {
             return Ok(());

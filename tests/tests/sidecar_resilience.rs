@@ -314,29 +314,8 @@ async fn a_forced_reissue_during_a_request_loop_fails_nothing_and_keeps_connecti
     let connections_before = metric(&m, series);
 
     // The request loop, counting every failure, until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let outbound = a.outbound_addr;
-    let looping = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = client
-                    .get(format!("http://{outbound}/loop"))
-                    .header("host", "b")
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(r.status().to_string()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (ok, failed)
-        })
-    };
+    let traffic = mesh_tests::ring::Traffic::start(vec![(a.outbound_addr, "b".into())]);
+    traffic.wait_more(10).await;
 
     let mut cmd = meshd.meshctl();
     cmd.args(["certs", "reissue", "--all", "--window", "2s", "--wait"]);
@@ -368,8 +347,7 @@ async fn a_forced_reissue_during_a_request_loop_fails_nothing_and_keeps_connecti
         b.log()
     );
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = looping.await.unwrap();
+    let (ok, failed) = traffic.stop().await;
     assert!(ok > 50, "the loop ran ({ok} requests)");
     assert!(
         failed.is_empty(),

@@ -851,9 +851,20 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
     const WEB: &str = "spiffe://mesh.local/ns/prod/sa/web";
     let store = db.open().await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let issue = |c: IssuedCert, renewed_with: Option<&str>| meshd::store::IssueRecord {
+        audit: AuditEntry {
+            actor: "mtls".into(),
+            action: "certificate.sign".into(),
+            target: WEB.into(),
+            outcome: AuditOutcome::Ok,
+            detail: format!("serial {}", c.serial_hex),
+        },
+        cert: c,
+        renewed_with: renewed_with.map(str::to_string),
+    };
     let mut first = cert("0A", WEB, "old", now - 10, now + 3600);
     first.sidecar = Some("web-1".into());
-    store.record_certificate(&first).await.unwrap();
+    store.record_issues(&[issue(first, None)]).await.unwrap();
     assert_eq!(
         store.certificates_in_use("old", now, 5).await.unwrap(),
         (1, vec![WEB.to_string()])
@@ -861,24 +872,31 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
     // Renewed from the new CA, presenting the first certificate: that one is no longer used.
     let mut second = cert("0B", WEB, "new", now, now + 3600);
     second.sidecar = Some("web-1".into());
-    store.record_certificate(&second).await.unwrap();
-    assert!(store.supersede_certificate("0a", WEB, now).await.unwrap());
-    assert!(
-        !store.supersede_certificate("0a", WEB, now).await.unwrap(),
-        "once"
+    store
+        .record_issues(&[issue(second, Some("0a"))])
+        .await
+        .unwrap();
+    // Another identity presenting the same serial supersedes nothing of WEB's.
+    let other = cert(
+        "0F",
+        "spiffe://mesh.local/ns/prod/sa/other",
+        "new",
+        now,
+        now + 3600,
     );
-    assert!(
-        !store
-            .supersede_certificate("0b", "spiffe://mesh.local/ns/prod/sa/other", now)
-            .await
-            .unwrap(),
-        "only the identity's own"
-    );
+    store
+        .record_issues(&[issue(other, Some("0b"))])
+        .await
+        .unwrap();
     assert_eq!(
         store.certificates_in_use("old", now, 5).await.unwrap(),
         (0, vec![])
     );
-    assert_eq!(store.certificates_in_use("new", now, 5).await.unwrap().0, 1);
+    assert_eq!(
+        store.certificates_in_use("new", now, 5).await.unwrap().0,
+        2,
+        "0B stays in use: only the identity's own certificate is superseded"
+    );
     assert_eq!(
         store
             .sidecars_with_certificate_from("new", now)
@@ -895,23 +913,15 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
     );
 
     // Group commit: several signatures' records in one transaction, all or nothing.
-    let issue = |serial: &str, renewed_with: Option<&str>| meshd::store::IssueRecord {
-        cert: cert(serial, WEB, "new", now, now + 3600),
-        renewed_with: renewed_with.map(str::to_string),
-        audit: AuditEntry {
-            actor: "mtls".into(),
-            action: "certificate.sign".into(),
-            target: WEB.into(),
-            outcome: AuditOutcome::Ok,
-            detail: format!("serial {serial}"),
-        },
+    let issue = |serial: &str, renewed_with: Option<&str>| {
+        issue(cert(serial, WEB, "new", now, now + 3600), renewed_with)
     };
     store
         .record_issues(&[issue("0C", Some("0b")), issue("0D", None)])
         .await
         .unwrap();
-    assert_eq!(store.certificates_in_use("new", now, 5).await.unwrap().0, 2);
-    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 2);
+    assert_eq!(store.certificates_in_use("new", now, 5).await.unwrap().0, 3);
+    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 5);
     let err = store
         .record_issues(&[issue("0E", None), issue("0C", None)])
         .await
@@ -926,7 +936,7 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
         4,
         "0E was not kept either"
     );
-    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 2);
+    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 5);
 }
 
 async fn registrations_remember_who_was_connected(db: TestDb) {

@@ -166,27 +166,6 @@ impl Store {
         })
     }
 
-    /// Marks the certificate `serial_hex` of `identity` superseded at `at`: its holder just
-    /// renewed by presenting it, so it no longer uses it. Returns whether a row changed.
-    pub async fn supersede_certificate(
-        &self,
-        serial_hex: &str,
-        identity: &str,
-        at: i64,
-    ) -> Result<bool> {
-        let serial = serial_hex.to_ascii_lowercase();
-        with_pool!(self, pool => {
-            sqlx::query(SUPERSEDE)
-            .bind(at)
-            .bind(serial.as_str())
-            .bind(identity)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected() > 0)
-        })
-        .map_err(|e| StoreError::database("marking a certificate superseded", e))
-    }
-
     /// Certificates of `issuer` still in use as far as the CA knows: not expired at `now` and
     /// not superseded by a renewal. Returns the count and up to `sample` of their identities.
     pub async fn certificates_in_use(
