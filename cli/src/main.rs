@@ -238,9 +238,10 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum TlsCommand {
-    /// Apply a TlsPolicy in the root namespace (mesh-wide unless --selector stages it).
+    /// Apply a TlsPolicy in the root namespace (mesh-wide unless --stage or --selector stages
+    /// it). Set mesh-wide what a stage tried, and the stage is deleted.
     #[command(
-        after_help = "Examples:\n  meshctl tls set --min-version 1.3 --ciphers TLS13_AES_256_GCM_SHA384\n  meshctl tls set --groups X25519MLKEM768,X25519 --selector tier=canary\n  meshctl rollback tlspolicy/mesh-tls -n mesh-system --to-revision 3   # undo"
+        after_help = "Examples:\n  meshctl tls set --min-version 1.3 --stage 10%               # a tenth of the sidecars first\n  meshctl tls set --stage 50%                                   # then half\n  meshctl tls set --min-version 1.3                             # then all (the stage is deleted)\n  meshctl tls set --groups X25519MLKEM768,X25519 --selector tier=canary\n  meshctl delete tlspolicy/mesh-tls-stage -n mesh-system        # undo a stage\n  meshctl rollback tlspolicy/mesh-tls -n mesh-system --to-revision 3   # undo"
     )]
     Set(tls::SetArgs),
     /// The TLS policies in force and the negotiated version × cipher suite × group inventory.

@@ -26,38 +26,56 @@ pub struct SetArgs {
     #[arg(long, value_delimiter = ',', value_name = "GROUP,…")]
     groups: Vec<String>,
     /// Stage the policy: only workloads with these labels (KEY=VALUE, comma-separated) get it.
-    /// Without it, the policy is mesh-wide.
     #[arg(long, value_delimiter = ',', value_name = "KEY=VALUE,…")]
     selector: Vec<String>,
+    /// Stage the policy on a share of the sidecars (e.g. 10%), chosen by a stable hash of each
+    /// sidecar's id; raising it later only adds sidecars. With --selector: a share of those.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    stage: Option<u8>,
     /// How long connections made under the previous policy may finish (e.g. 30s).
     #[arg(long, value_name = "DURATION")]
     drain_grace: Option<String>,
-    /// The TlsPolicy's name (default: mesh-tls, or mesh-tls-stage with --selector).
+    /// The TlsPolicy's name (default: mesh-tls, or mesh-tls-stage when staged).
     #[arg(long)]
     name: Option<String>,
 }
 
-/// `meshctl tls set`: applies a TlsPolicy in the root namespace.
+/// The staged policy's name, and the mesh-wide one's.
+const STAGE: &str = "mesh-tls-stage";
+const MESH_WIDE: &str = "mesh-tls";
+
+/// `10%` or `10` → 10 (1–100).
+fn parse_percent(s: &str) -> Result<u8, String> {
+    match s.trim_end_matches('%').parse::<u8>() {
+        Ok(p @ 1..=100) => Ok(p),
+        _ => Err(format!(
+            "expected a share of the fleet from 1% to 100%, e.g. 10% (got {s:?})"
+        )),
+    }
+}
+
+/// `meshctl tls set`: applies a TlsPolicy in the root namespace. meshd pushes a change that
+/// shares nothing with what the sidecars run through a policy accepting both (see `meshctl tls
+/// status`), whatever applied it.
 pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Failure> {
-    let name = args.name.clone().unwrap_or_else(|| {
-        if args.selector.is_empty() {
-            "mesh-tls".into()
-        } else {
-            "mesh-tls-stage".into()
-        }
-    });
+    let staged = !args.selector.is_empty() || args.stage.is_some();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| if staged { STAGE } else { MESH_WIDE }.into());
     // What is set already stays (one policy per workload applies): the flags change only what
-    // they name.
-    let (code, existing) = api
-        .probe(&format!(
-            "/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}"
-        ))
-        .await?;
-    let old = match existing["document"]["spec"].as_object() {
-        Some(spec) if code == 200 => spec.clone(),
-        _ => serde_json::Map::new(),
+    // they name. A new stage starts from the mesh-wide settings, so that it tries exactly the
+    // change, and setting that change mesh-wide later makes the stage redundant.
+    let mut spec = match stored_spec(&api, &name).await? {
+        Some(spec) => spec,
+        None if staged => {
+            let mut base = stored_spec(&api, MESH_WIDE).await?.unwrap_or_default();
+            base.remove("selector");
+            base.remove("rolloutPercent");
+            base
+        }
+        None => Spec::new(),
     };
-    let mut spec = old.clone();
 
     if let Some(v) = &args.min_version {
         spec.insert("minVersion".into(), json!(v));
@@ -87,42 +105,76 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
         }
         spec.insert("selector".into(), json!({ "matchLabels": labels }));
     }
+    if let Some(p) = args.stage {
+        spec.insert("rolloutPercent".into(), json!(p));
+    }
     let nothing = args.min_version.is_none()
         && args.max_version.is_none()
         && args.ciphers.is_empty()
         && args.groups.is_empty()
-        && args.drain_grace.is_none();
+        && args.drain_grace.is_none()
+        && args.stage.is_none();
     if nothing {
         return Err(Failure::new(
             EXIT_USAGE,
-            "say what to set: --min-version, --max-version, --ciphers or --groups; e.g. meshctl tls set --min-version 1.3",
+            "say what to set: --min-version, --max-version, --ciphers, --groups or --stage; e.g. meshctl tls set --min-version 1.3",
         ));
-    }
-    // A change that shares no version, suite or group with what the fleet runs cannot be
-    // pushed in one step: while some sidecars have it and others not, their handshakes fail.
-    // So: first a policy that accepts both, wait until every sidecar holds it, then the change.
-    if let Some(interim) = bridge(&old, &spec) {
-        eprintln!(
-            "step 1/2: the new setting shares nothing with the current one; first accepting both"
-        );
-        let before = policy_versions(&api).await?;
-        api.post("/api/v1/documents", &json!([document(&name, &interim)]))
-            .await?;
-        let n = wait_policy_acked(&api, &before).await?;
-        eprintln!("step 2/2: all {n} sidecars accept both; now the new setting alone");
     }
     let response = api
         .post("/api/v1/documents", &json!([document(&name, &spec)]))
         .await?;
+    // The rest of the fleet now has what the stage tried: the stage has served its purpose.
+    let promoted = !staged
+        && args.name.is_none()
+        && stored_spec(&api, STAGE)
+            .await?
+            .is_some_and(|stage| settings(&stage) == settings(&spec));
+    if promoted {
+        api.delete(&format!(
+            "/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{STAGE}"
+        ))
+        .await?;
+    }
     output::emit(format, &response, |r| {
         for r in r["results"].as_array().into_iter().flatten() {
             println!("tlspolicy/{} {}", text(&r["name"]), text(&r["outcome"]));
+        }
+        if promoted {
+            println!("tlspolicy/{STAGE} deleted (now mesh-wide)");
         }
         eprintln!("follow the rollout with `meshctl tls status`");
     })
 }
 
 type Spec = serde_json::Map<String, Value>;
+
+/// The stored spec of a TlsPolicy in the root namespace, `None` when there is none.
+async fn stored_spec(api: &Client, name: &str) -> Result<Option<Spec>, Failure> {
+    let (code, existing) = api
+        .probe(&format!(
+            "/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}"
+        ))
+        .await?;
+    Ok(match existing["document"]["spec"].as_object() {
+        Some(spec) if code == 200 => Some(spec.clone()),
+        _ => None,
+    })
+}
+
+/// What a policy sets for the handshakes, without whom it is staged on or how it drains.
+fn settings(spec: &Spec) -> Spec {
+    const KEYS: [&str; 5] = [
+        "minVersion",
+        "maxVersion",
+        "cipherSuites",
+        "keyExchangeGroups",
+        "inboundMode",
+    ];
+    spec.iter()
+        .filter(|(k, _)| KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 
 fn document(name: &str, spec: &Spec) -> Value {
     json!({
@@ -133,119 +185,12 @@ fn document(name: &str, spec: &Spec) -> Value {
     })
 }
 
-/// When `old` and `new` share no TLS version, no cipher suite or no key-exchange group, the
-/// interim spec that accepts both (the new ones preferred); `None` when one step is safe. An
-/// empty list means the provider's defaults, which overlap any explicit choice.
-fn bridge(old: &Spec, new: &Spec) -> Option<Spec> {
-    let list = |m: &Spec, key: &str| -> Vec<String> {
-        m.get(key)
-            .and_then(Value::as_array)
-            .map(|v| {
-                v.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut interim = new.clone();
-    let mut needed = false;
-    for key in ["cipherSuites", "keyExchangeGroups"] {
-        let (o, n) = (list(old, key), list(new, key));
-        if !o.is_empty() && !n.is_empty() && !o.iter().any(|x| n.contains(x)) {
-            let mut union = n.clone();
-            union.extend(o.into_iter().filter(|x| !n.contains(x)));
-            interim.insert(key.into(), json!(union));
-            needed = true;
-        }
-    }
-    let version = |m: &Spec, key: &str, default: &str| -> String {
-        match m.get(key) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => default.to_string(),
-        }
-    };
-    let (old_min, old_max) = (
-        version(old, "minVersion", "1.2"),
-        version(old, "maxVersion", "1.3"),
-    );
-    let (new_min, new_max) = (
-        version(new, "minVersion", "1.2"),
-        version(new, "maxVersion", "1.3"),
-    );
-    if old_max < new_min || new_max < old_min {
-        interim.insert("minVersion".into(), json!(old_min.min(new_min)));
-        interim.insert("maxVersion".into(), json!(old_max.max(new_max)));
-        needed = true;
-    }
-    needed.then_some(interim)
-}
-
-/// Each connected sidecar's acknowledged TlsPolicy version.
-async fn policy_versions(
-    api: &Client,
-) -> Result<std::collections::BTreeMap<String, String>, Failure> {
-    let all = api.get("/api/v1/sidecars").await?;
-    Ok(all["sidecars"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            let acked = s["types"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|t| t["type_url"] == mesh_proto::TLS_POLICY_TYPE_URL)
-                .map(|t| text(&t["acked_version"]))
-                .unwrap_or_default();
-            (text(&s["id"]), acked)
-        })
-        .collect())
-}
-
-/// Waits until every sidecar ACKed a TlsPolicy version other than the one it held `before`
-/// (new sidecars count once they ACKed any); returns how many there are.
-async fn wait_policy_acked(
-    api: &Client,
-    before: &std::collections::BTreeMap<String, String>,
-) -> Result<usize, Failure> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    loop {
-        let now = policy_versions(api).await?;
-        let waiting: Vec<&String> = now
-            .iter()
-            .filter(|(id, v)| v.is_empty() || before.get(*id) == Some(*v))
-            .map(|(id, _)| id)
-            .collect();
-        if waiting.is_empty() {
-            return Ok(now.len());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(Failure::new(
-                crate::EXIT_FAILURE,
-                format!(
-                    "{} sidecar(s) did not take the interim policy within 5 minutes (e.g. {}); \
-                     the change was not applied: see `meshctl status`",
-                    waiting.len(),
-                    waiting
-                        .iter()
-                        .take(3)
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
-}
-
 /// `meshctl tls status`: policies, then the negotiated inventory.
 pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
     let inventory = api.get("/api/v1/tls").await?;
     output::emit(format, &inventory, |inv| {
         let mut policies = Table::new(&[
-            "POLICY", "SELECTOR", "MIN", "MAX", "CIPHERS", "GROUPS", "MODE",
+            "POLICY", "SELECTOR", "STAGE", "MIN", "MAX", "CIPHERS", "GROUPS", "MODE",
         ]);
         for p in inv["policies"].as_array().into_iter().flatten() {
             let list = |v: &Value| {
@@ -268,6 +213,10 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
                 } else {
                     p["selector"].to_string()
                 },
+                match p["rollout_percent"].as_u64() {
+                    Some(pct) => format!("{pct}%"),
+                    None => "-".into(),
+                },
                 text(&p["min_version"]),
                 text(&p["max_version"]),
                 list(&p["cipher_suites"]),
@@ -279,6 +228,13 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
             println!("no TlsPolicy: TLS 1.2 and 1.3 with the provider's defaults");
         } else {
             policies.print();
+        }
+        if let Some(b) = inv["bridge"].as_object() {
+            println!(
+                "a change that shares nothing with the running policy is bridged: both settings \
+                 accepted until every sidecar ACKed ({} still to ACK, for {}s)",
+                b["waiting_sidecars"], b["for_secs"]
+            );
         }
         println!();
         println!(
@@ -313,50 +269,13 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
-    fn spec(v: Value) -> Spec {
-        v.as_object().cloned().unwrap_or_default()
-    }
-
     #[test]
-    fn a_disjoint_change_is_bridged_and_an_overlapping_one_is_not() {
-        // Groups with nothing in common: accept both first, the new one preferred.
-        let interim = bridge(
-            &spec(json!({"keyExchangeGroups": ["X25519MLKEM768"]})),
-            &spec(json!({"keyExchangeGroups": ["X25519"]})),
-        )
-        .expect("disjoint groups need a bridge");
-        assert_eq!(
-            interim["keyExchangeGroups"],
-            json!(["X25519", "X25519MLKEM768"])
-        );
-        // TLS 1.2 only → TLS 1.3 only: both versions meanwhile.
-        let interim = bridge(
-            &spec(json!({"maxVersion": "1.2"})),
-            &spec(json!({"minVersion": "1.3", "maxVersion": "1.3"})),
-        )
-        .expect("disjoint versions need a bridge");
-        assert_eq!(interim["minVersion"], "1.2");
-        assert_eq!(interim["maxVersion"], "1.3");
-        // Overlaps, and the provider's defaults (an empty list), go in one step.
-        for (old, new) in [
-            (
-                json!({"keyExchangeGroups": ["X25519", "secp256r1"]}),
-                json!({"keyExchangeGroups": ["X25519"]}),
-            ),
-            (
-                json!({}),
-                json!({"cipherSuites": ["TLS13_CHACHA20_POLY1305_SHA256"], "minVersion": "1.3"}),
-            ),
-            (
-                json!({"cipherSuites": ["TLS13_AES_128_GCM_SHA256"]}),
-                json!({}),
-            ),
-        ] {
-            assert_eq!(
-                bridge(&spec(old.clone()), &spec(new.clone())),
-                None,
-                "{old} → {new}"
-            );
+    fn a_stage_is_a_share_from_1_to_100_percent() {
+        assert_eq!(parse_percent("10%"), Ok(10));
+        assert_eq!(parse_percent("100"), Ok(100));
+        for bad in ["0%", "101%", "ten", "-5%", ""] {
+            let e = parse_percent(bad).unwrap_err();
+            assert!(e.contains("e.g. 10%") && e.contains(bad), "{e}");
         }
     }
 }

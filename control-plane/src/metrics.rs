@@ -50,6 +50,8 @@ struct Inner {
     rotation_phase: Family<PhaseLabel, Gauge>,
     rotation_sidecars: Family<StateLabel, Gauge>,
     certificates_live: Family<IssuerLabel, Gauge>,
+    tls_bridges: Counter,
+    tls_bridging: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,18 @@ impl Metrics {
             "Unexpired workload certificates, by the fingerprint of the CA that signed them",
             certificates_live.clone(),
         );
+        let tls_bridges = Counter::default();
+        registry.register(
+            "tls_policy_bridges",
+            "TLS policy changes pushed through an interim policy accepting the old and new settings",
+            tls_bridges.clone(),
+        );
+        let tls_bridging = Gauge::default();
+        registry.register(
+            "tls_policy_bridging_sidecars",
+            "Sidecars an interim TLS policy still waits for (0 when no change is bridged)",
+            tls_bridging.clone(),
+        );
         rotation_phase
             .get_or_create(&PhaseLabel {
                 phase: "idle".into(),
@@ -135,6 +149,8 @@ impl Metrics {
                 rotation_phase,
                 rotation_sidecars,
                 certificates_live,
+                tls_bridges,
+                tls_bridging,
             }),
         }
     }
@@ -174,6 +190,16 @@ impl Metrics {
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// A TLS policy change started through an interim policy.
+    pub fn tls_bridge_started(&self) {
+        self.inner.tls_bridges.inc();
+    }
+
+    /// How many sidecars the interim TLS policy waits for.
+    pub fn tls_bridge_waiting(&self, sidecars: usize) {
+        self.inner.tls_bridging.set(sidecars as i64);
     }
 
     pub fn certificate_issued(&self) {

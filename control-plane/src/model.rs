@@ -35,6 +35,7 @@ pub use resources::{
     Operation, OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, Protocol,
     RateLimitPolicy, RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule,
     Selector, Service, ServicePort, Source, TlsMode, TlsPolicy, TlsVersion, UpstreamTls,
+    rollout_bucket,
 };
 
 /// The `apiVersion` of every mesh document.

@@ -8,6 +8,7 @@
 
 pub mod snapshot;
 pub mod stream;
+pub mod tls_bridge;
 pub mod view;
 
 use crate::metrics::Metrics;
@@ -15,9 +16,11 @@ use crate::model::Mesh;
 use crate::store::{Registration, RegistrationEvent};
 use crate::tls::PeerInfo;
 use mesh_ca::{SpiffeId, TrustBundle};
+use mesh_proto::ResourceType;
 use mesh_proto::v1::discovery_server::Discovery;
+use mesh_proto::v1::resource::Body;
 use mesh_proto::v1::{
-    ControlPlane, DiscoveryRequest, DiscoveryResponse, ReportResponse, SidecarReport,
+    self as pb, ControlPlane, DiscoveryRequest, DiscoveryResponse, ReportResponse, SidecarReport,
 };
 use snapshot::Snapshot;
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +39,8 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 const PUSH_CONCURRENCY: usize = 256;
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a bridged TLS policy change looks for its last ACKs.
+const BRIDGE_CHECK: Duration = Duration::from_millis(200);
 
 /// One connected sidecar, as `meshctl status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,6 +53,8 @@ pub struct SidecarStatus {
     pub inbound_address: String,
     pub proxy_version: String,
     pub labels: BTreeMap<String, String>,
+    /// Its place in percentage rollouts (0–99): a rollout of P % includes it when this is below P.
+    pub rollout_bucket: u8,
     pub remote: String,
     /// The meshd replica the stream is on.
     pub control_plane: String,
@@ -74,9 +81,79 @@ pub struct NegotiatedTls {
 struct Entry {
     status: SidecarStatus,
     scope: ScopeKey,
+    /// Tells the stream its scope changed (a percentage rollout now includes it, or not).
+    rescoped: watch::Sender<ScopeKey>,
     generation: u64,
     /// Notified to end this stream (a newer one from the same sidecar id replaced it).
     replaced: Arc<Notify>,
+}
+
+/// A TLS policy change in flight through an interim policy ([`tls_bridge`]).
+#[derive(Default)]
+struct Bridge {
+    /// The scopes whose change is bridged: the policy their sidecars ran before, and the change.
+    scopes: HashMap<ScopeKey, Bridged>,
+    since: Option<Instant>,
+    /// Every sidecar of those scopes ACKed the interim: the next push makes the changes.
+    release: bool,
+}
+
+struct Bridged {
+    from: pb::TlsPolicy,
+    to: pb::TlsPolicy,
+    interim: pb::TlsPolicy,
+}
+
+/// The TlsPolicy of a snapshot (a sidecar holds at most one).
+fn tls_of(snapshot: &Snapshot) -> Option<pb::TlsPolicy> {
+    match snapshot
+        .resources(ResourceType::TlsPolicy)
+        .next()?
+        .body
+        .as_ref()?
+    {
+        Body::TlsPolicy(p) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+impl Bridge {
+    /// Makes `next` (the new snapshot of `scope`, whose sidecars were sent `published`) safe to
+    /// push: when its TlsPolicy shares nothing with what the sidecars run, the interim policy
+    /// replaces it until the bridge is released. Returns whether a new bridge started.
+    fn apply(
+        &mut self,
+        scope: &ScopeKey,
+        published: Option<&Snapshot>,
+        next: &mut Snapshot,
+    ) -> bool {
+        let from = match self.scopes.get(scope) {
+            Some(b) => Some(b.from.clone()),
+            None => published.and_then(tls_of),
+        };
+        let to = tls_of(next);
+        let interim = match (&from, &to) {
+            (Some(from), Some(to)) => tls_bridge::interim(from, to),
+            // A scope new to this meshd during a bridge: the interim of the same change.
+            (None, Some(to)) => self
+                .scopes
+                .values()
+                .find(|b| &b.to == to)
+                .map(|b| b.interim.clone()),
+            _ => None,
+        };
+        let (Some(interim), Some(to)) = (interim, to) else {
+            self.scopes.remove(scope);
+            return false;
+        };
+        next.insert(Body::TlsPolicy(interim.clone()));
+        let from = from.unwrap_or_else(|| interim.clone());
+        self.scopes
+            .insert(scope.clone(), Bridged { from, to, interim });
+        let started = self.since.is_none();
+        self.since.get_or_insert_with(Instant::now);
+        started
+    }
 }
 
 /// The `issued_before` of a directive made at `now` (unix seconds) by a CA that backdates
@@ -103,6 +180,8 @@ struct Inner {
     /// Where streams that open and close are reported, to be recorded in the store.
     registry: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RegistrationEvent>>,
     scopes: Mutex<HashMap<ScopeKey, watch::Sender<Arc<Snapshot>>>>,
+    /// Locked after `scopes` when both are needed.
+    bridge: Mutex<Bridge>,
     /// Set while a change waits for its push; the time of the first such change.
     pending_since: Mutex<Option<Instant>>,
     dirty: Notify,
@@ -135,6 +214,7 @@ impl Xds {
                 remembered: RwLock::new(BTreeMap::new()),
                 registry: std::sync::OnceLock::new(),
                 scopes: Mutex::new(HashMap::new()),
+                bridge: Mutex::new(Bridge::default()),
                 pending_since: Mutex::new(None),
                 dirty: Notify::new(),
                 permits: Semaphore::new(PUSH_CONCURRENCY),
@@ -158,7 +238,8 @@ impl Xds {
         tokio::spawn(async move {
             while models.changed().await.is_ok() {
                 let mesh = models.borrow_and_update().clone();
-                *write(&xds.inner.mesh) = mesh;
+                *write(&xds.inner.mesh) = mesh.clone();
+                xds.rescope(&mesh);
                 xds.mark_changed();
             }
         });
@@ -305,6 +386,89 @@ impl Xds {
             .map(|tx| tx.borrow().clone())
     }
 
+    /// Moves each sidecar whose percentage rollouts changed with the model to its new scope.
+    fn rescope(&self, mesh: &Mesh) {
+        let mut sidecars = write(&self.inner.sidecars);
+        for (id, e) in sidecars.iter_mut() {
+            let s = &e.status;
+            let key = ScopeKey::of(mesh, id, &s.namespace, &s.service, &s.labels);
+            if key != e.scope {
+                e.scope = key.clone();
+                e.rescoped.send_replace(key);
+            }
+        }
+    }
+
+    /// Whether a TLS policy change waits for ACKs of its interim policy.
+    fn bridging(&self) -> bool {
+        let bridge = lock(&self.inner.bridge);
+        !bridge.scopes.is_empty() && !bridge.release
+    }
+
+    /// How many sidecars the interim TLS policy still waits for, and since when; `None` when
+    /// no change is bridged.
+    pub fn bridge_waiting(&self) -> Option<(Instant, usize)> {
+        let (since, wanted) = {
+            let scopes = lock(&self.inner.scopes);
+            let bridge = lock(&self.inner.bridge);
+            let since = bridge.since.filter(|_| !bridge.scopes.is_empty())?;
+            let wanted: HashMap<ScopeKey, String> = bridge
+                .scopes
+                .keys()
+                .filter_map(|k| {
+                    let version = scopes
+                        .get(k)?
+                        .borrow()
+                        .type_version(ResourceType::TlsPolicy);
+                    Some((k.clone(), version))
+                })
+                .collect();
+            (since, wanted)
+        };
+        let type_url = ResourceType::TlsPolicy.type_url();
+        let waiting = read(&self.inner.sidecars)
+            .values()
+            .filter(|e| {
+                wanted.get(&e.scope).is_some_and(|v| {
+                    !e.status
+                        .types
+                        .iter()
+                        .any(|t| t.type_url == type_url && &t.acked_version == v)
+                })
+            })
+            .count();
+        Some((since, waiting))
+    }
+
+    /// Releases the bridged TLS change once every sidecar of its scopes ACKed the interim policy
+    /// (or [`tls_bridge::MAX_WAIT`] passed).
+    fn check_bridge(&self) {
+        let Some((since, waiting)) = self.bridge_waiting() else {
+            return;
+        };
+        self.inner.metrics.tls_bridge_waiting(waiting);
+        let overdue = since.elapsed() >= tls_bridge::MAX_WAIT;
+        if waiting > 0 && !overdue {
+            return;
+        }
+        if waiting > 0 {
+            tracing::warn!(
+                waiting,
+                "TLS policy change: sidecars did not ACK the interim policy within {:?}; \
+                 pushing the change anyway (see `meshctl status` for NACKs)",
+                tls_bridge::MAX_WAIT
+            );
+        } else {
+            tracing::info!(
+                after = ?since.elapsed(),
+                "TLS policy change: every sidecar runs the interim policy; pushing the change"
+            );
+        }
+        lock(&self.inner.bridge).release = true;
+        self.inner.metrics.tls_bridge_waiting(0);
+        self.mark_changed();
+    }
+
     fn mark_changed(&self) {
         let mut since = lock(&self.inner.pending_since);
         if since.is_none() {
@@ -320,7 +484,13 @@ impl Xds {
     async fn push_loop(self) {
         let mut last_push: Option<Instant> = None;
         loop {
-            self.inner.dirty.notified().await;
+            tokio::select! {
+                _ = self.inner.dirty.notified() => {}
+                _ = tokio::time::sleep(BRIDGE_CHECK), if self.bridging() => {
+                    self.check_bridge();
+                    continue;
+                }
+            }
             let first = Instant::now();
             let isolated = last_push.is_none_or(|t| t.elapsed() >= DEBOUNCE_QUIET);
             if !isolated {
@@ -357,11 +527,30 @@ impl Xds {
         };
         let mut scopes = lock(&self.inner.scopes);
         scopes.retain(|_, tx| tx.receiver_count() > 0);
+        let mut bridge = lock(&self.inner.bridge);
+        if std::mem::take(&mut bridge.release) {
+            bridge.scopes.clear();
+            bridge.since = None;
+        }
+        bridge.scopes.retain(|k, _| scopes.contains_key(k));
+        let mut started = false;
         for (scope, tx) in scopes.iter() {
-            let next = view::build(&inputs, scope, changed_at);
+            let mut next = view::build(&inputs, scope, changed_at);
+            started |= bridge.apply(scope, Some(&tx.borrow()), &mut next);
             if !tx.borrow().same_content(&next) {
                 tx.send_replace(Arc::new(next));
             }
+        }
+        if bridge.scopes.is_empty() {
+            bridge.since = None;
+        }
+        if started {
+            tracing::info!(
+                scopes = bridge.scopes.len(),
+                "TLS policy change shares no version, suite or group with what the sidecars run: \
+                 pushing a policy that accepts both until every sidecar ACKed it"
+            );
+            self.inner.metrics.tls_bridge_started();
         }
     }
 
@@ -404,12 +593,18 @@ impl Xds {
             bundle: &bundle,
             endpoints: &endpoints,
         };
-        let (tx, rx) = watch::channel(Arc::new(view::build(&inputs, key, Instant::now())));
+        let mut snapshot = view::build(&inputs, key, Instant::now());
+        lock(&self.inner.bridge).apply(key, None, &mut snapshot);
+        let (tx, rx) = watch::channel(Arc::new(snapshot));
         scopes.insert(key.clone(), tx);
         rx
     }
 
-    fn register(&self, status: SidecarStatus, scope: ScopeKey) -> (u64, Arc<Notify>) {
+    fn register(
+        &self,
+        status: SidecarStatus,
+        scope: ScopeKey,
+    ) -> (u64, Arc<Notify>, watch::Receiver<ScopeKey>) {
         let generation = self
             .inner
             .next_generation
@@ -427,11 +622,13 @@ impl Xds {
             connected_at: status.connected_at,
             disconnected_at: None,
         }));
+        let (rescoped, rescoped_rx) = watch::channel(scope.clone());
         let old = write(&self.inner.sidecars).insert(
             id.clone(),
             Entry {
                 status,
                 scope,
+                rescoped,
                 generation,
                 replaced: replaced.clone(),
             },
@@ -441,7 +638,7 @@ impl Xds {
             None => self.inner.metrics.sidecar_connected(),
         }
         self.mark_changed();
-        (generation, replaced)
+        (generation, replaced, rescoped_rx)
     }
 
     fn deregister(&self, id: &str, generation: u64) {
@@ -512,11 +709,13 @@ impl Xds {
                 .entry("app".into())
                 .or_insert_with(|| node.service.clone());
         }
-        let scope = ScopeKey {
-            namespace: identity.namespace().to_string(),
-            service: node.service.clone(),
-            labels: labels.clone(),
-        };
+        let scope = ScopeKey::of(
+            &read(&self.inner.mesh),
+            &id,
+            identity.namespace(),
+            &node.service,
+            &labels,
+        );
         let status = SidecarStatus {
             id: id.clone(),
             identity: identity.to_string(),
@@ -526,6 +725,7 @@ impl Xds {
             inbound_address: node.inbound_address.clone(),
             proxy_version: node.proxy_version.clone(),
             labels,
+            rollout_bucket: crate::model::rollout_bucket(&id),
             remote: peer.remote.to_string(),
             control_plane: self.inner.control_plane.replica.clone(),
             cert_fingerprint: peer.cert_fingerprint.clone().unwrap_or_default(),
@@ -537,7 +737,7 @@ impl Xds {
         tracing::info!(sidecar = %id, %identity, remote = %peer.remote, "sidecar connected");
         // Registered first, so that the scope's first snapshot already has this sidecar as an
         // endpoint of its own service.
-        let (generation, replaced) = self.register(status, scope.clone());
+        let (generation, replaced, mut rescoped) = self.register(status, scope.clone());
         let mut snapshots = self.scope(&scope);
         let mut state = StreamState::new(self.inner.control_plane.clone());
         let mut shutdown = self.inner.shutdown.clone();
@@ -578,11 +778,19 @@ impl Xds {
                         break Err(Status::unavailable("scope closed"));
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
-                    let permit = self.inner.permits.acquire().await;
-                    let responses = state.on_snapshot(&snapshot);
-                    let ok = self.send_all(&tx, responses).await;
-                    drop(permit);
-                    if !ok {
+                    if !self.push(&tx, &mut state, &snapshot).await {
+                        break Ok(());
+                    }
+                    self.update_status(&id, generation, state.status(false));
+                }
+                changed = rescoped.changed() => {
+                    if changed.is_err() {
+                        break Err(Status::aborted("replaced by a newer stream from the same sidecar"));
+                    }
+                    let key = rescoped.borrow_and_update().clone();
+                    snapshots = self.scope(&key);
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if !self.push(&tx, &mut state, &snapshot).await {
                         break Ok(());
                     }
                     self.update_status(&id, generation, state.status(false));
@@ -596,6 +804,18 @@ impl Xds {
         }
         self.deregister(&id, generation);
         tracing::info!(sidecar = %id, "sidecar disconnected");
+    }
+
+    /// Sends the sidecar what `snapshot` changes for it; false when the stream is gone.
+    async fn push(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        state: &mut StreamState,
+        snapshot: &Snapshot,
+    ) -> bool {
+        let _permit = self.inner.permits.acquire().await;
+        let responses = state.on_snapshot(snapshot);
+        self.send_all(tx, responses).await
     }
 
     async fn send_all(

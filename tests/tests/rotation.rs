@@ -372,19 +372,206 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         v == "TLSv1_3" && s == SUITE && g == "X25519MLKEM768"
     })
     .await;
-    // Back: nothing in common with X25519MLKEM768 alone, so meshctl bridges it (both groups
-    // until every sidecar has them, then X25519 alone); a one-step change would fail
-    // handshakes between sidecars on either side of it.
-    let (code, stdout, stderr) = meshctl(&ring, &["tls", "set", "--groups", "X25519"]).await;
+    // Back, applied as a plain document (as a config directory or GitOps would): nothing in
+    // common with X25519MLKEM768 alone, so meshd bridges it (both groups until every sidecar
+    // ACKed them, then X25519 alone); a one-step change would fail handshakes between sidecars
+    // on either side of it.
+    let doc = ring.dir.join("mesh-tls.yaml");
+    std::fs::write(
+        &doc,
+        format!(
+            "apiVersion: mesh.meshd.dev/v1alpha1\nkind: TlsPolicy\nmetadata:\n  name: mesh-tls\n  \
+             namespace: mesh-system\nspec:\n  minVersion: \"1.3\"\n  cipherSuites: [{SUITE}]\n  \
+             keyExchangeGroups: [X25519]\n  drainGracePeriod: 2s\n"
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = meshctl(&ring, &["apply", "-f", doc.to_str().unwrap()]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(
-        stderr.contains("step 1/2") && stderr.contains("step 2/2: all 4 sidecars accept both"),
-        "{stderr}"
-    );
     wait_inventory(&ring, "every connection back on X25519", |_, _, g| {
         g == "X25519"
     })
     .await;
+
+    let metrics = ring.meshd.admin_get_text("/metrics").await;
+    assert!(
+        metrics.contains("meshd_tls_policy_bridges_total 1\n")
+            && metrics.contains("meshd_tls_policy_bridging_sidecars 0\n"),
+        "exactly one change went through an interim policy, and it is over:\n{metrics}"
+    );
+    assert!(
+        ring.logs()
+            .contains("every sidecar runs the interim policy; pushing the change"),
+        "meshd released the bridge once every sidecar ACKed:\n{}",
+        ring.logs()
+    );
+
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\n{}",
+        ring.logs()
+    );
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+}
+
+/// The TlsPolicy meshd holds for the sidecar serving `inbound` once that sidecar ACKed it (its
+/// name), or "" when it has none (the defaults).
+async fn acked_tls_policy(ring: &Ring, inbound: &str) -> Option<String> {
+    let sidecars = ring.meshd.admin_get("/api/v1/sidecars").await;
+    let s = sidecars["sidecars"]
+        .as_array()?
+        .iter()
+        .find(|s| s["inbound_address"] == inbound)?;
+    let id = s["id"].as_str()?;
+    let config = ring
+        .meshd
+        .admin_get(&format!("/api/v1/sidecars/{id}/config"))
+        .await;
+    let url = mesh_proto::TLS_POLICY_TYPE_URL;
+    let Some(policy) = config["resources"][url].as_array()?.first() else {
+        return Some(String::new());
+    };
+    let synced = config["types"]
+        .as_array()?
+        .iter()
+        .any(|t| t["type_url"] == url && t["state"] == "SYNCED");
+    synced.then(|| policy["name"].as_str().unwrap_or("?").to_string())
+}
+
+#[tokio::test]
+async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Ring::start(dir.path(), &[], &["--report-interval", "500ms"]).await;
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    const SUITE: &str = "TLS13_AES_256_GCM_SHA384";
+
+    // A share that takes some sidecars and not others: just above the second-lowest bucket.
+    let sidecars = ring.meshd.admin_get("/api/v1/sidecars").await;
+    let mut buckets: Vec<(u64, String)> = sidecars["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let bucket = s["rollout_bucket"].as_u64().unwrap();
+            (bucket, s["inbound_address"].as_str().unwrap().to_string())
+        })
+        .collect();
+    buckets.sort();
+    assert_eq!(buckets.len(), 4, "{sidecars}");
+    let percent = buckets[1].0 + 1;
+    let (inside, outside): (Vec<_>, Vec<_>) = buckets.iter().partition(|(b, _)| *b < percent);
+    assert!(
+        inside.len() >= 2 && !outside.is_empty(),
+        "the ring's buckets {buckets:?} cannot be split"
+    );
+
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &[
+            "tls",
+            "set",
+            "--min-version",
+            "1.3",
+            "--ciphers",
+            SUITE,
+            "--stage",
+            &format!("{percent}%"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("tlspolicy/mesh-tls-stage"), "{stdout}");
+    let staged = std::sync::Mutex::new(Vec::new());
+    let held = mesh_tests::wait::until(
+        "the stage reaches its share only",
+        ROTATION_DEADLINE,
+        || async {
+            let mut now = Vec::new();
+            for (_, inbound) in &buckets {
+                now.push(acked_tls_policy(&ring, inbound).await);
+            }
+            let want: Vec<Option<String>> = buckets
+                .iter()
+                .map(|(b, _)| {
+                    Some(if *b < percent {
+                        "mesh-system/mesh-tls-stage".to_string()
+                    } else {
+                        String::new()
+                    })
+                })
+                .collect();
+            let done = now == want;
+            *staged.lock().unwrap() = now;
+            done.then_some(())
+        },
+    )
+    .await;
+    assert!(
+        held.is_ok(),
+        "{:?}\n{}",
+        staged.lock().unwrap(),
+        ring.logs()
+    );
+
+    // Seen from outside: a staged sidecar refuses TLS 1.2, one outside the share still takes it.
+    let bundle = ring.dir.join("meshd/ca-bundle.pem");
+    let (cert, key) = issue_cert(
+        &ring.meshd,
+        "spiffe://cluster.local/ns/default/sa/checker",
+        &ring.dir,
+    );
+    let tls12 = [
+        "-tls1_2",
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+    ];
+    let (ok, out) = openssl_s_client(&inside[0].1, &tls12, &bundle).await;
+    assert!(!ok, "a sidecar in the stage refuses TLS 1.2:\n{out}");
+    let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
+    assert!(
+        ok,
+        "a sidecar outside the stage still accepts TLS 1.2:\n{out}"
+    );
+    let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(&format!("{percent}%")) && stdout.contains("mesh-system/mesh-tls-stage"),
+        "{stdout}"
+    );
+
+    // Then the rest of the fleet: the stage has served its purpose and goes.
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &[
+            "tls",
+            "set",
+            "--min-version",
+            "1.3",
+            "--ciphers",
+            SUITE,
+            "--drain-grace",
+            "2s",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("tlspolicy/mesh-tls-stage deleted (now mesh-wide)"),
+        "{stdout}"
+    );
+    wait_inventory(
+        &ring,
+        "every sidecar on TLS 1.3 with the one suite",
+        |v, s, _| v == "TLSv1_3" && s == SUITE,
+    )
+    .await;
+    let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
+    assert!(!ok, "once mesh-wide, TLS 1.2 is refused everywhere:\n{out}");
 
     traffic.wait_more(20).await;
     let (ok, failed) = traffic.stop().await;

@@ -375,6 +375,7 @@ mod tests {
             inbound_address: String::new(),
             proxy_version: String::new(),
             labels: Default::default(),
+            rollout_bucket: 0,
             remote: String::new(),
             control_plane: String::new(),
             cert_fingerprint: String::new(),

@@ -72,11 +72,17 @@ pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
                     p.key_exchange_groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
                 "inbound_mode": format!("{:?}", p.inbound_mode).to_uppercase(),
                 "drain_grace_period_secs": p.drain_grace_period.as_secs(),
+                "rollout_percent": p.rollout_percent,
             })
         })
         .collect();
+    // A change pushed through an interim policy that accepts the old and new settings.
+    let bridge = state.xds.bridge_waiting().map(|(since, waiting)| {
+        json!({ "waiting_sidecars": waiting, "for_secs": since.elapsed().as_secs() })
+    });
     Json(json!({
         "policies": policies,
+        "bridge": bridge,
         "sidecars": sidecars.len(),
         "reporting": reporting,
         "negotiated": negotiated,

@@ -1,7 +1,7 @@
 //! The whole validated model, checked across documents and indexed for the xDS layer.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::document::{Document, DocumentKey, Kind, Spec};
 use super::error::{ModelError, ModelErrors, Report};
@@ -34,6 +34,9 @@ impl Default for MeshOptions {
 pub struct WorkloadRef<'a> {
     pub namespace: &'a str,
     pub labels: &'a Labels,
+    /// The percentage rollouts (`namespace/name` of TlsPolicies with `rolloutPercent`) whose
+    /// share includes this sidecar ([`Mesh::rollouts_for`]); a staged policy applies only there.
+    pub rollouts: &'a BTreeSet<String>,
 }
 
 /// Every document of the mesh, valid as a set: each document passed its own checks, no
@@ -468,12 +471,15 @@ impl Mesh {
     ///
     /// 1. a policy with a selector over one without (a staged rollout beats the default);
     /// 2. more selector labels over fewer (`service:` counts the service's selector labels);
-    /// 3. the workload's own namespace over the root namespace;
-    /// 4. then the smallest (namespace, name), so that the choice is stable.
+    /// 3. a percentage rollout over a policy for all (a policy with `rolloutPercent` applies
+    ///    only to the sidecars in its share, [`WorkloadRef::rollouts`]);
+    /// 4. the workload's own namespace over the root namespace;
+    /// 5. then the smallest (namespace, name), so that the choice is stable.
     pub fn tls_policy_for(&self, w: WorkloadRef<'_>) -> Option<&TlsPolicy> {
         self.tls_policies
             .values()
             .filter(|p| self.selects(&p.namespace, &p.selector, w))
+            .filter(|p| p.rollout_percent.is_none() || w.rollouts.contains(&p.key()))
             .max_by_key(|p| {
                 let (has_selector, labels) = match &p.selector {
                     Selector::All => (false, 0),
@@ -487,10 +493,29 @@ impl Mesh {
                 (
                     has_selector,
                     labels,
+                    p.rollout_percent.is_some(),
                     p.namespace == w.namespace,
                     Reverse((&p.namespace, &p.name)),
                 )
             })
+    }
+
+    /// The percentage rollouts that include a sidecar with rollout bucket `bucket`
+    /// ([`rollout_bucket`](super::rollout_bucket)): the TlsPolicies with `rolloutPercent`
+    /// above it that select the workload. Empty when no rollout is staged.
+    pub fn rollouts_for(&self, namespace: &str, labels: &Labels, bucket: u8) -> BTreeSet<String> {
+        let none = BTreeSet::new();
+        let w = WorkloadRef {
+            namespace,
+            labels,
+            rollouts: &none,
+        };
+        self.tls_policies
+            .values()
+            .filter(|p| p.rollout_percent.is_some_and(|pct| bucket < pct))
+            .filter(|p| self.selects(&p.namespace, &p.selector, w))
+            .map(TlsPolicy::key)
+            .collect()
     }
 }
 

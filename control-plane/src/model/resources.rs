@@ -604,6 +604,8 @@ pub struct TlsPolicy {
     pub namespace: String,
     pub name: String,
     pub selector: Selector,
+    /// A staged rollout's share of the selected sidecars (1–99); `None`: all of them.
+    pub rollout_percent: Option<u8>,
     /// Default TLS 1.2.
     pub min_version: TlsVersion,
     /// Default TLS 1.3; never below `min_version`.
@@ -621,6 +623,20 @@ pub struct TlsPolicy {
 
 impl TlsPolicy {
     pub const DEFAULT_DRAIN_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+    /// `namespace/name`, as a sidecar's [`WorkloadRef::rollouts`] names it.
+    ///
+    /// [`WorkloadRef::rollouts`]: crate::model::WorkloadRef::rollouts
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A sidecar's place in percentage rollouts: 0–99, from a hash of its id, the same on every
+/// replica and after every restart. A rollout of P % covers the sidecars whose bucket is below P.
+pub fn rollout_bucket(sidecar_id: &str) -> u8 {
+    let h = mesh_ca::sha256(sidecar_id.as_bytes());
+    (u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % 100) as u8
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -341,6 +341,10 @@ pub struct TlsPolicySpec {
     /// For staged rollouts: only these workloads (see `Mesh::tls_policy_for`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<SelectorSpec>,
+    /// For staged rollouts: only this share (1–100 %) of the selected workloads' sidecars,
+    /// chosen by a stable hash of each sidecar's id, so raising it only adds sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_percent: Option<u8>,
     /// `"1.2"` (default) or `"1.3"`; an unquoted YAML `1.2` is accepted too.
     #[serde(
         default,

@@ -1,7 +1,7 @@
 //! What an operator notices: valid examples load and round-trip, every mistake is reported at
 //! its document and field, and the mesh answers lookups the way Kubernetes DNS would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::*;
@@ -1413,7 +1413,12 @@ fn policies_select_workloads_and_the_most_specific_tls_policy_wins() {
     let reviews_pod = labels(&[("app", "reviews")]);
     let canary_pod = labels(&[("app", "reviews"), ("tier", "canary")]);
     let other = labels(&[("app", "other")]);
-    let w = |namespace, labels| WorkloadRef { namespace, labels };
+    let none = BTreeSet::new();
+    let w = |namespace, labels| WorkloadRef {
+        namespace,
+        labels,
+        rollouts: &none,
+    };
 
     let authz = |w| -> Vec<String> {
         mesh.authorization_policies_for(w)
@@ -1503,6 +1508,96 @@ fn policies_select_workloads_and_the_most_specific_tls_policy_wins() {
     assert_eq!(tls2(w("shop", &reviews_pod)), Some("a-labels".into()));
     assert_eq!(tls2(w("shop", &canary_pod)), Some("a-labels".into()));
     assert_eq!(tls2(w("default", &other)), Some("mesh-default".into()));
+}
+
+#[test]
+fn a_percentage_rollout_applies_to_its_share_of_sidecars_only() {
+    let yaml = format!(
+        "{}---\n{}",
+        doc("TlsPolicy", "mesh-system/mesh-tls", "minVersion: \"1.2\""),
+        doc(
+            "TlsPolicy",
+            "mesh-system/mesh-tls-stage",
+            "rolloutPercent: 10\nminVersion: \"1.3\""
+        ),
+    );
+    let mesh = Mesh::build(Document::parse_yaml(&yaml).unwrap()).unwrap();
+    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+
+    // About a tenth of a fleet falls in, by a stable hash of the sidecar id.
+    let ids: Vec<String> = (0..2000).map(|i| format!("web-{i}.default")).collect();
+    let staged: Vec<&String> = ids
+        .iter()
+        .filter(|id| {
+            !mesh
+                .rollouts_for("default", &labels, rollout_bucket(id))
+                .is_empty()
+        })
+        .collect();
+    assert!(
+        (150..=250).contains(&staged.len()),
+        "{} of 2000 sidecars in a 10 % rollout",
+        staged.len()
+    );
+    assert_eq!(
+        rollout_bucket("web-0.default"),
+        rollout_bucket("web-0.default")
+    );
+
+    // A sidecar in the share gets the staged policy, one outside it the mesh-wide one.
+    let policy = |id: &str| {
+        let rollouts = mesh.rollouts_for("default", &labels, rollout_bucket(id));
+        let w = WorkloadRef {
+            namespace: "default",
+            labels: &labels,
+            rollouts: &rollouts,
+        };
+        mesh.tls_policy_for(w).map(|p| p.name.clone()).unwrap()
+    };
+    let inside = staged[0];
+    let outside = ids.iter().find(|id| !staged.contains(id)).unwrap();
+    assert_eq!(policy(inside), "mesh-tls-stage");
+    assert_eq!(policy(outside), "mesh-tls");
+
+    // Raising the share only adds sidecars.
+    let raised = mesh
+        .with_document(
+            Document::parse_yaml(&doc(
+                "TlsPolicy",
+                "mesh-system/mesh-tls-stage",
+                "rolloutPercent: 50\nminVersion: \"1.3\"",
+            ))
+            .unwrap()
+            .remove(0),
+        )
+        .unwrap();
+    for id in &staged {
+        assert!(
+            !raised
+                .rollouts_for("default", &labels, rollout_bucket(id))
+                .is_empty()
+        );
+    }
+
+    // 100 % is everyone; 0 or more than 100 is refused with the field named.
+    for (pct, err) in [("0", true), ("101", true), ("100", false)] {
+        let r = Document::parse_yaml(&doc(
+            "TlsPolicy",
+            "mesh-system/s",
+            &format!("rolloutPercent: {pct}"),
+        ))
+        .map_err(|e| e.to_string())
+        .and_then(|docs| Mesh::build(docs).map_err(|e| e.to_string()));
+        match r {
+            Err(e) if err => assert!(
+                e.to_string()
+                    .contains("spec.rolloutPercent: must be 1..=100"),
+                "{e}"
+            ),
+            Ok(m) => assert!(!err && m.tls_policies().all(|p| p.rollout_percent.is_none())),
+            Err(e) => panic!("{pct}: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -1597,6 +1692,7 @@ fn an_empty_mesh_is_valid() {
     let w = WorkloadRef {
         namespace: "shop",
         labels: &labels,
+        rollouts: &BTreeSet::new(),
     };
     assert!(mesh.tls_policy_for(w).is_none());
 }

@@ -898,6 +898,18 @@ pub(crate) fn tls_policy(r: &mut Report, m: &Metadata, s: &TlsPolicySpec) -> Opt
             duration(r, "spec.drainGracePeriod", t)
         });
 
+    let rollout_percent = match s.rollout_percent {
+        None | Some(100) => None,
+        Some(p @ 1..=99) => Some(p),
+        Some(p) => {
+            r.error(
+                "spec.rolloutPercent",
+                format!("must be 1..=100 (got {p}); delete the policy to roll it back entirely"),
+            );
+            None
+        }
+    };
+
     let (min_version, max_version) = (min?, max?);
     r.ok_since(
         mark,
@@ -905,6 +917,7 @@ pub(crate) fn tls_policy(r: &mut Report, m: &Metadata, s: &TlsPolicySpec) -> Opt
             namespace: m.namespace.clone(),
             name: m.name.clone(),
             selector,
+            rollout_percent,
             min_version,
             max_version,
             cipher_suites,

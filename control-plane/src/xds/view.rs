@@ -6,7 +6,7 @@ use super::snapshot::Snapshot;
 use crate::model::{self, Mesh, WorkloadRef};
 use mesh_proto::v1::resource::Body;
 use mesh_proto::v1::{self as pb};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 /// The sidecars that see the same configuration.
@@ -16,13 +16,33 @@ pub struct ScopeKey {
     /// The service the sidecar serves (empty for a client-only workload).
     pub service: String,
     pub labels: BTreeMap<String, String>,
+    /// The percentage rollouts the sidecar falls in ([`Mesh::rollouts_for`]); empty unless a
+    /// staged TlsPolicy has a `rolloutPercent`, so staging multiplies scopes only while it runs.
+    pub rollouts: BTreeSet<String>,
 }
 
 impl ScopeKey {
+    /// The scope of a sidecar: its workload, and the rollouts its id's bucket falls in.
+    pub fn of(
+        mesh: &Mesh,
+        sidecar_id: &str,
+        namespace: &str,
+        service: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            labels: labels.clone(),
+            rollouts: mesh.rollouts_for(namespace, labels, model::rollout_bucket(sidecar_id)),
+        }
+    }
+
     fn workload(&self) -> WorkloadRef<'_> {
         WorkloadRef {
             namespace: &self.namespace,
             labels: &self.labels,
+            rollouts: &self.rollouts,
         }
     }
 }
