@@ -34,8 +34,8 @@ pub use resources::{
     HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, LbPolicy, ObjectRef,
     Operation, OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, Protocol,
     RateLimitPolicy, RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule,
-    Selector, Service, ServicePort, Source, TlsMode, TlsPolicy, TlsVersion, UpstreamTls,
-    rollout_bucket,
+    Selector, Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy, TlsVersion,
+    UpstreamTls, rollout_bucket,
 };
 
 /// The `apiVersion` of every mesh document.

@@ -534,8 +534,9 @@ impl Xds {
         }
         bridge.scopes.retain(|k, _| scopes.contains_key(k));
         let mut started = false;
+        let prepared = view::Prepared::new(&inputs);
         for (scope, tx) in scopes.iter() {
-            let mut next = view::build(&inputs, scope, changed_at);
+            let mut next = view::build(&prepared, scope, changed_at);
             started |= bridge.apply(scope, Some(&tx.borrow()), &mut next);
             if !tx.borrow().same_content(&next) {
                 tx.send_replace(Arc::new(next));
@@ -593,7 +594,7 @@ impl Xds {
             bundle: &bundle,
             endpoints: &endpoints,
         };
-        let mut snapshot = view::build(&inputs, key, Instant::now());
+        let mut snapshot = view::build(&view::Prepared::new(&inputs), key, Instant::now());
         lock(&self.inner.bridge).apply(key, None, &mut snapshot);
         let (tx, rx) = watch::channel(Arc::new(snapshot));
         scopes.insert(key.clone(), tx);

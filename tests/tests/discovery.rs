@@ -305,3 +305,145 @@ async fn postgres_discovery_protocol() {
     })
     .await;
 }
+
+/// Receives and ACKs until the sidecar holds exactly `want` of `type_url`.
+async fn hold_exactly(s: &mut ScriptedSidecar, type_url: &str, want: &[&str]) {
+    let held = |s: &ScriptedSidecar| -> Vec<String> {
+        s.holds
+            .get(type_url)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let want: Vec<String> = want.iter().map(|w| w.to_string()).collect();
+    let reached = tokio::time::timeout(Duration::from_secs(20), async {
+        while held(s) != want {
+            let r = s.recv().await?;
+            s.ack(&r).await?;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    assert!(
+        matches!(reached, Ok(Ok(()))),
+        "{type_url}: want {want:?}, holds {:?} ({reached:?})",
+        held(s)
+    );
+}
+
+const SCOPED: &str = r#"
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: api, namespace: a}
+spec:
+  ports: [{name: http, port: 80, protocol: http}]
+  selector: {app: api}
+---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: db, namespace: b}
+spec:
+  ports: [{name: http, port: 80, protocol: http}]
+  selector: {app: db}
+---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: auth, namespace: shared}
+spec:
+  ports: [{name: http, port: 80, protocol: http}]
+  selector: {app: auth}
+---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: api-route, namespace: a}
+spec:
+  parentRefs: [{name: api}]
+  rules:
+    - backends: [{service: api, port: 80, weight: 90}, {service: db, namespace: b, port: 80, weight: 10}]
+"#;
+
+fn sidecar_doc(egress: &str) -> String {
+    format!(
+        "apiVersion: mesh.meshd.dev/v1alpha1\nkind: Sidecar\nmetadata: {{name: default, namespace: a}}\nspec:\n  egress: {egress}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_sidecar_document_limits_a_workload_to_the_services_it_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(dir.path(), &MeshdOptions::default())
+        .await
+        .unwrap();
+    meshd
+        .apply(&format!("{SCOPED}---\n{}", sidecar_doc("[\"./*\"]")))
+        .await;
+    let creds = Credentials::issue(&meshd, "spiffe://cluster.local/ns/a/sa/web")
+        .await
+        .unwrap();
+    let mut web = connect(&meshd, &creds, node("web-1", "a", "web"), None).await;
+
+    // Its own namespace: api, and its own service (announced by its registration); db only as
+    // the cluster api's route splits to, not as a route of its own; never auth.
+    hold_exactly(
+        &mut web,
+        CLUSTER,
+        &["api.a:80", "db.b:80", "inbound|app", "web.a:80"],
+    )
+    .await;
+    hold_exactly(&mut web, ROUTES, &["api.a:80", "inbound", "web.a:80"]).await;
+
+    // The egress names the shared auth service too: it arrives, nothing else changes.
+    meshd
+        .apply(&sidecar_doc("[\"./*\", \"shared/auth\"]"))
+        .await;
+    hold_exactly(
+        &mut web,
+        CLUSTER,
+        &[
+            "api.a:80",
+            "auth.shared:80",
+            "db.b:80",
+            "inbound|app",
+            "web.a:80",
+        ],
+    )
+    .await;
+    hold_exactly(
+        &mut web,
+        ROUTES,
+        &["api.a:80", "auth.shared:80", "inbound", "web.a:80"],
+    )
+    .await;
+
+    // Without a Sidecar document, every service of the mesh.
+    let mut delete = meshd.meshctl();
+    delete.args(["delete", "sidecar/default", "-n", "a"]);
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || mesh_tests::process::run(delete))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    hold_exactly(
+        &mut web,
+        ROUTES,
+        &[
+            "api.a:80",
+            "auth.shared:80",
+            "db.b:80",
+            "inbound",
+            "web.a:80",
+        ],
+    )
+    .await;
+    wait_state(&meshd, "web-1", ROUTES, "SYNCED").await;
+
+    // A bad egress is refused with the entry named, and nothing changes.
+    let refused = meshd
+        .try_apply(&sidecar_doc("[\"shop\"]"))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("spec.egress[0]")
+            && format!("{refused:#}").contains("expected NAMESPACE/SERVICE"),
+        "{refused:#}"
+    );
+}

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::error::{ModelError, ModelErrors, Report};
 use super::spec::{
-    AuthorizationPolicySpec, HttpRouteSpec, RateLimitPolicySpec, ServiceSpec, TlsPolicySpec,
+    AuthorizationPolicySpec, HttpRouteSpec, RateLimitPolicySpec, ServiceSpec, SidecarSpec,
+    TlsPolicySpec,
 };
 use super::{API_VERSION, DEFAULT_NAMESPACE, names, validate};
 
@@ -22,17 +23,19 @@ pub enum Kind {
     AuthorizationPolicy,
     RateLimitPolicy,
     TlsPolicy,
+    Sidecar,
 }
 
 // === impl Kind ===
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::HttpRoute,
         Kind::AuthorizationPolicy,
         Kind::RateLimitPolicy,
         Kind::TlsPolicy,
+        Kind::Sidecar,
     ];
 
     /// The `kind:` string, as written in documents.
@@ -43,6 +46,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::TlsPolicy => "TlsPolicy",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
@@ -156,6 +160,7 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicySpec),
     RateLimitPolicy(RateLimitPolicySpec),
     TlsPolicy(TlsPolicySpec),
+    Sidecar(SidecarSpec),
 }
 
 impl Spec {
@@ -166,6 +171,7 @@ impl Spec {
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Spec::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Spec::TlsPolicy(_) => Kind::TlsPolicy,
+            Spec::Sidecar(_) => Kind::Sidecar,
         }
     }
 }
@@ -477,6 +483,7 @@ fn parse_spec(r: &mut Report, kind: Kind, value: &Value) -> Option<Spec> {
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(deserialize_at(r, "spec", value)?),
         Kind::RateLimitPolicy => Spec::RateLimitPolicy(deserialize_at(r, "spec", value)?),
         Kind::TlsPolicy => Spec::TlsPolicy(deserialize_at(r, "spec", value)?),
+        Kind::Sidecar => Spec::Sidecar(deserialize_at(r, "spec", value)?),
     })
 }
 

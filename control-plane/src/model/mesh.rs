@@ -7,7 +7,7 @@ use super::document::{Document, DocumentKey, Kind, Spec};
 use super::error::{ModelError, ModelErrors, Report};
 use super::resources::{
     AuthorizationPolicy, HttpRoute, Labels, ObjectRef, Protocol, RateLimitPolicy, RateLimitTarget,
-    Selector, Service, ServicePort, TlsPolicy, labels_match,
+    Selector, Service, ServicePort, Sidecar, TlsPolicy, labels_match,
 };
 use super::{DEFAULT_CLUSTER_DOMAIN, DEFAULT_ROOT_NAMESPACE, validate};
 
@@ -56,6 +56,7 @@ pub struct Mesh {
     authorization_policies: BTreeMap<ObjectRef, AuthorizationPolicy>,
     rate_limit_policies: BTreeMap<ObjectRef, RateLimitPolicy>,
     tls_policies: BTreeMap<ObjectRef, TlsPolicy>,
+    sidecars: BTreeMap<ObjectRef, Sidecar>,
     /// Host names listed by routes (exact or `*.` wildcards) → the route.
     hostnames: BTreeMap<String, ObjectRef>,
     /// Service → the routes attached by `parentRefs`, with the port (`None`: every port).
@@ -121,6 +122,11 @@ impl Mesh {
                 Spec::TlsPolicy(s) => {
                     if let Some(v) = validate::tls_policy(&mut r, m, s) {
                         mesh.tls_policies.insert(at, v);
+                    }
+                }
+                Spec::Sidecar(s) => {
+                    if let Some(v) = validate::sidecar(&mut r, m, s) {
+                        mesh.sidecars.insert(at, v);
                     }
                 }
             }
@@ -263,6 +269,14 @@ impl Mesh {
         for p in self.tls_policies.values() {
             let mut r = Report::new(doc_label(
                 Kind::TlsPolicy,
+                &ObjectRef::new(&p.namespace, &p.name),
+            ));
+            selector_service(&mut r, &p.namespace, &p.selector);
+            errors.extend(r.into_errors());
+        }
+        for p in self.sidecars.values() {
+            let mut r = Report::new(doc_label(
+                Kind::Sidecar,
                 &ObjectRef::new(&p.namespace, &p.name),
             ));
             selector_service(&mut r, &p.namespace, &p.selector);
@@ -481,15 +495,7 @@ impl Mesh {
             .filter(|p| self.selects(&p.namespace, &p.selector, w))
             .filter(|p| p.rollout_percent.is_none() || w.rollouts.contains(&p.key()))
             .max_by_key(|p| {
-                let (has_selector, labels) = match &p.selector {
-                    Selector::All => (false, 0),
-                    Selector::MatchLabels(l) => (true, l.len()),
-                    Selector::Service(name) => (
-                        true,
-                        self.service(&p.namespace, name)
-                            .map_or(0, |s| s.selector.len()),
-                    ),
-                };
+                let (has_selector, labels) = self.specificity(&p.namespace, &p.selector);
                 (
                     has_selector,
                     labels,
@@ -498,6 +504,38 @@ impl Mesh {
                     Reverse((&p.namespace, &p.name)),
                 )
             })
+    }
+
+    /// The one Sidecar in effect for a workload, or `None` (it reaches every service). The
+    /// most specific wins, as for [`Mesh::tls_policy_for`]: a selector over none, more labels
+    /// over fewer, the workload's namespace over the root namespace, then name order.
+    pub fn sidecar_for(&self, w: WorkloadRef<'_>) -> Option<&Sidecar> {
+        self.sidecars
+            .values()
+            .filter(|p| self.selects(&p.namespace, &p.selector, w))
+            .max_by_key(|p| {
+                let (has_selector, labels) = self.specificity(&p.namespace, &p.selector);
+                (
+                    has_selector,
+                    labels,
+                    p.namespace == w.namespace,
+                    Reverse((&p.namespace, &p.name)),
+                )
+            })
+    }
+
+    /// How specific a selector is: (has one, how many labels it matches on; `service:` counts
+    /// the service's selector labels).
+    fn specificity(&self, namespace: &str, selector: &Selector) -> (bool, usize) {
+        match selector {
+            Selector::All => (false, 0),
+            Selector::MatchLabels(l) => (true, l.len()),
+            Selector::Service(name) => (
+                true,
+                self.service(namespace, name)
+                    .map_or(0, |s| s.selector.len()),
+            ),
+        }
     }
 
     /// The percentage rollouts that include a sidecar with rollout bucket `bucket`

@@ -632,6 +632,38 @@ impl TlsPolicy {
     }
 }
 
+/// `kind: Sidecar`: which services the selected workloads reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Selector,
+    pub egress: Vec<SidecarEgress>,
+}
+
+/// One `NAMESPACE/SERVICE` pattern of a Sidecar's egress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarEgress {
+    /// `None`: the workload's own namespace (`.`); `Some(None)`: any (`*`).
+    pub namespace: Option<Option<String>>,
+    /// `None`: any service (`*`).
+    pub service: Option<String>,
+}
+
+impl Sidecar {
+    /// Whether a workload of `workload_namespace` reaches service `namespace/name`.
+    pub fn reaches(&self, workload_namespace: &str, namespace: &str, name: &str) -> bool {
+        self.egress.iter().any(|e| {
+            let ns_ok = match &e.namespace {
+                None => namespace == workload_namespace,
+                Some(None) => true,
+                Some(Some(ns)) => ns == namespace,
+            };
+            ns_ok && e.service.as_deref().is_none_or(|s| s == name)
+        })
+    }
+}
+
 /// A sidecar's place in percentage rollouts: 0–99, from a hash of its id, the same on every
 /// replica and after every restart. A rollout of P % covers the sidecars whose bucket is below P.
 pub fn rollout_bucket(sidecar_id: &str) -> u8 {

@@ -334,6 +334,22 @@ pub struct RateLimitPolicySpec {
     pub rule: Option<String>,
 }
 
+/// `kind: Sidecar`: the services the selected workloads reach through their sidecar, as in
+/// Istio's `Sidecar` (`egress.hosts`). A sidecar receives the clusters and routes of these
+/// services only (and of its own), so the configuration each sidecar holds, and the cost of a
+/// change, grows with what it calls rather than with the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarSpec {
+    /// Only these workloads; none: every workload of the namespace (of the mesh in the root
+    /// namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SelectorSpec>,
+    /// `NAMESPACE/SERVICE` patterns: `NAMESPACE` is a name, `.` (the workload's own namespace)
+    /// or `*`; `SERVICE` is a name or `*`. E.g. `["./*", "shared/auth"]`.
+    pub egress: Vec<String>,
+}
+
 /// `kind: TlsPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

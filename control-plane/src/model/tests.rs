@@ -142,6 +142,13 @@ spec:
   minVersion: 1.3   # unquoted on purpose: YAML reads a number
   cipherSuites: [TLS13_AES_256_GCM_SHA384]
   drainGracePeriod: 1m
+---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Sidecar
+metadata: {name: frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  egress: ["./*", "mesh-system/*"]
 "#;
 
 fn examples() -> String {
@@ -215,7 +222,7 @@ fn errors_of(input: &str, json: bool) -> ModelErrors {
 #[test]
 fn examples_of_every_kind_parse_and_round_trip() {
     let docs = Document::parse_yaml(&examples()).unwrap();
-    assert_eq!(docs.len(), 11);
+    assert_eq!(docs.len(), 12);
     for kind in Kind::ALL {
         assert!(
             docs.iter().any(|d| d.kind() == kind),
@@ -1695,4 +1702,83 @@ fn an_empty_mesh_is_valid() {
         rollouts: &BTreeSet::new(),
     };
     assert!(mesh.tls_policy_for(w).is_none());
+}
+
+#[test]
+fn a_sidecar_names_what_its_workloads_reach_and_the_most_specific_applies() {
+    let yaml = format!(
+        "{}---\n{}---\n{}",
+        doc(
+            "Sidecar",
+            "mesh-system/default",
+            "egress: [\"./*\", \"shared/auth\"]"
+        ),
+        doc(
+            "Sidecar",
+            "shop/frontend",
+            "selector: {matchLabels: {app: frontend}}\negress: [\"*/*\"]"
+        ),
+        doc("Sidecar", "shop/shop-default", "egress: [\"shop/reviews\"]"),
+    );
+    let mesh = Mesh::build(Document::parse_yaml(&yaml).unwrap()).unwrap();
+    let none = BTreeSet::new();
+    let reaches = |ns: &str, app: &str, target: (&str, &str)| {
+        let labels = BTreeMap::from([("app".to_string(), app.to_string())]);
+        let w = WorkloadRef {
+            namespace: ns,
+            labels: &labels,
+            rollouts: &none,
+        };
+        let s = mesh.sidecar_for(w).unwrap();
+        (s.name.clone(), s.reaches(ns, target.0, target.1))
+    };
+    // The root namespace's default: `.` is the workload's own namespace.
+    assert_eq!(
+        reaches("pay", "x", ("pay", "ledger")),
+        ("default".into(), true)
+    );
+    assert_eq!(
+        reaches("pay", "x", ("shared", "auth")),
+        ("default".into(), true)
+    );
+    assert_eq!(
+        reaches("pay", "x", ("shared", "other")),
+        ("default".into(), false)
+    );
+    assert_eq!(
+        reaches("pay", "x", ("shop", "reviews")),
+        ("default".into(), false)
+    );
+    // The namespace's own beats the root's; a selector beats both.
+    assert_eq!(
+        reaches("shop", "x", ("shop", "reviews")),
+        ("shop-default".into(), true)
+    );
+    assert_eq!(
+        reaches("shop", "x", ("shop", "cart")),
+        ("shop-default".into(), false)
+    );
+    assert_eq!(
+        reaches("shop", "frontend", ("pay", "ledger")),
+        ("frontend".into(), true)
+    );
+
+    // Bad egress entries are refused, each with its index and what was expected.
+    for (egress, want) in [
+        ("[]", "spec.egress: list at least one NAMESPACE/SERVICE"),
+        (
+            "[\"shop\"]",
+            "spec.egress[0]: \"shop\": expected NAMESPACE/SERVICE",
+        ),
+        (
+            "[\"./*\", \"Shop/x\"]",
+            "spec.egress[1]: namespace \"Shop\"",
+        ),
+        ("[\"shop/x_y\"]", "spec.egress[0]: service \"x_y\""),
+    ] {
+        let e = Document::parse_yaml(&doc("Sidecar", "shop/bad", &format!("egress: {egress}")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{egress}: {e}");
+    }
 }

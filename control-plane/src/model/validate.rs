@@ -19,11 +19,12 @@ use super::resources::{
     HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, ObjectRef, Operation,
     OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, RateLimitPolicy,
     RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule, Selector,
-    Service, ServicePort, Source, TlsMode, TlsPolicy, TlsVersion, UpstreamTls,
+    Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy, TlsVersion,
+    UpstreamTls,
 };
 use super::spec::{
     AuthorizationPolicySpec, BackendSpec, EndpointSpec, HttpRouteRuleSpec, HttpRouteSpec,
-    MatchSpec, RateLimitPolicySpec, SelectorSpec, ServiceSpec, TlsPolicySpec,
+    MatchSpec, RateLimitPolicySpec, SelectorSpec, ServiceSpec, SidecarSpec, TlsPolicySpec,
 };
 
 /// Runs the checks of one document, reporting into `r`.
@@ -45,7 +46,68 @@ pub(crate) fn document(r: &mut Report, doc: &Document) {
         Spec::TlsPolicy(s) => {
             tls_policy(r, m, s);
         }
+        Spec::Sidecar(s) => {
+            sidecar(r, m, s);
+        }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidecar
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn sidecar(r: &mut Report, m: &Metadata, s: &SidecarSpec) -> Option<Sidecar> {
+    let mark = r.mark();
+    let selector = selector(r, s.selector.as_ref());
+    if s.egress.is_empty() {
+        r.error(
+            "spec.egress",
+            "list at least one NAMESPACE/SERVICE the workloads reach, e.g. [\"./*\"] for their \
+             own namespace",
+        );
+    }
+    let mut egress = Vec::new();
+    for (i, text) in s.egress.iter().enumerate() {
+        let f = format!("spec.egress[{i}]");
+        let Some((ns, svc)) = text.split_once('/') else {
+            r.error(
+                f,
+                format!("{text:?}: expected NAMESPACE/SERVICE, e.g. \"./*\" or \"shop/reviews\""),
+            );
+            continue;
+        };
+        let namespace = match ns {
+            "." => None,
+            "*" => Some(None),
+            name => match names::dns_label(name) {
+                Ok(()) => Some(Some(name.to_string())),
+                Err(e) => {
+                    r.error(&f, format!("namespace {name:?}: {e} (or \".\" or \"*\")"));
+                    continue;
+                }
+            },
+        };
+        let service = match svc {
+            "*" => None,
+            name => match names::dns_label(name) {
+                Ok(()) => Some(name.to_string()),
+                Err(e) => {
+                    r.error(&f, format!("service {name:?}: {e} (or \"*\")"));
+                    continue;
+                }
+            },
+        };
+        egress.push(SidecarEgress { namespace, service });
+    }
+    r.ok_since(
+        mark,
+        Sidecar {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            selector,
+            egress,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

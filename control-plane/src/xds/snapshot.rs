@@ -37,15 +37,18 @@ impl Snapshot {
     /// Adds a resource, computing its version. A later resource of the same type and name
     /// replaces the earlier one.
     pub fn insert(&mut self, body: Body) {
-        let ty = body.resource_type();
-        let name = body.name().to_string();
-        let mut resource = Resource {
-            name: name.clone(),
-            version: String::new(),
-            body: Some(body),
+        self.insert_resource(versioned(body));
+    }
+
+    /// Adds a resource made by [`versioned`] (shared between snapshots).
+    pub fn insert_resource(&mut self, resource: Resource) {
+        let Some(ty) = resource.body.as_ref().map(Body::resource_type) else {
+            return;
         };
-        resource.version = version_of(&resource);
-        self.by_type.entry(ty).or_default().insert(name, resource);
+        self.by_type
+            .entry(ty)
+            .or_default()
+            .insert(resource.name.clone(), resource);
     }
 
     /// The resources of one type (empty when there are none).
@@ -79,6 +82,17 @@ impl Snapshot {
             .iter()
             .all(|t| self.type_version(*t) == other.type_version(*t))
     }
+}
+
+/// A resource with its name and version (the hash of its content).
+pub fn versioned(body: Body) -> Resource {
+    let mut resource = Resource {
+        name: body.name().to_string(),
+        version: String::new(),
+        body: Some(body),
+    };
+    resource.version = version_of(&resource);
+    resource
 }
 
 /// The version of a resource: the hash of its deterministic encoding with `version` empty.

@@ -2,11 +2,14 @@
 //! built from the validated model, the connected sidecars (as endpoints) and the trust bundle.
 //! This is the mesh.v1 encoder; nothing here knows which source a document came from.
 
-use super::snapshot::Snapshot;
+use super::snapshot::{Snapshot, versioned};
 use crate::model::{self, Mesh, WorkloadRef};
+use mesh_proto::ResourceType;
+use mesh_proto::v1::Resource;
 use mesh_proto::v1::resource::Body;
 use mesh_proto::v1::{self as pb};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 /// The sidecars that see the same configuration.
@@ -136,7 +139,7 @@ fn protocol(p: model::Protocol) -> pb::Protocol {
     }
 }
 
-fn services<'a>(inputs: &'a Inputs<'a>) -> Vec<ServiceView<'a>> {
+fn services<'a>(inputs: &Inputs<'a>) -> Vec<ServiceView<'a>> {
     let mut out: Vec<ServiceView<'a>> = inputs
         .mesh
         .services()
@@ -151,12 +154,9 @@ fn services<'a>(inputs: &'a Inputs<'a>) -> Vec<ServiceView<'a>> {
             doc: Some(s),
         })
         .collect();
+    let mut seen: HashSet<(&str, &str)> = out.iter().map(|s| (s.namespace, s.name)).collect();
     for e in inputs.endpoints {
-        if e.service.is_empty()
-            || out
-                .iter()
-                .any(|s| s.namespace == e.namespace && s.name == e.service)
-        {
+        if e.service.is_empty() || !seen.insert((&e.namespace, &e.service)) {
             continue;
         }
         out.push(ServiceView {
@@ -193,8 +193,99 @@ pub fn trust_bundle(trust_domain: &str, bundle: &mesh_ca::TrustBundle) -> Body {
     })
 }
 
+/// Everything one push builds its scopes' views from: the inputs, indexed once, and the
+/// resources that do not depend on the scope (each service port's Cluster and RouteTable),
+/// built and versioned once however many scopes hold them.
+pub struct Prepared<'a> {
+    inputs: &'a Inputs<'a>,
+    services: Vec<ServiceView<'a>>,
+    /// Cluster name (`name.namespace:port`) → (index in `services`, port, protocol).
+    ports: HashMap<String, (usize, u16, pb::Protocol)>,
+    /// Live endpoints by namespace (a service selects endpoints of its own namespace only).
+    endpoints: HashMap<&'a str, Vec<&'a LiveEndpoint>>,
+    built: RefCell<HashMap<(ResourceType, String), Resource>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(inputs: &'a Inputs<'a>) -> Self {
+        let services = services(inputs);
+        let mut ports = HashMap::new();
+        for (i, svc) in services.iter().enumerate() {
+            for (port, proto) in &svc.ports {
+                ports.insert(
+                    service_port_name(svc.name, svc.namespace, *port),
+                    (i, *port, *proto),
+                );
+            }
+        }
+        let mut endpoints: HashMap<&str, Vec<&LiveEndpoint>> = HashMap::new();
+        for e in inputs.endpoints {
+            endpoints.entry(e.namespace.as_str()).or_default().push(e);
+        }
+        Self {
+            inputs,
+            services,
+            ports,
+            endpoints,
+            built: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The Cluster of one service port into `snap`.
+    fn insert_cluster(&self, snap: &mut Snapshot, name: &str) {
+        let Some(&(i, port, proto)) = self.ports.get(name) else {
+            return;
+        };
+        let svc = &self.services[i];
+        snap.insert_resource(self.memo(ResourceType::Cluster, name, || {
+            Body::Cluster(cluster(svc, &self.endpoints, port, proto, name))
+        }));
+    }
+
+    /// The Cluster and, for HTTP, the RouteTable of one service port into `snap`; returns the
+    /// clusters its routes send to.
+    fn insert_service_port(&self, snap: &mut Snapshot, name: &str) -> Vec<String> {
+        self.insert_cluster(snap, name);
+        let Some(&(i, port, proto)) = self.ports.get(name) else {
+            return Vec::new();
+        };
+        let svc = &self.services[i];
+        if proto != pb::Protocol::Http {
+            return Vec::new();
+        }
+        let table = self.memo(ResourceType::RouteTable, name, || {
+            Body::RouteTable(service_route_table(self.inputs, svc, port, name))
+        });
+        let backends = match &table.body {
+            Some(Body::RouteTable(t)) => backend_clusters(&t.virtual_hosts),
+            _ => Vec::new(),
+        };
+        snap.insert_resource(table);
+        backends
+    }
+
+    fn memo(&self, ty: ResourceType, name: &str, make: impl FnOnce() -> Body) -> Resource {
+        self.built
+            .borrow_mut()
+            .entry((ty, name.to_string()))
+            .or_insert_with(|| versioned(make()))
+            .clone()
+    }
+}
+
+/// The clusters the routes of these virtual hosts send to.
+fn backend_clusters(hosts: &[pb::VirtualHost]) -> Vec<String> {
+    hosts
+        .iter()
+        .flat_map(|h| &h.routes)
+        .flat_map(|r| &r.backends)
+        .map(|b| b.cluster.clone())
+        .collect()
+}
+
 /// Builds the snapshot of one scope.
-pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snapshot {
+pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> Snapshot {
+    let inputs = prepared.inputs;
     let mut snap = Snapshot::new(changed_at);
     let w = scope.workload();
 
@@ -209,33 +300,54 @@ pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snap
         snap.insert(Body::RateLimitPolicy(rate_limit_policy(p)));
     }
 
-    let all = services(inputs);
-    for svc in &all {
-        for (port, proto) in &svc.ports {
+    // The services the workload reaches (its Sidecar's egress; all without one) and its own,
+    // then the clusters their routes send to (a route of a reached service may split traffic
+    // to services the workload does not name: it gets their clusters, not their routes).
+    let sidecar = inputs.mesh.sidecar_for(w);
+    let reaches = |namespace: &str, name: &str| {
+        (namespace == scope.namespace && name == scope.service)
+            || sidecar.is_none_or(|s| s.reaches(&scope.namespace, namespace, name))
+    };
+    let mut backends: Vec<String> = Vec::new();
+    for svc in prepared
+        .services
+        .iter()
+        .filter(|s| reaches(s.namespace, s.name))
+    {
+        for (port, _) in &svc.ports {
             let name = service_port_name(svc.name, svc.namespace, *port);
-            snap.insert(Body::Cluster(cluster(inputs, svc, *port, *proto, &name)));
-            if *proto == pb::Protocol::Http {
-                snap.insert(Body::RouteTable(service_route_table(
-                    inputs, svc, *port, &name,
-                )));
-            }
+            backends.extend(prepared.insert_service_port(&mut snap, &name));
         }
     }
     for route in inputs.mesh.routes().filter(|r| !r.hostnames.is_empty()) {
+        let reached = route
+            .rules
+            .iter()
+            .flat_map(|r| &r.backends)
+            .any(|b| reaches(&b.service.namespace, &b.service.name));
+        if !reached {
+            continue;
+        }
         let name = format!("{}/{}", route.namespace, route.name);
-        snap.insert(Body::RouteTable(pb::RouteTable {
+        let hosts = vec![pb::VirtualHost {
             name: name.clone(),
-            virtual_hosts: vec![pb::VirtualHost {
-                name,
-                domains: route.hostnames.clone(),
-                routes: routes_of(route),
-            }],
+            domains: route.hostnames.clone(),
+            routes: routes_of(route),
+        }];
+        backends.extend(backend_clusters(&hosts));
+        snap.insert(Body::RouteTable(pb::RouteTable {
+            name,
+            virtual_hosts: hosts,
         }));
+    }
+    for name in &backends {
+        prepared.insert_cluster(&mut snap, name);
     }
 
     // The workload's own side: inbound listener → local application, and the outbound
     // listener that routes by Host across every route table above.
-    let own_protocol = all
+    let own_protocol = prepared
+        .services
         .iter()
         .find(|s| s.namespace == scope.namespace && s.name == scope.service)
         .and_then(|s| s.ports.first().map(|p| p.1))
@@ -315,15 +427,16 @@ pub fn build(inputs: &Inputs<'_>, scope: &ScopeKey, changed_at: Instant) -> Snap
 }
 
 fn cluster(
-    inputs: &Inputs<'_>,
     svc: &ServiceView<'_>,
+    by_namespace: &HashMap<&str, Vec<&LiveEndpoint>>,
     port: u16,
     proto: pb::Protocol,
     name: &str,
 ) -> pb::Cluster {
-    let mut endpoints: Vec<pb::Endpoint> = inputs
-        .endpoints
-        .iter()
+    let mut endpoints: Vec<pb::Endpoint> = by_namespace
+        .get(svc.namespace)
+        .into_iter()
+        .flatten()
         .filter(|e| serves(svc, e) && !e.address.is_empty())
         .map(|e| pb::Endpoint {
             address: e.address.clone(),
