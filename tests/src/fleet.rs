@@ -3,7 +3,7 @@
 //! changes. Used by the push benchmark and its smoke test.
 
 use crate::meshd::Meshd;
-use crate::sidecar::{Credentials, ScriptedSidecar};
+use crate::sidecar::{Credentials, Issuer, ScriptedSidecar};
 use mesh_proto::ALL_TYPE_URLS;
 use mesh_proto::v1::Node;
 use std::collections::BTreeMap;
@@ -34,8 +34,11 @@ pub struct Fleet {
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
     pub size: usize,
-    /// Members share this many identities (one certificate each), spread over namespaces.
-    pub identities: usize,
+    /// Members are spread round-robin over this many services `app-S`, each with its own
+    /// identity (one certificate shared by its members)…
+    pub services: usize,
+    /// …and the services over namespaces `fleet-K` of this many services each.
+    pub services_per_namespace: usize,
     /// The route table whose changes members report.
     pub watch_route_table: String,
     /// How many members open their streams at the same time.
@@ -45,14 +48,36 @@ pub struct FleetOptions {
     pub reissue_concurrency: Option<usize>,
 }
 
+/// The namespace of service `app-S`.
+pub fn namespace_of(service: usize, options: &FleetOptions) -> String {
+    format!("fleet-{}", service / options.services_per_namespace.max(1))
+}
+
 impl Fleet {
-    /// Issues the certificates and starts the members (they connect in the background).
+    /// Issues the certificates (one per service, 16 at a time) and starts the members (they
+    /// connect in the background).
     pub async fn start(meshd: &Meshd, options: &FleetOptions) -> anyhow::Result<Self> {
-        let mut creds = Vec::new();
-        for i in 0..options.identities.max(1) {
-            let id = format!("spiffe://cluster.local/ns/fleet/sa/app-{i}");
-            creds.push(Credentials::issue(meshd, &id).await?);
+        let services = options.services.clamp(1, options.size.max(1));
+        let mut issuing = tokio::task::JoinSet::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(16));
+        let issuer = Issuer::of(meshd);
+        for s in 0..services {
+            let id = format!(
+                "spiffe://cluster.local/ns/{}/sa/app-{s}",
+                namespace_of(s, options)
+            );
+            let (issuer, limit) = (issuer.clone(), limit.clone());
+            issuing.spawn(async move {
+                let _permit = limit.acquire().await?;
+                anyhow::Ok((s, Credentials::issue_from(&issuer, &id).await?))
+            });
         }
+        let mut creds: Vec<Option<Credentials>> = vec![None; services];
+        while let Some(done) = issuing.join_next().await {
+            let (s, c) = done??;
+            creds[s] = Some(c);
+        }
+        let creds: Vec<Credentials> = creds.into_iter().flatten().collect();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (reconnect, reconnect_rx) = watch::channel(0u64);
         let gate = Arc::new(tokio::sync::Semaphore::new(
@@ -64,13 +89,13 @@ impl Fleet {
         let mut tasks = Vec::with_capacity(options.size);
         let grpc_url = meshd.grpc_url();
         for member in 0..options.size {
-            let creds = creds[member % creds.len()].clone();
-            let ident = member % creds_len(options);
+            let service = member % creds.len();
+            let creds = creds[service].clone();
             let node = Node {
                 id: format!("fleet-{member}"),
-                namespace: "fleet".into(),
-                service: format!("app-{ident}"),
-                workload: format!("app-{ident}-{member}"),
+                namespace: namespace_of(service, options),
+                service: format!("app-{service}"),
+                workload: format!("app-{service}-{member}"),
                 inbound_address: format!(
                     "127.0.0.{}:{}",
                     1 + (member / 60000) % 250,
@@ -136,10 +161,6 @@ impl Fleet {
     pub fn drop_all_streams(&self) {
         self.reconnect.send_modify(|g| *g += 1);
     }
-}
-
-fn creds_len(options: &FleetOptions) -> usize {
-    options.identities.max(1)
 }
 
 impl Drop for Fleet {

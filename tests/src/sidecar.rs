@@ -23,12 +23,37 @@ pub struct Credentials {
     pub anchors: Arc<TrustAnchors>,
 }
 
+/// What a certificate request needs of a meshd (cheap to clone into tasks).
+#[derive(Clone)]
+pub struct Issuer {
+    admin_addr: String,
+    admin_token: String,
+    bundle_pem: String,
+    grpc_url: String,
+}
+
+impl Issuer {
+    pub fn of(meshd: &Meshd) -> Self {
+        Self {
+            admin_addr: meshd.admin_addr.clone(),
+            admin_token: meshd.admin_token(),
+            bundle_pem: meshd.bundle_pem(),
+            grpc_url: meshd.grpc_url(),
+        }
+    }
+}
+
 impl Credentials {
     /// Gets a certificate for `identity` from `meshd` with a fresh join token.
     pub async fn issue(meshd: &Meshd, identity: &str) -> anyhow::Result<Self> {
+        Self::issue_from(&Issuer::of(meshd), identity).await
+    }
+
+    /// [`Credentials::issue`] from an [`Issuer`].
+    pub async fn issue_from(meshd: &Issuer, identity: &str) -> anyhow::Result<Self> {
         let created: serde_json::Value = reqwest::Client::new()
             .post(format!("http://{}/api/v1/tokens", meshd.admin_addr))
-            .bearer_auth(meshd.admin_token())
+            .bearer_auth(&meshd.admin_token)
             .json(&serde_json::json!({ "identity": identity, "ttl": "5m", "uses": 1 }))
             .send()
             .await?
@@ -36,10 +61,10 @@ impl Credentials {
             .json()
             .await?;
         let token = created["token"].as_str().unwrap_or_default().to_string();
-        let bundle = mesh_ca::TrustBundle::from_pem(&meshd.bundle_pem())?;
+        let bundle = mesh_ca::TrustBundle::from_pem(&meshd.bundle_pem)?;
         let anchors = TrustAnchors::new(&bundle)?;
         let channel =
-            mesh_client::channel(&meshd.grpc_url(), anchors.clone(), CertSlot::new(None)).await?;
+            mesh_client::channel(&meshd.grpc_url, anchors.clone(), CertSlot::new(None)).await?;
         let id: mesh_ca::SpiffeId = identity.parse()?;
         let (response, key) = mesh_client::request_certificate(
             channel,

@@ -1216,7 +1216,8 @@ async fn in_chromium_a_fleet_of_hundreds_is_paged_and_the_feed_stays_small() {
         &meshd,
         &mesh_tests::fleet::FleetOptions {
             size: SIZE,
-            identities: 10,
+            services: 10,
+            services_per_namespace: 10,
             watch_route_table: String::new(),
             connect_concurrency: 32,
             reissue_concurrency: None,
