@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_with_config(config, PROTOS, &["."])?;

@@ -16,6 +16,8 @@
 use std::fmt;
 
 /// Generated code for the protobuf package `mesh.v1`.
+pub mod codec;
+
 pub mod v1 {
     // Generated code: tonic-prost-build already puts `#[allow(clippy::all)]` on every type and
     // the needed allows on the client and server modules.

@@ -90,6 +90,20 @@ pub fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS:")
 }
 
+/// How many sockets a process holds open.
+pub fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// A KiB field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 when unreadable.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -242,6 +256,23 @@ pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Fi
         "reconnect storm until all SYNCED",
         t.elapsed().as_secs_f64(),
         "s",
+    ));
+    // The dropped streams' connections must be gone, not held beside the new ones.
+    let settled = Instant::now();
+    while sockets(pid) > n + 64 && settled.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out.push(Figure::new(
+        &bench,
+        "meshd sockets after the storm",
+        sockets(pid) as f64,
+        "sockets",
+    ));
+    out.push(Figure::new(
+        &bench,
+        "meshd RSS per sidecar after the storm",
+        (rss_kib(pid).saturating_sub(rss_before)) as f64 / n as f64,
+        "KiB",
     ));
     drop(fleet);
     Ok(out)

@@ -7,12 +7,14 @@ use mesh_proto::v1::Resource;
 use mesh_proto::v1::resource::Body;
 use prost::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The resources of one scope, by type and name.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    by_type: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
+    /// Shared: a service's Cluster is the same resource in every scope that holds it.
+    by_type: BTreeMap<ResourceType, BTreeMap<String, Arc<Resource>>>,
     /// When the change that produced this snapshot happened (for push latency).
     pub changed_at: Instant,
 }
@@ -37,11 +39,11 @@ impl Snapshot {
     /// Adds a resource, computing its version. A later resource of the same type and name
     /// replaces the earlier one.
     pub fn insert(&mut self, body: Body) {
-        self.insert_resource(versioned(body));
+        self.insert_resource(Arc::new(versioned(body)));
     }
 
     /// Adds a resource made by [`versioned`] (shared between snapshots).
-    pub fn insert_resource(&mut self, resource: Resource) {
+    pub fn insert_resource(&mut self, resource: Arc<Resource>) {
         let Some(ty) = resource.body.as_ref().map(Body::resource_type) else {
             return;
         };
@@ -53,11 +55,17 @@ impl Snapshot {
 
     /// The resources of one type (empty when there are none).
     pub fn resources(&self, ty: ResourceType) -> impl Iterator<Item = &Resource> {
-        self.by_type.get(&ty).into_iter().flat_map(|m| m.values())
+        self.by_type
+            .get(&ty)
+            .into_iter()
+            .flat_map(|m| m.values().map(|r| &**r))
     }
 
     pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
-        self.by_type.get(&ty).and_then(|m| m.get(name))
+        self.by_type
+            .get(&ty)
+            .and_then(|m| m.get(name))
+            .map(|r| &**r)
     }
 
     /// One version for all resources of a type (for status displays): a hash of the names and

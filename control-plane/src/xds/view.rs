@@ -10,6 +10,7 @@ use mesh_proto::v1::resource::Body;
 use mesh_proto::v1::{self as pb};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The sidecars that see the same configuration.
@@ -203,7 +204,7 @@ pub struct Prepared<'a> {
     ports: HashMap<String, (usize, u16, pb::Protocol)>,
     /// Live endpoints by namespace (a service selects endpoints of its own namespace only).
     endpoints: HashMap<&'a str, Vec<&'a LiveEndpoint>>,
-    built: RefCell<HashMap<(ResourceType, String), Resource>>,
+    built: RefCell<HashMap<(ResourceType, String), Arc<Resource>>>,
 }
 
 impl<'a> Prepared<'a> {
@@ -264,11 +265,11 @@ impl<'a> Prepared<'a> {
         backends
     }
 
-    fn memo(&self, ty: ResourceType, name: &str, make: impl FnOnce() -> Body) -> Resource {
+    fn memo(&self, ty: ResourceType, name: &str, make: impl FnOnce() -> Body) -> Arc<Resource> {
         self.built
             .borrow_mut()
             .entry((ty, name.to_string()))
-            .or_insert_with(|| versioned(make()))
+            .or_insert_with(|| Arc::new(versioned(make())))
             .clone()
     }
 }
