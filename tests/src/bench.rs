@@ -208,6 +208,12 @@ pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Fi
         Figure::new(&bench, "meshd RSS per connected sidecar", per, "KiB")
             .goal("<= 64 KiB", per <= 64.0),
     );
+    out.push(Figure::new(
+        &bench,
+        "meshd sockets with the fleet",
+        sockets(pid) as f64,
+        "sockets",
+    ));
 
     let mut latencies = Vec::new();
     for i in 0..sizes.route_changes {
