@@ -148,31 +148,42 @@ fn route(timeout_ms: u64) -> String {
     )
 }
 
-/// Control-plane push at fleet scale: cold connect+sync, route change → last ACK, meshd RSS
-/// per sidecar, reconnect storm, idle meshd with the fleet.
-pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
-    let bench = format!("push-{n}");
-    let meshd = Meshd::start(&work.join(&bench), &MeshdOptions::default()).await?;
+/// A meshd for a simulated fleet of `n` sidecars shaped like a real mesh of that size (not
+/// every sidecar calling every service): `n / 10` services of 10 replicas each, in namespaces
+/// of 10 services; each workload reaches its own namespace and the one shared service `app-0`
+/// (a mesh-wide Sidecar document).
+async fn fleet_mesh(
+    work: &Path,
+    bench: &str,
+    n: usize,
+    reissue_concurrency: Option<usize>,
+) -> anyhow::Result<(Meshd, FleetOptions)> {
+    let meshd = Meshd::start(&work.join(bench), &MeshdOptions::default()).await?;
     meshd.try_apply(&route(1000)).await?;
-    // As in a real mesh of this size: each workload reaches its own namespace and one shared
-    // service, not all N/10 services (see BENCHMARKS.md on the shape of the fleet).
     meshd
         .try_apply(
             "apiVersion: mesh.meshd.dev/v1alpha1\nkind: Sidecar\nmetadata: {name: default, namespace: mesh-system}\nspec:\n  egress: [\"./*\", \"fleet-0/app-0\"]\n",
         )
         .await?;
-    let pid = meshd.process.pid();
-    let rss_before = rss_kib(pid);
-    let mut out = Vec::new();
-
     let options = FleetOptions {
         size: n,
         services: (n / 10).max(1),
         services_per_namespace: 10,
         watch_route_table: "app-0.fleet-0:80".into(),
         connect_concurrency: 64,
-        reissue_concurrency: None,
+        reissue_concurrency,
     };
+    Ok((meshd, options))
+}
+
+/// Control-plane push at fleet scale: cold connect+sync, route change → last ACK, meshd RSS
+/// per sidecar, reconnect storm, idle meshd with the fleet.
+pub async fn push(work: &Path, n: usize, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
+    let bench = format!("push-{n}");
+    let (meshd, options) = fleet_mesh(work, &bench, n, None).await?;
+    let pid = meshd.process.pid();
+    let rss_before = rss_kib(pid);
+    let mut out = Vec::new();
     let deadline = Duration::from_secs(60 + (n as u64) / 20);
     let t0 = Instant::now();
     let mut fleet = Fleet::start(&meshd, &options).await?;
@@ -399,15 +410,7 @@ pub async fn ca(work: &Path, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
 /// timed beside the raw signing rate of the same machine.
 pub async fn reissue(work: &Path, n: usize) -> anyhow::Result<Vec<Figure>> {
     let bench = format!("reissue-{n}");
-    let meshd = Meshd::start(&work.join(&bench), &MeshdOptions::default()).await?;
-    let options = FleetOptions {
-        size: n,
-        services: 10,
-        services_per_namespace: 10,
-        watch_route_table: String::new(),
-        connect_concurrency: 64,
-        reissue_concurrency: Some(64),
-    };
+    let (meshd, options) = fleet_mesh(work, &bench, n, Some(64)).await?;
     let deadline = Duration::from_secs(60 + (n as u64) / 20);
     let mut fleet = Fleet::start(&meshd, &options).await?;
     fleet
