@@ -8,7 +8,7 @@ use crate::identity::IdentityService;
 use crate::metrics::Metrics;
 use crate::model::MeshOptions;
 use crate::source::Documents;
-use crate::store::Store;
+use crate::store::{Store, Topic};
 use crate::tls::ServingTls;
 use crate::xds::Xds;
 use anyhow::Context;
@@ -32,6 +32,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await?;
+    // Listening before anything is read: a change committed after a read is never missed.
+    let changes = store.changes();
+    let replica = replica_name();
     let restored = Authority::bootstrap(&config, &store).await?;
     let authority = restored.authority;
     let rotation = crate::rotation::restore(&authority, &restored.record)?;
@@ -39,6 +42,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let viewer_token = ensure_token(&config, VIEWER_TOKEN_FILE)?;
     let metrics = Metrics::new();
     let documents = Documents::load(store.clone(), MeshOptions::default()).await?;
+    documents.follow_store(changes.subscribe(Topic::Documents));
     // `--config-dir`: applied once now, then polled until `run` returns (dropping the watcher).
     let _config_dir = documents.watch_config_dir(config.config_dir.clone()).await;
 
@@ -66,20 +70,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         documents.current(),
         authority.bundle(),
         &crate::tls::control_plane_identity(&config.trust_domain),
-        &replica_name(),
+        &replica,
         metrics.clone(),
         stop_rx.clone(),
     );
     xds.follow(documents.subscribe());
     remember_endpoints(&xds, &store).await;
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), replica.clone()));
     let rotations = crate::rotation::Rotations::start(
-        authority.clone(),
-        store.clone(),
-        xds.clone(),
-        tls.clone(),
-        grpc_addr,
-        metrics.clone(),
+        crate::rotation::Wiring {
+            authority: authority.clone(),
+            store: store.clone(),
+            xds: xds.clone(),
+            tls: tls.clone(),
+            grpc_addr,
+            metrics: metrics.clone(),
+            changes,
+        },
         rotation,
+        restored.record.version,
     );
 
     let kubernetes = match &config.kubernetes {
@@ -119,6 +128,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         data_dir = %config.data_dir.display(),
         %grpc_addr,
         %admin_addr,
+        %replica,
         "meshd ready"
     );
     shutdown.await;
@@ -138,9 +148,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if drained.is_err() {
         tracing::warn!("grace period over; closing the remaining connections");
     }
+    heartbeat.abort();
+    if let Err(e) = store.forget_replica(&replica).await {
+        tracing::warn!(error = %e, "removing this replica from the store");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a replica records that it is alive ([`Store::heartbeat`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The sidecars of a replica whose heartbeat is older than this no longer count as connected
+/// (it died without closing their streams); they count again once they reconnect elsewhere.
+pub const REPLICA_TTL: Duration = Duration::from_secs(15);
+
+/// Records that this replica is alive, every [`HEARTBEAT`], until aborted.
+async fn heartbeat(store: Store, replica: String) {
+    loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(e) = store.heartbeat(&replica, now).await {
+            tracing::warn!(error = %e, "recording this replica's heartbeat");
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
 }
 
 /// How long a restarted meshd serves the endpoints it knew before, waiting for their sidecars

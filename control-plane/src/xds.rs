@@ -426,6 +426,7 @@ impl Xds {
             identity: status.identity.clone(),
             connected_at: status.connected_at,
             disconnected_at: None,
+            replica: self.inner.control_plane.replica.clone(),
         }));
         let old = write(&self.inner.sidecars).insert(
             id.clone(),
@@ -451,6 +452,7 @@ impl Xds {
             drop(sidecars);
             self.report(RegistrationEvent::Disconnected {
                 id: id.to_string(),
+                replica: self.inner.control_plane.replica.clone(),
                 at: now(),
             });
             self.inner.metrics.sidecar_disconnected();
@@ -459,11 +461,23 @@ impl Xds {
     }
 
     fn update_status(&self, id: &str, generation: u64, types: Vec<TypeStatus>) {
-        if let Some(e) = write(&self.inner.sidecars).get_mut(id)
-            && e.generation == generation
-        {
-            e.status.types = types;
-            e.status.last_seen = now();
+        let mut sidecars = write(&self.inner.sidecars);
+        let Some(e) = sidecars.get_mut(id).filter(|e| e.generation == generation) else {
+            return;
+        };
+        let before = held_bundle(&e.status.types);
+        e.status.types = types;
+        e.status.last_seen = now();
+        let after = held_bundle(&e.status.types);
+        drop(sidecars);
+        // Recorded in the store for the CA rotation's gates, which count every replica's
+        // sidecars: only when it changes, not with every ACK.
+        if let Some(version) = after.filter(|a| before.as_ref() != Some(a)) {
+            self.report(RegistrationEvent::BundleAcked {
+                id: id.to_string(),
+                replica: self.inner.control_plane.replica.clone(),
+                version,
+            });
         }
     }
 
@@ -685,6 +699,15 @@ impl Discovery for Xds {
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The TrustBundle type version a sidecar ACKed (and has not NACKed since), if any.
+fn held_bundle(types: &[TypeStatus]) -> Option<String> {
+    types
+        .iter()
+        .find(|t| t.type_url == mesh_proto::TRUST_BUNDLE_TYPE_URL && t.nack.is_none())
+        .map(|t| t.acked_version.clone())
+        .filter(|v| !v.is_empty())
 }
 
 // Locks are never held across an await, and a panic cannot leave their data half-written (each

@@ -1,6 +1,8 @@
 //! Which sidecars are (or were lately) connected, as endpoints of their services: written as
 //! streams open and close, read when meshd starts so that it serves the endpoints it knew while
-//! the sidecars reconnect.
+//! the sidecars reconnect. With several replicas, also which replica holds each stream and the
+//! TrustBundle version the sidecar ACKed there, and which replicas are alive (heartbeats): the
+//! CA rotation's gates count the sidecars of every replica from these rows.
 
 use super::{Result, Store, StoreError};
 
@@ -16,13 +18,36 @@ pub struct Registration {
     pub identity: String,
     pub connected_at: i64,
     pub disconnected_at: Option<i64>,
+    /// The replica that holds (or held) the stream.
+    pub replica: String,
 }
 
-/// A change to record, in the order it happened.
+/// A change to record, in the order it happened. `replica` is the replica reporting it: a
+/// late event of a replica the sidecar already left does not touch its new replica's row.
 #[derive(Debug, Clone)]
 pub enum RegistrationEvent {
     Connected(Registration),
-    Disconnected { id: String, at: i64 },
+    Disconnected {
+        id: String,
+        replica: String,
+        at: i64,
+    },
+    /// The sidecar ACKed this TrustBundle type version (reported only when it changes).
+    BundleAcked {
+        id: String,
+        replica: String,
+        version: String,
+    },
+}
+
+/// A sidecar with an open stream on a live replica, for the CA rotation's gates.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConnectedSidecar {
+    pub id: String,
+    pub identity: String,
+    pub replica: String,
+    /// The TrustBundle type version it ACKed on that stream; `None` before its first ACK.
+    pub bundle_version: Option<String>,
 }
 
 // === impl Store ===
@@ -38,13 +63,14 @@ impl Store {
                     RegistrationEvent::Connected(r) => {
                         sqlx::query(
                             "INSERT INTO sidecar_registrations (id, namespace, service, labels, \
-                             inbound_address, identity, connected_at, disconnected_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) \
+                             inbound_address, identity, connected_at, disconnected_at, replica, \
+                             bundle_version) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL) \
                              ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, \
                              service = excluded.service, labels = excluded.labels, \
                              inbound_address = excluded.inbound_address, \
                              identity = excluded.identity, connected_at = excluded.connected_at, \
-                             disconnected_at = NULL",
+                             disconnected_at = NULL, replica = excluded.replica, \
+                             bundle_version = NULL",
                         )
                         .bind(r.id.as_str())
                         .bind(r.namespace.as_str())
@@ -53,16 +79,31 @@ impl Store {
                         .bind(r.inbound_address.as_str())
                         .bind(r.identity.as_str())
                         .bind(r.connected_at)
+                        .bind(r.replica.as_str())
                         .execute(&mut *tx)
                         .await
                         .map_err(err)?;
                     }
-                    RegistrationEvent::Disconnected { id, at } => {
+                    RegistrationEvent::Disconnected { id, replica, at } => {
                         sqlx::query(
-                            "UPDATE sidecar_registrations SET disconnected_at = $1 WHERE id = $2",
+                            "UPDATE sidecar_registrations SET disconnected_at = $1 \
+                             WHERE id = $2 AND replica = $3",
                         )
                         .bind(*at)
                         .bind(id.as_str())
+                        .bind(replica.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    }
+                    RegistrationEvent::BundleAcked { id, replica, version } => {
+                        sqlx::query(
+                            "UPDATE sidecar_registrations SET bundle_version = $1 \
+                             WHERE id = $2 AND replica = $3 AND disconnected_at IS NULL",
+                        )
+                        .bind(version.as_str())
+                        .bind(id.as_str())
+                        .bind(replica.as_str())
                         .execute(&mut *tx)
                         .await
                         .map_err(err)?;
@@ -78,7 +119,7 @@ impl Store {
         with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT id, namespace, service, labels, inbound_address, identity, connected_at, \
-                 disconnected_at FROM sidecar_registrations \
+                 disconnected_at, replica FROM sidecar_registrations \
                  WHERE disconnected_at IS NULL OR disconnected_at >= $1 ORDER BY id",
             )
             .bind(since)
@@ -98,5 +139,50 @@ impl Store {
                 .map(|r| r.rows_affected())
         })
         .map_err(|e| StoreError::database("pruning sidecar registrations", e))
+    }
+
+    /// Records that `replica` is alive at `now` (unix seconds).
+    pub async fn heartbeat(&self, replica: &str, now: i64) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO meshd_replicas (name, heartbeat_at) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            )
+            .bind(replica)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|e| StoreError::database("recording the replica's heartbeat", e))
+    }
+
+    /// Forgets `replica` (a graceful shutdown): its sidecars stop counting at once.
+    pub async fn forget_replica(&self, replica: &str) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM meshd_replicas WHERE name = $1")
+                .bind(replica)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| StoreError::database("removing the replica", e))
+    }
+
+    /// The sidecars with an open stream on a replica whose heartbeat is at or after
+    /// `alive_since`, by id. A replica that died without closing its streams stops counting
+    /// once its heartbeat is older; its sidecars count again when they reconnect elsewhere.
+    pub async fn connected_sidecars(&self, alive_since: i64) -> Result<Vec<ConnectedSidecar>> {
+        with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT s.id, s.identity, s.replica, s.bundle_version \
+                 FROM sidecar_registrations s JOIN meshd_replicas r ON r.name = s.replica \
+                 WHERE s.disconnected_at IS NULL AND r.heartbeat_at >= $1 ORDER BY s.id",
+            )
+            .bind(alive_since)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(|e| StoreError::database("listing connected sidecars", e))
     }
 }
