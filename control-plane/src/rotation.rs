@@ -526,8 +526,9 @@ impl Rotations {
     /// replica drives it.
     pub async fn status(&self) -> Value {
         let followed = self.inner.followed.lock().await;
+        let driven_here = self.inner.leads.load(Ordering::Relaxed);
         let Some(d) = followed.data.as_ref() else {
-            return json!({ "phase": IDLE });
+            return json!({ "phase": IDLE, "driven_here": driven_here });
         };
         let fleet = self
             .inner
@@ -555,7 +556,7 @@ impl Rotations {
             "retiring_certificates_in_use": fleet.live_retiring_certs,
             "started_by": d.started_by,
             "started_at": d.started_at,
-            "driven_here": self.inner.leads.load(Ordering::Relaxed),
+            "driven_here": driven_here,
         })
     }
 
@@ -671,7 +672,7 @@ impl Rotations {
                     if s.bundle_version.as_ref() == Some(&want) {
                         fleet.bundle_acked += 1;
                     } else if fleet.stragglers.len() < STRAGGLERS {
-                        fleet.stragglers.push(s.id.clone());
+                        fleet.stragglers.push(s.registration.id.clone());
                     }
                 }
             }
@@ -688,10 +689,11 @@ impl Rotations {
                     .into_iter()
                     .collect();
                 for s in &sidecars {
-                    if holders.contains(&(s.id.clone(), s.identity.clone())) {
+                    let r = &s.registration;
+                    if holders.contains(&(r.id.clone(), r.identity.clone())) {
                         fleet.reissued += 1;
                     } else if fleet.stragglers.len() < STRAGGLERS {
-                        fleet.stragglers.push(s.id.clone());
+                        fleet.stragglers.push(r.id.clone());
                     }
                 }
                 let (in_use, identities) = w

@@ -8,9 +8,10 @@ use crate::identity::IdentityService;
 use crate::metrics::Metrics;
 use crate::model::MeshOptions;
 use crate::source::Documents;
-use crate::store::{Store, Topic};
+use crate::store::{Registration, Store, Topic};
 use crate::tls::ServingTls;
 use crate::xds::Xds;
+use crate::xds::view::LiveEndpoint;
 use anyhow::Context;
 use mesh_proto::v1::discovery_server::DiscoveryServer;
 use mesh_proto::v1::identity_server::IdentityServer;
@@ -76,6 +77,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     xds.follow(documents.subscribe());
     remember_endpoints(&xds, &store).await;
+    tokio::spawn(follow_endpoints(
+        xds.clone(),
+        store.clone(),
+        changes.subscribe(Topic::Sidecars),
+    ));
     let heartbeat = tokio::spawn(heartbeat(store.clone(), replica.clone()));
     let rotations = crate::rotation::Rotations::start(
         crate::rotation::Wiring {
@@ -188,20 +194,7 @@ async fn remember_endpoints(xds: &Xds, store: &Store) {
     let _ = store.prune_registrations(now - 24 * 3600).await;
     match store.recent_registrations(now - RECENT_DISCONNECT).await {
         Ok(known) => {
-            let endpoints = known
-                .into_iter()
-                .filter(|r| !r.service.is_empty())
-                .map(|r| {
-                    let endpoint = crate::xds::view::LiveEndpoint {
-                        namespace: r.namespace,
-                        service: r.service,
-                        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
-                        address: r.inbound_address,
-                        identity: r.identity,
-                    };
-                    (r.id, endpoint)
-                })
-                .collect();
+            let endpoints = known.into_iter().filter_map(endpoint).collect();
             xds.remember(endpoints, WARMUP);
         }
         Err(e) => tracing::warn!(error = %e, "reading the sidecars known before this start"),
@@ -218,6 +211,55 @@ async fn remember_endpoints(xds: &Xds, store: &Store) {
             batch.clear();
         }
     });
+}
+
+/// A stored registration as an endpoint of its service (`None` for a sidecar of no service).
+fn endpoint(r: Registration) -> Option<(String, LiveEndpoint)> {
+    if r.service.is_empty() {
+        return None;
+    }
+    let endpoint = LiveEndpoint {
+        namespace: r.namespace,
+        service: r.service,
+        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
+        address: r.inbound_address,
+        identity: r.identity,
+    };
+    Some((r.id, endpoint))
+}
+
+/// The shortest time between two reads of the other replicas' sidecars: with a busy fleet,
+/// notifications come faster than that.
+const ENDPOINTS_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves the sidecars connected to the other live replicas as endpoints too, read from the
+/// store whenever a stream opens or closes somewhere (NOTIFY), at least every
+/// [`crate::rotation::RESYNC`], at most every [`ENDPOINTS_MIN_INTERVAL`]. With SQLite there is
+/// one replica and no other sidecars.
+async fn follow_endpoints(xds: Xds, store: Store, mut changes: tokio::sync::watch::Receiver<u64>) {
+    if store.backend() == crate::store::Backend::Sqlite {
+        return;
+    }
+    loop {
+        let alive_since =
+            time::OffsetDateTime::now_utc().unix_timestamp() - REPLICA_TTL.as_secs() as i64;
+        match store.connected_sidecars(alive_since).await {
+            Ok(fleet) => xds.set_remote(
+                fleet
+                    .into_iter()
+                    .map(|s| s.registration)
+                    .filter(|r| r.replica != xds.replica())
+                    .filter_map(endpoint)
+                    .collect(),
+            ),
+            Err(e) => tracing::warn!(error = %e, "reading the other replicas' sidecars"),
+        }
+        tokio::time::sleep(ENDPOINTS_MIN_INTERVAL).await;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(crate::rotation::RESYNC) => {}
+        }
+    }
 }
 
 /// This replica's name: the host name (a pod name in Kubernetes) and the process id.

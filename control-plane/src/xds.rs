@@ -100,6 +100,9 @@ struct Inner {
     /// Sidecars known from the store as connected before this meshd started, served as
     /// endpoints until they reconnect or the warm-up ends ([`Xds::remember`]).
     remembered: RwLock<BTreeMap<String, LiveEndpoint>>,
+    /// Sidecars whose streams are on other replicas (from the store), served as endpoints
+    /// ([`Xds::set_remote`]).
+    remote: RwLock<BTreeMap<String, LiveEndpoint>>,
     /// Where streams that open and close are reported, to be recorded in the store.
     registry: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RegistrationEvent>>,
     scopes: Mutex<HashMap<ScopeKey, watch::Sender<Arc<Snapshot>>>>,
@@ -133,6 +136,7 @@ impl Xds {
                 directives: RwLock::new(Vec::new()),
                 sidecars: RwLock::new(BTreeMap::new()),
                 remembered: RwLock::new(BTreeMap::new()),
+                remote: RwLock::new(BTreeMap::new()),
                 registry: std::sync::OnceLock::new(),
                 scopes: Mutex::new(HashMap::new()),
                 pending_since: Mutex::new(None),
@@ -195,6 +199,23 @@ impl Xds {
                 xds.mark_changed();
             }
         });
+    }
+
+    /// Serves `endpoints` (id → endpoint: sidecars connected to the other replicas, as the store
+    /// knows them) besides this replica's own sidecars; pushed only if they changed.
+    pub fn set_remote(&self, endpoints: BTreeMap<String, LiveEndpoint>) {
+        let mut remote = write(&self.inner.remote);
+        if *remote == endpoints {
+            return;
+        }
+        *remote = endpoints;
+        drop(remote);
+        self.mark_changed();
+    }
+
+    /// This replica's name (sidecars' `control_plane`, the store's `replica`).
+    pub fn replica(&self) -> &str {
+        &self.inner.control_plane.replica
     }
 
     fn report(&self, event: RegistrationEvent) {
@@ -378,10 +399,15 @@ impl Xds {
                 identity: e.status.identity.clone(),
             })
             .collect();
+        // Then the other replicas' sidecars and those known before a restart, each once.
+        let remembered = read(&self.inner.remembered);
+        let remote = read(&self.inner.remote);
+        let mut seen: std::collections::HashSet<&String> = sidecars.keys().collect();
         out.extend(
-            read(&self.inner.remembered)
+            remote
                 .iter()
-                .filter(|(id, _)| !sidecars.contains_key(*id))
+                .chain(remembered.iter())
+                .filter(|(id, _)| seen.insert(*id))
                 .map(|(_, e)| e.clone()),
         );
         out

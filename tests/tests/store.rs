@@ -1074,8 +1074,8 @@ async fn the_fleet_of_every_live_replica_with_the_bundle_each_sidecar_acked(db: 
         .iter()
         .map(|s: &ConnectedSidecar| {
             (
-                s.id.as_str(),
-                s.replica.as_str(),
+                s.registration.id.as_str(),
+                s.registration.replica.as_str(),
                 s.bundle_version.as_deref(),
             )
         })
@@ -1106,7 +1106,7 @@ async fn the_fleet_of_every_live_replica_with_the_bundle_each_sidecar_acked(db: 
     let fleet = store.connected_sidecars(NOW + 30 - 15).await.unwrap();
     let ids: Vec<(&str, Option<&str>)> = fleet
         .iter()
-        .map(|s| (s.id.as_str(), s.bundle_version.as_deref()))
+        .map(|s| (s.registration.id.as_str(), s.bundle_version.as_deref()))
         .collect();
     assert_eq!(ids, [("s1", Some("v1")), ("s2", None)]);
     // A replica that shuts down cleanly is forgotten at once.
@@ -1315,11 +1315,12 @@ async fn postgres_changes_are_notified_to_other_replicas() {
     let mut ca = changes.subscribe(Topic::Ca);
     let mut documents = changes.subscribe(Topic::Documents);
     // The listener wakes every topic once it listens (whatever happened before).
-    tokio::time::timeout(Duration::from_secs(20), ca.changed())
-        .await
-        .unwrap()
-        .unwrap();
-    documents.borrow_and_update();
+    for topic in [&mut ca, &mut documents] {
+        tokio::time::timeout(Duration::from_secs(20), topic.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 
     a.save_ca_state(&ca_state(b"k", "idle")).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), ca.changed())

@@ -20,8 +20,9 @@ CREATE TABLE meshd_replicas (
     heartbeat_at BIGINT  NOT NULL
 );
 
--- Tell every listening replica when the CA state or a document changed (LISTEN/NOTIFY). A
--- trigger rather than a NOTIFY in the code: every writer notifies, and only once it committed.
+-- Tell every listening replica when the CA state, a document or the set of connected sidecars
+-- changed (LISTEN/NOTIFY). A trigger rather than a NOTIFY in the code: every writer notifies,
+-- and only once it committed; PostgreSQL folds the notifications of one transaction into one.
 CREATE FUNCTION meshd_notify_ca() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('meshd_ca', '');
@@ -37,3 +38,17 @@ BEGIN
 END $$;
 CREATE TRIGGER documents_changed AFTER INSERT ON document_history
     FOR EACH STATEMENT EXECUTE FUNCTION meshd_notify_documents();
+
+-- Sidecars as endpoints: a stream opened or closed (not a bundle ACK, not a heartbeat), or a
+-- replica that shut down.
+CREATE FUNCTION meshd_notify_sidecars() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('meshd_sidecars', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sidecars_changed
+    AFTER INSERT OR DELETE OR UPDATE OF disconnected_at, replica, service, labels,
+        inbound_address, identity ON sidecar_registrations
+    FOR EACH STATEMENT EXECUTE FUNCTION meshd_notify_sidecars();
+CREATE TRIGGER replicas_changed AFTER DELETE ON meshd_replicas
+    FOR EACH STATEMENT EXECUTE FUNCTION meshd_notify_sidecars();

@@ -1,4 +1,4 @@
-//! How a replica learns that another one changed the CA state or a document: PostgreSQL
+//! How a replica learns that another one changed the CA state, a document or its sidecars: PostgreSQL
 //! LISTEN/NOTIFY (triggers in `migrations/postgres/0005_replicas.sql` notify on every committed
 //! write). A notification only says "look again"; the reader re-reads the store, so a lost
 //! notification (the listening session dropped and reconnected) is covered by waking every
@@ -18,16 +18,19 @@ pub enum Topic {
     Ca,
     /// A config document (applied, deleted, rolled back).
     Documents,
+    /// A sidecar's stream opened or closed on some replica (endpoints), or a replica left.
+    Sidecars,
 }
 
 impl Topic {
-    const ALL: [Topic; 2] = [Topic::Ca, Topic::Documents];
+    const ALL: [Topic; 3] = [Topic::Ca, Topic::Documents, Topic::Sidecars];
 
     /// The NOTIFY channel, as the migration's triggers name it.
     fn channel(self) -> &'static str {
         match self {
             Self::Ca => "meshd_ca",
             Self::Documents => "meshd_documents",
+            Self::Sidecars => "meshd_sidecars",
         }
     }
 }
@@ -40,6 +43,7 @@ const RELISTEN: Duration = Duration::from_secs(1);
 pub struct Changes {
     ca: Arc<watch::Sender<u64>>,
     documents: Arc<watch::Sender<u64>>,
+    sidecars: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
@@ -49,6 +53,7 @@ impl Store {
         let changes = Changes {
             ca: Arc::new(watch::channel(0).0),
             documents: Arc::new(watch::channel(0).0),
+            sidecars: Arc::new(watch::channel(0).0),
         };
         if let DbPool::Postgres(pool) = &self.pool {
             tokio::spawn(listen(pool.clone(), changes.clone()));
@@ -69,6 +74,7 @@ impl Changes {
         match topic {
             Topic::Ca => &self.ca,
             Topic::Documents => &self.documents,
+            Topic::Sidecars => &self.sidecars,
         }
     }
 

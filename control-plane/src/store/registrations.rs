@@ -40,12 +40,12 @@ pub enum RegistrationEvent {
     },
 }
 
-/// A sidecar with an open stream on a live replica, for the CA rotation's gates.
+/// A sidecar with an open stream on a live replica: an endpoint of its service for every
+/// replica, and counted by the CA rotation's gates.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ConnectedSidecar {
-    pub id: String,
-    pub identity: String,
-    pub replica: String,
+    #[sqlx(flatten)]
+    pub registration: Registration,
     /// The TrustBundle type version it ACKed on that stream; `None` before its first ACK.
     pub bundle_version: Option<String>,
 }
@@ -175,7 +175,8 @@ impl Store {
     pub async fn connected_sidecars(&self, alive_since: i64) -> Result<Vec<ConnectedSidecar>> {
         with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT s.id, s.identity, s.replica, s.bundle_version \
+                "SELECT s.id, s.namespace, s.service, s.labels, s.inbound_address, s.identity, \
+                 s.connected_at, s.disconnected_at, s.replica, s.bundle_version \
                  FROM sidecar_registrations s JOIN meshd_replicas r ON r.name = s.replica \
                  WHERE s.disconnected_at IS NULL AND r.heartbeat_at >= $1 ORDER BY s.id",
             )
