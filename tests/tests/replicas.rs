@@ -8,8 +8,8 @@
 
 use mesh_tests::meshd::Meshd;
 use mesh_tests::postgres::TempPostgres;
-use mesh_tests::proxy::Proxy;
-use mesh_tests::ring::{NAMES, Ring, identity, pem_blocks};
+use mesh_tests::proxy::{Proxy, issue_cert};
+use mesh_tests::ring::{NAMES, Ring, identity, openssl_verify, pem_blocks};
 use mesh_tests::wait;
 use serde_json::Value;
 use std::time::Duration;
@@ -38,16 +38,25 @@ async fn connected_to(replica: &Meshd) -> Vec<String> {
 
 /// `POST /api/v1/ca/rotation` on `replica` (automatic, re-issues staggered over `window`).
 async fn start_rotation(replica: &Meshd, window: &str) -> Value {
+    post(replica, "", serde_json::json!({ "window": window }), 201).await
+}
+
+/// `POST /api/v1/ca/rotation{path}` on `replica` with `body`; the answer, which must have
+/// `status`.
+async fn post(replica: &Meshd, path: &str, body: Value, status: u16) -> Value {
     let response = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/ca/rotation", replica.admin_addr))
+        .post(format!(
+            "http://{}/api/v1/ca/rotation{path}",
+            replica.admin_addr
+        ))
         .bearer_auth(replica.admin_token())
-        .json(&serde_json::json!({ "window": window }))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    let status = response.status();
+    let got = response.status();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(got, status, "POST /api/v1/ca/rotation{path}: {body}");
     body
 }
 
@@ -171,6 +180,15 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
     }
     assert_ne!(old_roots, std::slice::from_ref(&new_root));
     assert_eq!(ring.meshd.bundle_pem(), ring.others[0].bundle_pem());
+    // Each replica serves TLS under the new root and signs with the new CA: `meshctl cert
+    // issue` against it checks its certificate with the new bundle only.
+    for (i, r) in replicas.iter().enumerate() {
+        let dir = ring.dir.join(format!("checker-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, _) = issue_cert(r, &identity("checker"), &dir);
+        let (ok, text) = openssl_verify(&r.data_dir.join("ca-bundle.pem"), &cert);
+        assert!(ok, "replica {i} signed under the new root: {text}");
+    }
     // The leader's audit shows the phases once, from the one driver.
     let audit = ring.meshd.admin_get("/api/v1/audit?limit=200").await;
     let phases: Vec<&str> = audit["entries"]
@@ -237,6 +255,91 @@ async fn the_other_replica_finishes_a_rotation_when_its_driver_dies() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e} (replica {dead} died)\n{}", ring.logs()));
+    traffic.wait_more(20).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 100, "the loop ran ({ok} requests)");
+}
+
+#[tokio::test]
+async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, ring) = two_replicas(dir.path()).await;
+    let (a, b) = (&ring.meshd, &ring.others[0]);
+    let old_bundle = a.bundle_pem();
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    let gate_met = |phase: &'static str| {
+        move |s: &Value| {
+            s["phase"] == phase
+                && s["waiting_for"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("rotate next"))
+        }
+    };
+
+    // Started on b; each command goes to the other replica than the one before.
+    let started = post(
+        b,
+        "",
+        serde_json::json!({ "manual": true, "window": "3s" }),
+        201,
+    )
+    .await;
+    assert_eq!(started["phase"], "prepare", "{started}");
+    // A second start, on a, sees the rotation b started.
+    let busy = post(a, "", serde_json::json!({ "window": "3s" }), 409).await;
+    assert!(busy.to_string().contains("already under way"), "{busy}");
+    ring.wait_rotation_on(
+        a,
+        "prepare's gate, seen on a",
+        ROTATION_DEADLINE,
+        gate_met("prepare"),
+    )
+    .await;
+    let paused = post(a, "/pause", serde_json::json!({}), 200).await;
+    assert_eq!(paused["paused"], true, "{paused}");
+    // Paused, as b sees it: `next` is refused there.
+    ring.wait_rotation_on(b, "b to see the pause", ROTATION_DEADLINE, |s| {
+        s["paused"] == true
+    })
+    .await;
+    post(b, "/next", serde_json::json!({}), 409).await;
+    post(b, "/resume", serde_json::json!({}), 200).await;
+    let switched = post(a, "/next", serde_json::json!({}), 200).await;
+    assert_eq!(switched["phase"], "switch", "{switched}");
+    ring.wait_rotation_on(b, "a first re-issue, seen on b", ROTATION_DEADLINE, |s| {
+        s["phase"] == "switch" && s["progress"]["done"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let back = post(b, "/rollback", serde_json::json!({}), 200).await;
+    assert_eq!(back["phase"], "rolling-back", "{back}");
+    ring.wait_rotation_on(
+        a,
+        "rolling back's gate, seen on a",
+        ROTATION_DEADLINE,
+        gate_met("rolling-back"),
+    )
+    .await;
+    let over = post(a, "/next", serde_json::json!({}), 200).await;
+    assert_eq!(over["phase"], "rolled-back", "{over}");
+
+    for r in [a, b] {
+        ring.wait_rotation_on(
+            r,
+            "the rotation to be rolled back",
+            ROTATION_DEADLINE,
+            |s| s["phase"] == "rolled-back",
+        )
+        .await;
+        wait::until(
+            "every replica's bundle to hold only the old root again",
+            ROTATION_DEADLINE,
+            || async { (r.bundle_pem() == old_bundle).then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
     traffic.wait_more(20).await;
     let (ok, failed) = traffic.stop().await;
     assert!(failed.is_empty(), "failed requests: {failed:?}");
