@@ -35,7 +35,9 @@
 
 use crate::ca::{Authority, IDLE, State};
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, AuditOutcome, CaStateRecord, Changes, LeaseKey, Store, Topic};
+use crate::store::{
+    AuditEntry, AuditOutcome, CaStateRecord, Changes, LeaseKey, SidecarGate, Store, Topic,
+};
 use crate::tls::ServingTls;
 use crate::xds::view::{Directive, ReissueTarget};
 use crate::xds::{Xds, issued_after};
@@ -44,7 +46,6 @@ use mesh_ca::rotation::{Effects, FleetView, Mode, Phase, Rotation, RotationError
 use mesh_ca::{CertificateAuthority, TrustBundle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -654,27 +655,23 @@ impl Rotations {
     }
 
     /// What the fleet shows of the current phase: the sidecars of every live replica, as the
-    /// store records them (`sidecar_registrations`, see [`Store::connected_sidecars`]).
+    /// store records them (`sidecar_registrations`, see [`Store::gate_count`]).
     async fn fleet_view(&self, r: &Rotation) -> anyhow::Result<FleetView> {
         let w = &self.inner.w;
         let at = now();
         let alive_since = at - crate::server::REPLICA_TTL.as_secs() as i64;
-        let sidecars = w.store.connected_sidecars(alive_since).await?;
-        let mut fleet = FleetView {
-            connected: sidecars.len(),
-            ..FleetView::default()
-        };
+        let mut fleet = FleetView::default();
         match r.phase {
             Phase::Prepare | Phase::Finalize => {
                 // Every replica computes the same version for the same bundle (a content hash).
                 let want = w.xds.bundle_version();
-                for s in &sidecars {
-                    if s.bundle_version.as_ref() == Some(&want) {
-                        fleet.bundle_acked += 1;
-                    } else if fleet.stragglers.len() < STRAGGLERS {
-                        fleet.stragglers.push(s.registration.id.clone());
-                    }
-                }
+                let gate = w
+                    .store
+                    .gate_count(alive_since, SidecarGate::Bundle(&want), STRAGGLERS as u32)
+                    .await?;
+                fleet.connected = gate.connected as usize;
+                fleet.bundle_acked = gate.done as usize;
+                fleet.stragglers = gate.stragglers;
             }
             Phase::Switch | Phase::RollingBack => {
                 let (wanted, retiring) = if r.phase == Phase::Switch {
@@ -682,20 +679,17 @@ impl Rotations {
                 } else {
                     (&r.old_signer, &r.new_signer)
                 };
-                let holders: HashSet<(String, String)> = w
+                let issuer = SidecarGate::Certificate {
+                    issuer: wanted,
+                    now: at,
+                };
+                let gate = w
                     .store
-                    .sidecars_with_certificate_from(wanted, at)
-                    .await?
-                    .into_iter()
-                    .collect();
-                for s in &sidecars {
-                    let r = &s.registration;
-                    if holders.contains(&(r.id.clone(), r.identity.clone())) {
-                        fleet.reissued += 1;
-                    } else if fleet.stragglers.len() < STRAGGLERS {
-                        fleet.stragglers.push(r.id.clone());
-                    }
-                }
+                    .gate_count(alive_since, issuer, STRAGGLERS as u32)
+                    .await?;
+                fleet.connected = gate.connected as usize;
+                fleet.reissued = gate.done as usize;
+                fleet.stragglers = gate.stragglers;
                 let (in_use, identities) = w
                     .store
                     .certificates_in_use(retiring, at, STRAGGLERS as u32)

@@ -57,7 +57,9 @@ pub use changes::{Changes, Topic};
 pub use documents::{ApplyOutcome, Document, Labels, Revision, RevisionOp};
 pub use join_tokens::{ConsumeOutcome, JoinToken, JoinTokenRecord};
 pub use lease::{Lease, LeaseKey};
-pub use registrations::{ConnectedSidecar, Registration, RegistrationEvent};
+pub use registrations::{
+    ConnectedSidecar, GateCount, Registration, RegistrationEvent, SidecarGate,
+};
 
 /// How long a SQLite connection waits for another writer before giving up with "database is
 /// locked". Writes are short transactions, so a few seconds is plenty.

@@ -917,20 +917,44 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
         2,
         "0B stays in use: only the identity's own certificate is superseded"
     );
+    // The gate of a switch: which connected sidecars hold a certificate of the wanted CA.
+    use meshd::store::{GateCount, Registration, RegistrationEvent, SidecarGate};
+    store.heartbeat("meshd-a", now).await.unwrap();
+    let sidecar = |id: &str| {
+        RegistrationEvent::Connected(Registration {
+            id: id.into(),
+            namespace: "prod".into(),
+            service: "web".into(),
+            labels: "{}".into(),
+            inbound_address: "10.0.0.1:15006".into(),
+            identity: WEB.into(),
+            connected_at: now,
+            disconnected_at: None,
+            replica: "meshd-a".into(),
+        })
+    };
+    store
+        .record_registrations(&[sidecar("web-1"), sidecar("web-2")])
+        .await
+        .unwrap();
+    let reissued = |issuer: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .gate_count(now - 15, SidecarGate::Certificate { issuer, now }, 5)
+                .await
+                .unwrap()
+        }
+    };
     assert_eq!(
-        store
-            .sidecars_with_certificate_from("new", now)
-            .await
-            .unwrap(),
-        [("web-1".to_string(), WEB.to_string())]
+        reissued("NEW").await,
+        GateCount {
+            connected: 2,
+            done: 1,
+            stragglers: vec!["web-2".into()]
+        }
     );
-    assert!(
-        store
-            .sidecars_with_certificate_from("other", now)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(reissued("other").await.done, 0);
 
     // Group commit: several signatures' records in one transaction, all or nothing.
     let issue = |serial: &str, renewed_with: Option<&str>| {
@@ -1087,6 +1111,29 @@ async fn the_fleet_of_every_live_replica_with_the_bundle_each_sidecar_acked(db: 
             ("s2", "b", Some("v2")),
             ("s3", "b", None)
         ]
+    );
+    use meshd::store::{GateCount, SidecarGate};
+    assert_eq!(
+        store
+            .gate_count(NOW - 15, SidecarGate::Bundle("v1"), 5)
+            .await
+            .unwrap(),
+        GateCount {
+            connected: 3,
+            done: 1,
+            stragglers: vec!["s2".into(), "s3".into()]
+        }
+    );
+    assert_eq!(
+        store
+            .gate_count(NOW - 15, SidecarGate::Bundle("v2"), 1)
+            .await
+            .unwrap(),
+        GateCount {
+            connected: 3,
+            done: 1,
+            stragglers: vec!["s1".into()]
+        }
     );
     // s2 fails over to a: its new stream has acked nothing yet, and b's late disconnect
     // report does not end it.

@@ -40,8 +40,73 @@ pub enum RegistrationEvent {
     },
 }
 
+/// What a CA rotation's gate asks of every connected sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarGate<'a> {
+    /// It ACKed this TrustBundle type version.
+    Bundle(&'a str),
+    /// It holds a certificate of this issuer (signing certificate fingerprint) that is not
+    /// expired at `now`.
+    Certificate { issuer: &'a str, now: i64 },
+}
+
+/// How far the sidecars of the live replicas are with a [`SidecarGate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateCount {
+    pub connected: u64,
+    pub done: u64,
+    /// Ids of a few sidecars not done, by id.
+    pub stragglers: Vec<String>,
+}
+
+/// The sidecars with an open stream on a replica heard from at or after `$1`, as `s`.
+macro_rules! connected_from {
+    () => {
+        " FROM sidecar_registrations s JOIN meshd_replicas r ON r.name = s.replica \
+         WHERE s.disconnected_at IS NULL AND r.heartbeat_at >= $1"
+    };
+}
+
+/// Whether sidecar `s` is done with a [`SidecarGate::Bundle`] (`$2`: the version).
+macro_rules! bundle_done {
+    () => {
+        "s.bundle_version = $2"
+    };
+}
+
+/// Whether sidecar `s` is done with a [`SidecarGate::Certificate`] (`$2`: the issuer, `$3`:
+/// now). `issued_certificates_by_sidecar` makes it one index probe per sidecar.
+macro_rules! certificate_done {
+    () => {
+        "EXISTS (SELECT 1 FROM issued_certificates c WHERE c.sidecar = s.id \
+         AND c.identity = s.identity AND c.issuer_fingerprint = $2 AND c.not_after >= $3)"
+    };
+}
+
+/// The two statements of a gate: (connected, done) and a few stragglers (`$last`: how many).
+macro_rules! gate_sql {
+    ($done:expr, $last:literal) => {
+        (
+            concat!(
+                "SELECT COUNT(*), COUNT(CASE WHEN ",
+                $done,
+                " THEN 1 END)",
+                connected_from!()
+            ),
+            concat!(
+                "SELECT s.id",
+                connected_from!(),
+                " AND CASE WHEN ",
+                $done,
+                " THEN 1 ELSE 0 END = 0 ORDER BY s.id LIMIT ",
+                $last
+            ),
+        )
+    };
+}
+
 /// A sidecar with an open stream on a live replica: an endpoint of its service for every
-/// replica, and counted by the CA rotation's gates.
+/// replica.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ConnectedSidecar {
     #[sqlx(flatten)]
@@ -185,5 +250,66 @@ impl Store {
             .await
         })
         .map_err(|e| StoreError::database("listing connected sidecars", e))
+    }
+
+    /// How far the sidecars connected to live replicas (heard from at or after `alive_since`)
+    /// are with `gate`, counted in the database (a fleet of thousands is not read row by row
+    /// every second), with up to `sample` stragglers.
+    pub async fn gate_count(
+        &self,
+        alive_since: i64,
+        gate: SidecarGate<'_>,
+        sample: u32,
+    ) -> Result<GateCount> {
+        let err = |e| StoreError::database("counting sidecars at a rotation gate", e);
+        let sample = i64::from(sample);
+        let ((connected, done), stragglers): ((i64, i64), Vec<String>) = match gate {
+            SidecarGate::Bundle(version) => {
+                let (count, late) = gate_sql!(bundle_done!(), "$3");
+                with_pool!(self, pool => {
+                    let counted = sqlx::query_as(count)
+                        .bind(alive_since)
+                        .bind(version)
+                        .fetch_one(pool)
+                        .await
+                        .map_err(err)?;
+                    let late = sqlx::query_scalar(late)
+                        .bind(alive_since)
+                        .bind(version)
+                        .bind(sample)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(err)?;
+                    (counted, late)
+                })
+            }
+            SidecarGate::Certificate { issuer, now } => {
+                let issuer = issuer.to_ascii_lowercase();
+                let (count, late) = gate_sql!(certificate_done!(), "$4");
+                with_pool!(self, pool => {
+                    let counted = sqlx::query_as(count)
+                        .bind(alive_since)
+                        .bind(issuer.as_str())
+                        .bind(now)
+                        .fetch_one(pool)
+                        .await
+                        .map_err(err)?;
+                    let late = sqlx::query_scalar(late)
+                        .bind(alive_since)
+                        .bind(issuer.as_str())
+                        .bind(now)
+                        .bind(sample)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(err)?;
+                    (counted, late)
+                })
+            }
+        };
+        Ok(GateCount {
+            connected: u64::try_from(connected).unwrap_or(0),
+            done: u64::try_from(done).unwrap_or(0),
+            stragglers,
+        })
     }
 }
