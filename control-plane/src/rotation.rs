@@ -152,6 +152,8 @@ pub struct Wiring {
     pub metrics: Metrics,
     /// Other replicas' changes to `ca_state`.
     pub changes: Changes,
+    /// Becomes `true` at shutdown: the driver stops and gives its lease up at once.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Inner {
@@ -288,12 +290,19 @@ impl Rotations {
         let mut last_count: Option<Instant> = None;
         let mut last_sync = Instant::now();
         let mut changed = false;
+        let mut shutdown = self.inner.w.shutdown.clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.inner.wake.notified() => {}
                 // `Changes` lives in `Inner`, so its sender never goes away.
                 Ok(()) = changes.changed() => changed = true,
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                    // Another replica takes over on its next try, not when our process ends.
+                    lease.release().await;
+                    self.inner.leads.store(false, Ordering::Relaxed);
+                    return;
+                }
             }
             // Counting live certificates by issuer reads the table: not every tick.
             if last_count.is_none_or(|t| t.elapsed() >= METRICS_INTERVAL) {

@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             grpc_addr,
             metrics: metrics.clone(),
             changes,
+            shutdown: stop_rx.clone(),
         },
         rotation,
         restored.record.version,
