@@ -170,12 +170,30 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// (it died without closing their streams); they count again once they reconnect elsewhere.
 pub const REPLICA_TTL: Duration = Duration::from_secs(15);
 
-/// Records that this replica is alive, every [`HEARTBEAT`], until aborted.
+/// How long a replica must have been silent before another one closes the streams it left
+/// recorded as open. Much longer than [`REPLICA_TTL`] (which already stops them counting): a
+/// replica that is only slow must not find its live streams closed behind its back.
+const REAP_AFTER: Duration = Duration::from_secs(300);
+
+/// Records that this replica is alive, every [`HEARTBEAT`], until aborted; and closes the
+/// streams that replicas which died (no heartbeat for [`REAP_AFTER`]) left recorded as open,
+/// so that no later start takes their sidecars for known endpoints.
 async fn heartbeat(store: Store, replica: String) {
     loop {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if let Err(e) = store.heartbeat(&replica, now).await {
             tracing::warn!(error = %e, "recording this replica's heartbeat");
+        }
+        match store
+            .reap_replicas(now - REAP_AFTER.as_secs() as i64, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(
+                streams = closed,
+                "closed the streams of replicas that stopped without closing them"
+            ),
+            Err(e) => tracing::warn!(error = %e, "closing the streams of dead replicas"),
         }
         tokio::time::sleep(HEARTBEAT).await;
     }

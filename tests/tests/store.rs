@@ -1156,6 +1156,18 @@ async fn the_fleet_of_every_live_replica_with_the_bundle_each_sidecar_acked(db: 
         .map(|s| (s.registration.id.as_str(), s.bundle_version.as_deref()))
         .collect();
     assert_eq!(ids, [("s1", Some("v1")), ("s2", None)]);
+    // Any replica closes the streams dead b left open, and forgets b.
+    assert_eq!(
+        store.reap_replicas(NOW + 30 - 15, NOW + 30).await.unwrap(),
+        1
+    );
+    let recent = store.recent_registrations(NOW + 30).await.unwrap();
+    let s3 = recent.iter().find(|r| r.id == "s3").unwrap();
+    assert_eq!(s3.disconnected_at, Some(NOW + 30), "{recent:?}");
+    assert_eq!(
+        store.reap_replicas(NOW + 30 - 15, NOW + 31).await.unwrap(),
+        0
+    );
     // A replica that shuts down cleanly is forgotten at once.
     store.forget_replica("a").await.unwrap();
     assert!(

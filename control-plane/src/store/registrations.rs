@@ -222,6 +222,34 @@ impl Store {
         .map_err(|e| StoreError::database("recording the replica's heartbeat", e))
     }
 
+    /// Closes the streams still recorded as open on replicas not heard from since
+    /// `alive_since` (they died without closing them) as of `now`, and forgets those replicas;
+    /// returns how many streams. Any replica may do it, as often as it likes.
+    pub async fn reap_replicas(&self, alive_since: i64, now: i64) -> Result<u64> {
+        let err = |e| StoreError::database("closing the streams of dead replicas", e);
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(err)?;
+            let closed = sqlx::query(
+                "UPDATE sidecar_registrations SET disconnected_at = $2 \
+                 WHERE disconnected_at IS NULL AND replica NOT IN \
+                 (SELECT name FROM meshd_replicas WHERE heartbeat_at >= $1)",
+            )
+            .bind(alive_since)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+            sqlx::query("DELETE FROM meshd_replicas WHERE heartbeat_at < $1")
+                .bind(alive_since)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            Ok(closed)
+        })
+    }
+
     /// Forgets `replica` (a graceful shutdown): its sidecars stop counting at once.
     pub async fn forget_replica(&self, replica: &str) -> Result<()> {
         with_pool!(self, pool => {
