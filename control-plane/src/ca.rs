@@ -60,82 +60,69 @@ impl Authority {
             max_ttl: config.cert_ttl,
             ..SigningPolicy::default()
         };
-        let imported = match &config.import_ca {
+        let mut imported = match &config.import_ca {
             Some((cert, key)) => Some(import(cert, key, config)?),
             None => None,
         };
-        let state = store
+        let imported_root = imported.as_ref().map(|ca| ca.root().fingerprint.clone());
+        if store
             .load_ca_state()
             .await
-            .context("reading the CA state")?;
-        let (current, next, bundle, record) = match state {
-            Some(record) => {
-                let ca = CertificateAuthority::from_sealed(
-                    &record.cert_chain_pem,
-                    &record.signing_key,
-                    &kek,
+            .context("reading the CA state")?
+            .is_none()
+        {
+            let ca = match imported.take() {
+                Some(ca) => ca,
+                None => CertificateAuthority::generate_root(&CaOptions::new(
                     config.trust_domain.clone(),
-                )
-                .context(
-                    "restoring the CA from the store (is this the right key-encryption key?)",
-                )?;
-                if let Some(new) = &imported
-                    && new.root().fingerprint != ca.root().fingerprint
-                {
-                    bail!(
-                        "the store already holds a CA with root {}, and --ca-cert names another \
-                         root ({}); to change the CA use `meshctl ca rotate --import-cert`",
-                        ca.root().fingerprint,
-                        new.root().fingerprint
-                    );
-                }
-                let bundle = TrustBundle::from_pem(&record.roots_pem.concat())
-                    .context("reading the stored trust bundle")?;
-                let next = match &record.pending_key {
-                    Some(sealed) => Some(
-                        CertificateAuthority::from_sealed(
-                            &pending_chain(&record.rotation_data)?,
-                            sealed,
-                            &kek,
-                            config.trust_domain.clone(),
-                        )
-                        .context("restoring the CA a rotation moves to")?,
-                    ),
-                    None => None,
-                };
-                tracing::info!(root = %ca.root().fingerprint, "CA restored from the store");
-                (ca, next, bundle, record)
-            }
-            None => {
-                let ca = match imported {
-                    Some(ca) => ca,
-                    None => CertificateAuthority::generate_root(&CaOptions::new(
-                        config.trust_domain.clone(),
-                    ))
-                    .context("generating the root CA")?,
-                };
-                let bundle = ca.bundle();
-                let record = CaStateRecord {
-                    signing_key: ca.sealed_key(&kek).context("sealing the CA key")?,
-                    cert_chain_pem: ca.chain_pem(),
-                    roots_pem: bundle.roots().iter().map(|r| r.to_pem()).collect(),
-                    rotation_phase: IDLE.into(),
-                    rotation_data: "{}".into(),
-                    pending_key: None,
-                    previous_key: None,
-                    updated_at: time::OffsetDateTime::now_utc().unix_timestamp(),
-                };
-                store
-                    .save_ca_state(&record)
-                    .await
-                    .context("saving the new CA")?;
+                ))
+                .context("generating the root CA")?,
+            };
+            let bundle = ca.bundle();
+            let record = CaStateRecord {
+                signing_key: ca.sealed_key(&kek).context("sealing the CA key")?,
+                cert_chain_pem: ca.chain_pem(),
+                roots_pem: bundle.roots().iter().map(|r| r.to_pem()).collect(),
+                rotation_phase: IDLE.into(),
+                rotation_data: "{}".into(),
+                pending_key: None,
+                previous_key: None,
+                updated_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                version: 0,
+            };
+            // Another replica on the same database may have created its CA first: then that
+            // one is used (read back below), and this one is dropped.
+            if store
+                .create_ca_state(&record)
+                .await
+                .context("saving the new CA")?
+            {
                 tracing::info!(root = %ca.root().fingerprint, "CA created");
-                (ca, None, bundle, record)
             }
-        };
+        } else {
+            tracing::info!("CA restored from the store");
+        }
+        let record = store
+            .load_ca_state()
+            .await
+            .context("reading the CA state")?
+            .context("the CA state vanished from the store while meshd started")?;
+        let (ca, next) = unseal(&record, &kek, &config.trust_domain)
+            .context("restoring the CA from the store (is this the right key-encryption key?)")?;
+        if let Some(new_root) = &imported_root
+            && *new_root != ca.root().fingerprint
+        {
+            bail!(
+                "the store already holds a CA with root {}, and --ca-cert names another \
+                 root ({new_root}); to change the CA use `meshctl ca rotate --import-cert`",
+                ca.root().fingerprint,
+            );
+        }
+        let bundle = TrustBundle::from_pem(&record.roots_pem.concat())
+            .context("reading the stored trust bundle")?;
         let bundle_file = config.data_dir.join(BUNDLE_FILE);
         write_private_or_public(&bundle_file, bundle.to_pem().as_bytes(), 0o644)?;
-        let current = Arc::new(current.with_policy(signing_policy));
+        let current = Arc::new(ca.with_policy(signing_policy));
         let next = next.map(|n| Arc::new(n.with_policy(signing_policy)));
         // Until the rotation driver says otherwise: the stored CA signs, the stored bundle.
         let authority = Self {
@@ -181,6 +168,16 @@ impl Authority {
         Ok(())
     }
 
+    /// The CAs a stored record holds, with this meshd's signing policy: the established one
+    /// and, during a rotation, the one it moves to.
+    pub fn unseal(
+        &self,
+        record: &CaStateRecord,
+    ) -> anyhow::Result<(Arc<CertificateAuthority>, Option<Arc<CertificateAuthority>>)> {
+        let (current, next) = unseal(record, &self.kek, &self.trust_domain)?;
+        Ok((self.adopt(current), next.map(|n| self.adopt(n))))
+    }
+
     /// Gives a CA this meshd's signing policy.
     pub fn adopt(&self, ca: CertificateAuthority) -> Arc<CertificateAuthority> {
         Arc::new(ca.with_policy(self.signing_policy))
@@ -211,6 +208,34 @@ impl Authority {
 
 /// `ca_state.rotation_phase` when no rotation ever ran.
 pub const IDLE: &str = "idle";
+
+/// The CAs of a stored record: the established one and, during a rotation, the one it moves to.
+fn unseal(
+    record: &CaStateRecord,
+    kek: &KeyEncryptionKey,
+    trust_domain: &mesh_ca::TrustDomain,
+) -> anyhow::Result<(CertificateAuthority, Option<CertificateAuthority>)> {
+    let current = CertificateAuthority::from_sealed(
+        &record.cert_chain_pem,
+        &record.signing_key,
+        kek,
+        trust_domain.clone(),
+    )
+    .context("restoring the CA from the store")?;
+    let next = match &record.pending_key {
+        Some(sealed) => Some(
+            CertificateAuthority::from_sealed(
+                &pending_chain(&record.rotation_data)?,
+                sealed,
+                kek,
+                trust_domain.clone(),
+            )
+            .context("restoring the CA a rotation moves to")?,
+        ),
+        None => None,
+    };
+    Ok((current, next))
+}
 
 /// The chain of the CA a rotation moves to, from `rotation_data`.
 fn pending_chain(rotation_data: &str) -> anyhow::Result<String> {

@@ -13,11 +13,31 @@
 //!
 //! A certificate counts as "in use" until it expires or its holder renews by presenting it
 //! (`issued_certificates.superseded_at`), so the old root leaves the bundle only when nobody can
-//! still need it. One meshd replica drives a rotation; see ARCHITECTURE.md for several replicas.
+//! still need it.
+//!
+//! # Several replicas
+//!
+//! Every replica runs this driver over one store, and one of them *leads*: the holder of the
+//! [`LeaseKey::CaRotation`] lease (a PostgreSQL advisory lock; with SQLite, the one replica).
+//! Only the leader ticks the machine. Every replica *follows* `ca_state`: when it changes
+//! (NOTIFY, or the periodic re-read [`RESYNC`]) it reads the rotation and makes its own
+//! authority, bundle, serving certificate and directive match it ([`Rotations::sync`]), so its
+//! own sidecars see the same phase. The gates count every replica's sidecars: each replica
+//! records in `sidecar_registrations` the bundle its sidecars ACKed, and the fleet view reads
+//! those rows (of replicas whose heartbeat is recent).
+//!
+//! An operator's command (start, pause, resume, rollback, next) is carried out by the replica
+//! that receives it, like a tick: read the stored state, change it, write it back only if
+//! nobody wrote in between (`ca_state.version`, compare-and-swap), then apply it. Every write of
+//! `ca_state` is such a compare-and-swap, so a command and the leader's tick never overwrite
+//! each other unseen; the loser reads again. A new leader (the old one died, its lock went with
+//! its database session) resumes from the stored state.
 
 use crate::ca::{Authority, IDLE, State};
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, AuditOutcome, CaStateRecord, Store};
+use crate::store::{
+    AuditEntry, AuditOutcome, CaStateRecord, Changes, LeaseKey, SidecarGate, Store, Topic,
+};
 use crate::tls::ServingTls;
 use crate::xds::view::{Directive, ReissueTarget};
 use crate::xds::{Xds, issued_after};
@@ -26,14 +46,17 @@ use mesh_ca::rotation::{Effects, FleetView, Mode, Phase, Rotation, RotationError
 use mesh_ca::{CertificateAuthority, TrustBundle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How often the driver looks at the fleet.
+/// How often the driver looks at the fleet (and a replica that does not lead tries to).
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often every replica re-reads `ca_state` without being notified (a safety net for a
+/// lost notification).
+pub const RESYNC: Duration = Duration::from_secs(5);
 /// How often `meshd_certificates_live` is recounted.
 const METRICS_INTERVAL: Duration = Duration::from_secs(15);
 /// How many stragglers a status names.
@@ -105,6 +128,8 @@ pub enum RotateError {
     Busy(&'static str),
     #[error("no rotation is under way: start one with `meshctl ca rotate`")]
     NoRotation,
+    #[error("the CA rotation was changed by another meshd replica meanwhile: try again")]
+    Stale,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0:#}")]
@@ -117,16 +142,34 @@ pub struct Rotations {
     inner: Arc<Inner>,
 }
 
+/// What the driver works with.
+pub struct Wiring {
+    pub authority: Authority,
+    pub store: Store,
+    pub xds: Xds,
+    pub tls: ServingTls,
+    pub grpc_addr: SocketAddr,
+    pub metrics: Metrics,
+    /// Other replicas' changes to `ca_state`.
+    pub changes: Changes,
+    /// Becomes `true` at shutdown: the driver stops and gives its lease up at once.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
 struct Inner {
-    authority: Authority,
-    store: Store,
-    xds: Xds,
-    tls: ServingTls,
-    grpc_addr: SocketAddr,
-    metrics: Metrics,
-    data: tokio::sync::Mutex<Option<RotationData>>,
+    w: Wiring,
+    /// The rotation as this replica last read or wrote it.
+    followed: tokio::sync::Mutex<Followed>,
     fleet: std::sync::Mutex<FleetView>,
+    /// Whether this replica holds the lease (drives the machine).
+    leads: AtomicBool,
     wake: Notify,
+}
+
+/// The stored rotation this replica follows, and the `ca_state` version it was read at.
+struct Followed {
+    data: Option<RotationData>,
+    version: i64,
 }
 
 fn now() -> i64 {
@@ -139,13 +182,9 @@ pub fn restore(
     authority: &Authority,
     record: &CaStateRecord,
 ) -> anyhow::Result<Option<RotationData>> {
-    if record.rotation_phase == IDLE {
+    let Some((data, planned)) = read(authority, record)? else {
         return Ok(None);
-    }
-    let data: RotationData = serde_json::from_str(&record.rotation_data)
-        .context("reading the stored CA rotation (ca_state.rotation_data)")?;
-    let state = authority.state();
-    let planned = plan(&data, &state.current, state.next.as_ref())?;
+    };
     authority.install(planned)?;
     if !data.rotation.phase.is_terminal() {
         tracing::info!(
@@ -155,6 +194,22 @@ pub fn restore(
         );
     }
     Ok(Some(data))
+}
+
+/// The rotation of a stored record and what the authority holds for its phase; `None` when no
+/// rotation ever ran.
+fn read(
+    authority: &Authority,
+    record: &CaStateRecord,
+) -> anyhow::Result<Option<(RotationData, State)>> {
+    if record.rotation_phase == IDLE {
+        return Ok(None);
+    }
+    let data: RotationData = serde_json::from_str(&record.rotation_data)
+        .context("reading the stored CA rotation (ca_state.rotation_data)")?;
+    let (current, next) = authority.unseal(record)?;
+    let planned = plan(&data, &current, next.as_ref())?;
+    Ok(Some((data, planned)))
 }
 
 /// What the authority holds for `data`'s phase, given the established CA and the new one.
@@ -203,92 +258,157 @@ fn plan(
 // === impl Rotations ===
 
 impl Rotations {
-    /// Starts the driver task. `restored` is what [`restore`] returned.
-    pub fn start(
-        authority: Authority,
-        store: Store,
-        xds: Xds,
-        tls: ServingTls,
-        grpc_addr: SocketAddr,
-        metrics: Metrics,
-        restored: Option<RotationData>,
-    ) -> Self {
+    /// Starts the driver task. `restored` is what [`restore`] returned for the record read at
+    /// `version`.
+    pub fn start(wiring: Wiring, restored: Option<RotationData>, version: i64) -> Self {
         if let Some((_, d)) = restored
             .as_ref()
             .filter(|d| d.rotation.effects().directive.is_some())
             .and_then(|d| d.directive.clone())
         {
-            xds.install_directive(d);
+            wiring.xds.install_directive(d);
         }
+        let changes = wiring.changes.subscribe(Topic::Ca);
         let rotations = Self {
             inner: Arc::new(Inner {
-                authority,
-                store,
-                xds,
-                tls,
-                grpc_addr,
-                metrics,
-                data: tokio::sync::Mutex::new(restored),
+                w: wiring,
+                followed: tokio::sync::Mutex::new(Followed {
+                    data: restored,
+                    version,
+                }),
                 fleet: std::sync::Mutex::new(FleetView::default()),
+                leads: AtomicBool::new(false),
                 wake: Notify::new(),
             }),
         };
-        tokio::spawn(rotations.clone().run());
+        tokio::spawn(rotations.clone().run(changes));
         rotations
     }
 
-    async fn run(self) {
-        let mut last_count: Option<std::time::Instant> = None;
+    async fn run(self, mut changes: tokio::sync::watch::Receiver<u64>) {
+        let mut lease = self.inner.w.store.lease(LeaseKey::CaRotation);
+        let mut last_count: Option<Instant> = None;
+        let mut last_sync = Instant::now();
+        let mut changed = false;
+        let mut shutdown = self.inner.w.shutdown.clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.inner.wake.notified() => {}
+                // `Changes` lives in `Inner`, so its sender never goes away.
+                Ok(()) = changes.changed() => changed = true,
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                    // Another replica takes over on its next try, not when our process ends.
+                    lease.release().await;
+                    self.inner.leads.store(false, Ordering::Relaxed);
+                    return;
+                }
             }
             // Counting live certificates by issuer reads the table: not every tick.
             if last_count.is_none_or(|t| t.elapsed() >= METRICS_INTERVAL) {
                 self.update_certificate_metrics().await;
-                last_count = Some(std::time::Instant::now());
+                last_count = Some(Instant::now());
             }
-            if let Err(e) = self.step().await {
-                tracing::warn!(error = %format!("{e:#}"), "CA rotation step");
+            let led = lease.is_held();
+            let leads = lease.poll().await;
+            self.inner.leads.store(leads, Ordering::Relaxed);
+            if leads && !led {
+                tracing::info!("this replica drives CA rotations now");
+                // Resume from what is stored, not from what this replica last followed.
+                changed = true;
+            }
+            if changed || last_sync.elapsed() >= RESYNC {
+                changed = false;
+                last_sync = Instant::now();
+                let mut followed = self.inner.followed.lock().await;
+                if let Err(e) = self.sync(&mut followed).await {
+                    tracing::warn!(error = %format!("{e:#}"), "following the stored CA state");
+                }
+            }
+            match self.step(leads).await {
+                Ok(()) => {}
+                // A command on another replica changed it: read it again at once.
+                Err(RotateError::Stale) => changed = true,
+                Err(e) => tracing::warn!(error = %e, "CA rotation step"),
             }
         }
     }
 
-    /// One look at the fleet: in automatic mode, moves on when the phase's gate is met.
-    async fn step(&self) -> anyhow::Result<()> {
-        let mut guard = self.inner.data.lock().await;
-        let Some(data) = guard.as_ref() else {
+    /// Reads `ca_state` and, if it changed since `followed` was read, makes this replica's
+    /// authority, bundle, serving certificate and directive match it.
+    async fn sync(&self, followed: &mut Followed) -> anyhow::Result<()> {
+        let record = self
+            .inner
+            .w
+            .store
+            .load_ca_state()
+            .await
+            .context("reading the CA state")?
+            .context("the store holds no CA state")?;
+        if record.version == followed.version {
+            return Ok(());
+        }
+        if let Some((data, planned)) = read(&self.inner.w.authority, &record)? {
+            self.apply(planned, &data)?;
+            let before = followed
+                .data
+                .as_ref()
+                .map(|d| (d.rotation.generation, d.rotation.phase));
+            if before != Some((data.rotation.generation, data.rotation.phase)) {
+                tracing::info!(
+                    phase = data.rotation.phase.as_str(),
+                    generation = data.rotation.generation,
+                    "CA rotation followed from the store"
+                );
+            }
+            followed.data = Some(data);
+        }
+        followed.version = record.version;
+        Ok(())
+    }
+
+    /// One look at the fleet; the leader, in automatic mode, moves on when the phase's gate is
+    /// met. Every replica keeps its fleet view for status displays.
+    async fn step(&self, leads: bool) -> Result<(), RotateError> {
+        let mut followed = self.inner.followed.lock().await;
+        let Some(data) = followed.data.as_ref() else {
             return Ok(());
         };
         self.inner
+            .w
             .metrics
             .rotation_phase(data.rotation.phase.as_str());
         if data.rotation.phase.is_terminal() {
             return Ok(());
         }
-        let fleet = self.fleet_view(&data.rotation).await?;
+        let fleet = self
+            .fleet_view(&data.rotation)
+            .await
+            .map_err(RotateError::Internal)?;
         let mut next = data.clone();
-        let changed = next.rotation.tick(&fleet, now());
+        let changed = leads && next.rotation.tick(&fleet, now());
         let progress = next.rotation.progress(&fleet);
         self.inner
+            .w
             .metrics
             .rotation_progress(progress.done, progress.total);
         *self.inner.fleet.lock().unwrap_or_else(|p| p.into_inner()) = fleet;
-        if changed {
-            let next = self.commit(next).await?;
+        if !changed {
+            // `tick` may have updated what it waits for.
+            followed.data = Some(next);
+            return Ok(());
+        }
+        self.commit(&mut followed, next).await?;
+        if let Some(next) = &followed.data {
             tracing::info!(
                 phase = next.rotation.phase.as_str(),
                 generation = next.rotation.generation,
                 "CA rotation moved on"
             );
-            self.audit("system", &format!("phase {}", next.rotation.phase.as_str()))
-                .await;
-            *guard = Some(next);
-            self.inner.wake.notify_one();
-        } else {
-            *guard = Some(next);
+            let detail = format!("phase {}", next.rotation.phase.as_str());
+            self.audit("system", &detail).await;
         }
+        self.inner.wake.notify_one();
         Ok(())
     }
 
@@ -297,14 +417,18 @@ impl Rotations {
         if req.window > MAX_WINDOW {
             return Err(RotateError::BadRequest("window: at most 24h".into()));
         }
-        let mut guard = self.inner.data.lock().await;
-        if let Some(d) = guard.as_ref()
+        let mut followed = self.inner.followed.lock().await;
+        self.sync(&mut followed)
+            .await
+            .map_err(RotateError::Internal)?;
+        if let Some(d) = followed.data.as_ref()
             && !d.rotation.phase.is_terminal()
         {
             return Err(RotateError::Busy(d.rotation.phase.as_str()));
         }
-        let state = self.inner.authority.state();
-        let td = self.inner.authority.trust_domain().clone();
+        let authority = &self.inner.w.authority;
+        let state = authority.state();
+        let td = authority.trust_domain().clone();
         let new = match &req.import {
             Some((cert, key)) => CertificateAuthority::from_pem(cert, key, td)
                 .map_err(|e| RotateError::BadRequest(format!("the imported CA: {e}")))?,
@@ -325,8 +449,11 @@ impl Rotations {
                 "the imported CA is the one already in use: nothing to rotate".into(),
             ));
         }
-        let new = self.inner.authority.adopt(new);
-        let generation = guard.as_ref().map_or(1, |d| d.rotation.generation + 1);
+        let new = authority.adopt(new);
+        let generation = followed
+            .data
+            .as_ref()
+            .map_or(1, |d| d.rotation.generation + 1);
         let rotation = Rotation::start(
             generation,
             req.mode,
@@ -344,26 +471,40 @@ impl Rotations {
             started_by: actor.to_string(),
             started_at: now(),
         };
-        let data = self
-            .commit_with(data, &state.current, Some(&new))
-            .await
-            .map_err(RotateError::Internal)?;
+        self.commit_with(&mut followed, data, &state.current, Some(&new))
+            .await?;
         tracing::info!(
             generation,
             new_root = %new.root().fingerprint,
             mode = ?req.mode,
             "CA rotation started"
         );
-        *guard = Some(data);
-        drop(guard);
+        drop(followed);
         self.inner.wake.notify_one();
         Ok(self.status().await)
     }
 
-    /// Pause, resume, roll back, or (manual mode) move on.
+    /// Pause, resume, roll back, or (manual mode) move on. Retried when another replica wrote
+    /// in between (its write is read first, then the command is checked against it).
     pub async fn command(&self, command: Command) -> Result<Value, RotateError> {
-        let mut guard = self.inner.data.lock().await;
-        let Some(data) = guard.as_ref() else {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            match self.try_command(command).await {
+                Err(RotateError::Stale) if attempt < ATTEMPTS => continue,
+                Err(e) => return Err(e),
+                Ok(()) => break,
+            }
+        }
+        self.inner.wake.notify_one();
+        Ok(self.status().await)
+    }
+
+    async fn try_command(&self, command: Command) -> Result<(), RotateError> {
+        let mut followed = self.inner.followed.lock().await;
+        self.sync(&mut followed)
+            .await
+            .map_err(RotateError::Internal)?;
+        let Some(data) = followed.data.as_ref() else {
             return Err(RotateError::NoRotation);
         };
         let mut next = data.clone();
@@ -380,23 +521,24 @@ impl Rotations {
                 next.rotation.next(&fleet, at)?;
             }
         }
-        let next = self.commit(next).await.map_err(RotateError::Internal)?;
-        tracing::info!(
-            command = command.as_str(),
-            phase = next.rotation.phase.as_str(),
-            "CA rotation command"
-        );
-        *guard = Some(next);
-        drop(guard);
-        self.inner.wake.notify_one();
-        Ok(self.status().await)
+        self.commit(&mut followed, next).await?;
+        if let Some(next) = &followed.data {
+            tracing::info!(
+                command = command.as_str(),
+                phase = next.rotation.phase.as_str(),
+                "CA rotation command"
+            );
+        }
+        Ok(())
     }
 
-    /// The rotation for status displays: phase, progress, what it waits for.
+    /// The rotation for status displays: phase, progress, what it waits for, and whether this
+    /// replica drives it.
     pub async fn status(&self) -> Value {
-        let guard = self.inner.data.lock().await;
-        let Some(d) = guard.as_ref() else {
-            return json!({ "phase": IDLE });
+        let followed = self.inner.followed.lock().await;
+        let driven_here = self.inner.leads.load(Ordering::Relaxed);
+        let Some(d) = followed.data.as_ref() else {
+            return json!({ "phase": IDLE, "driven_here": driven_here });
         };
         let fleet = self
             .inner
@@ -424,33 +566,38 @@ impl Rotations {
             "retiring_certificates_in_use": fleet.live_retiring_certs,
             "started_by": d.started_by,
             "started_at": d.started_at,
+            "driven_here": driven_here,
         })
     }
 
     /// Persists `data` for the authority's current CAs, then applies it.
-    async fn commit(&self, data: RotationData) -> anyhow::Result<RotationData> {
-        let state = self.inner.authority.state();
-        self.commit_with(data, &state.current, state.next.as_ref())
+    async fn commit(&self, followed: &mut Followed, data: RotationData) -> Result<(), RotateError> {
+        let state = self.inner.w.authority.state();
+        self.commit_with(followed, data, &state.current, state.next.as_ref())
             .await
     }
 
+    /// Writes `data` over the stored state `followed` was read at (or [`RotateError::Stale`],
+    /// writing nothing, when another replica wrote since), then applies it.
     async fn commit_with(
         &self,
+        followed: &mut Followed,
         mut data: RotationData,
         current: &Arc<CertificateAuthority>,
         next: Option<&Arc<CertificateAuthority>>,
-    ) -> anyhow::Result<RotationData> {
+    ) -> Result<(), RotateError> {
+        let w = &self.inner.w;
         let effects = data.rotation.effects();
         if let Some((key, reissue_before)) = effects.directive
             && data.directive.as_ref().map(|(k, _)| *k) != Some(key)
         {
-            let backdate = self.inner.authority.signer().policy().backdate;
+            let backdate = w.authority.signer().policy().backdate;
             let reason = if data.rotation.phase == Phase::RollingBack {
                 "ca-rotation-rollback"
             } else {
                 "ca-rotation"
             };
-            let directive = self.inner.xds.new_directive(
+            let directive = w.xds.new_directive(
                 ReissueTarget::All,
                 reissue_before,
                 issued_after(now(), backdate),
@@ -458,76 +605,82 @@ impl Rotations {
             );
             data.directive = Some((key, directive));
         }
-        let planned = plan(&data, current, next)?;
-        let record = CaStateRecord {
-            signing_key: self.inner.authority.seal(&planned.current)?,
-            cert_chain_pem: planned.current.chain_pem(),
-            roots_pem: planned.bundle.roots().iter().map(|r| r.to_pem()).collect(),
-            rotation_phase: data.rotation.phase.as_str().into(),
-            rotation_data: serde_json::to_string(&data).context("encoding the rotation")?,
-            pending_key: match &planned.next {
-                Some(n) => Some(self.inner.authority.seal(n)?),
-                None => None,
-            },
-            previous_key: None,
-            updated_at: now(),
-        };
-        self.inner
+        let record = (|| {
+            let planned = plan(&data, current, next)?;
+            let record = CaStateRecord {
+                signing_key: w.authority.seal(&planned.current)?,
+                cert_chain_pem: planned.current.chain_pem(),
+                roots_pem: planned.bundle.roots().iter().map(|r| r.to_pem()).collect(),
+                rotation_phase: data.rotation.phase.as_str().into(),
+                rotation_data: serde_json::to_string(&data).context("encoding the rotation")?,
+                pending_key: match &planned.next {
+                    Some(n) => Some(w.authority.seal(n)?),
+                    None => None,
+                },
+                previous_key: None,
+                updated_at: now(),
+                version: followed.version,
+            };
+            Ok::<_, anyhow::Error>((planned, record))
+        })();
+        let (planned, record) = record.map_err(RotateError::Internal)?;
+        let written = w
             .store
-            .save_ca_state(&record)
+            .replace_ca_state(&record, followed.version)
             .await
-            .context("saving the CA rotation")?;
-        self.apply(planned, &data)?;
-        Ok(data)
+            .context("saving the CA rotation")
+            .map_err(RotateError::Internal)?;
+        let Some(version) = written else {
+            return Err(RotateError::Stale);
+        };
+        followed.version = version;
+        self.apply(planned, &data).map_err(RotateError::Internal)?;
+        followed.data = Some(data);
+        Ok(())
     }
 
     /// Makes the in-memory world match a persisted state.
     fn apply(&self, planned: State, data: &RotationData) -> anyhow::Result<()> {
-        let before = self.inner.authority.state();
+        let w = &self.inner.w;
+        let before = w.authority.state();
         let bundle_changed = before.bundle.fingerprints() != planned.bundle.fingerprints();
         let signer_changed =
             before.signer.signing_cert().fingerprint != planned.signer.signing_cert().fingerprint;
         let bundle = planned.bundle.clone();
-        self.inner.authority.install(planned)?;
+        w.authority.install(planned)?;
         if bundle_changed {
-            self.inner.tls.anchors.replace(&bundle)?;
-            self.inner.xds.set_bundle(bundle);
+            w.tls.anchors.replace(&bundle)?;
+            w.xds.set_bundle(bundle);
         }
         if signer_changed {
-            self.inner
-                .tls
-                .renew(&self.inner.authority, self.inner.grpc_addr)?;
+            w.tls.renew(&w.authority, w.grpc_addr)?;
         }
         if data.rotation.effects().directive.is_some()
             && let Some((_, d)) = &data.directive
         {
-            self.inner.xds.install_directive(d.clone());
+            w.xds.install_directive(d.clone());
         }
         Ok(())
     }
 
-    /// What the fleet shows of the current phase.
+    /// What the fleet shows of the current phase: the sidecars of every live replica, as the
+    /// store records them (`sidecar_registrations`, see [`Store::gate_count`]).
     async fn fleet_view(&self, r: &Rotation) -> anyhow::Result<FleetView> {
-        let sidecars = self.inner.xds.sidecars();
-        let mut fleet = FleetView {
-            connected: sidecars.len(),
-            ..FleetView::default()
-        };
+        let w = &self.inner.w;
+        let at = now();
+        let alive_since = at - crate::server::REPLICA_TTL.as_secs() as i64;
+        let mut fleet = FleetView::default();
         match r.phase {
             Phase::Prepare | Phase::Finalize => {
-                let want = self.inner.xds.bundle_version();
-                for s in &sidecars {
-                    let holds = s.types.iter().any(|t| {
-                        t.type_url == mesh_proto::TRUST_BUNDLE_TYPE_URL
-                            && t.acked_version == want
-                            && t.nack.is_none()
-                    });
-                    if holds {
-                        fleet.bundle_acked += 1;
-                    } else if fleet.stragglers.len() < STRAGGLERS {
-                        fleet.stragglers.push(s.id.clone());
-                    }
-                }
+                // Every replica computes the same version for the same bundle (a content hash).
+                let want = w.xds.bundle_version();
+                let gate = w
+                    .store
+                    .gate_count(alive_since, SidecarGate::Bundle(&want), STRAGGLERS as u32)
+                    .await?;
+                fleet.connected = gate.connected as usize;
+                fleet.bundle_acked = gate.done as usize;
+                fleet.stragglers = gate.stragglers;
             }
             Phase::Switch | Phase::RollingBack => {
                 let (wanted, retiring) = if r.phase == Phase::Switch {
@@ -535,23 +688,18 @@ impl Rotations {
                 } else {
                     (&r.old_signer, &r.new_signer)
                 };
-                let at = now();
-                let holders: HashSet<(String, String)> = self
-                    .inner
+                let issuer = SidecarGate::Certificate {
+                    issuer: wanted,
+                    now: at,
+                };
+                let gate = w
                     .store
-                    .sidecars_with_certificate_from(wanted, at)
-                    .await?
-                    .into_iter()
-                    .collect();
-                for s in &sidecars {
-                    if holders.contains(&(s.id.clone(), s.identity.clone())) {
-                        fleet.reissued += 1;
-                    } else if fleet.stragglers.len() < STRAGGLERS {
-                        fleet.stragglers.push(s.id.clone());
-                    }
-                }
-                let (in_use, identities) = self
-                    .inner
+                    .gate_count(alive_since, issuer, STRAGGLERS as u32)
+                    .await?;
+                fleet.connected = gate.connected as usize;
+                fleet.reissued = gate.done as usize;
+                fleet.stragglers = gate.stragglers;
+                let (in_use, identities) = w
                     .store
                     .certificates_in_use(retiring, at, STRAGGLERS as u32)
                     .await?;
@@ -566,8 +714,8 @@ impl Rotations {
     }
 
     async fn update_certificate_metrics(&self) {
-        match self.inner.store.live_certificates_by_issuer(now()).await {
-            Ok(by_issuer) => self.inner.metrics.certificates_by_issuer(&by_issuer),
+        match self.inner.w.store.live_certificates_by_issuer(now()).await {
+            Ok(by_issuer) => self.inner.w.metrics.certificates_by_issuer(&by_issuer),
             Err(e) => tracing::debug!(error = %e, "counting certificates by issuer"),
         }
     }
@@ -580,7 +728,7 @@ impl Rotations {
             outcome: AuditOutcome::Ok,
             detail: detail.to_string(),
         };
-        if let Err(e) = self.inner.store.audit(&entry).await {
+        if let Err(e) = self.inner.w.store.audit(&entry).await {
             tracing::error!(error = %e, "writing the audit log");
         }
     }

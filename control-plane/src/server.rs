@@ -8,9 +8,10 @@ use crate::identity::IdentityService;
 use crate::metrics::Metrics;
 use crate::model::MeshOptions;
 use crate::source::Documents;
-use crate::store::Store;
+use crate::store::{Registration, Store, Topic};
 use crate::tls::ServingTls;
 use crate::xds::Xds;
+use crate::xds::view::LiveEndpoint;
 use anyhow::Context;
 use mesh_proto::v1::discovery_server::DiscoveryServer;
 use mesh_proto::v1::identity_server::IdentityServer;
@@ -32,6 +33,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await?;
+    // Listening before anything is read: a change committed after a read is never missed.
+    let changes = store.changes();
+    let replica = replica_name();
     let restored = Authority::bootstrap(&config, &store).await?;
     let authority = restored.authority;
     let rotation = crate::rotation::restore(&authority, &restored.record)?;
@@ -39,6 +43,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let viewer_token = ensure_token(&config, VIEWER_TOKEN_FILE)?;
     let metrics = Metrics::new();
     let documents = Documents::load(store.clone(), MeshOptions::default()).await?;
+    documents.follow_store(changes.subscribe(Topic::Documents));
     // `--config-dir`: applied once now, then polled until `run` returns (dropping the watcher).
     let _config_dir = documents.watch_config_dir(config.config_dir.clone()).await;
 
@@ -66,20 +71,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         documents.current(),
         authority.bundle(),
         &crate::tls::control_plane_identity(&config.trust_domain),
-        &replica_name(),
+        &replica,
         metrics.clone(),
         stop_rx.clone(),
     );
     xds.follow(documents.subscribe());
     remember_endpoints(&xds, &store).await;
-    let rotations = crate::rotation::Rotations::start(
-        authority.clone(),
-        store.clone(),
+    tokio::spawn(follow_endpoints(
         xds.clone(),
-        tls.clone(),
-        grpc_addr,
-        metrics.clone(),
+        store.clone(),
+        changes.subscribe(Topic::Sidecars),
+    ));
+    let heartbeat = tokio::spawn(heartbeat(store.clone(), replica.clone()));
+    let rotations = crate::rotation::Rotations::start(
+        crate::rotation::Wiring {
+            authority: authority.clone(),
+            store: store.clone(),
+            xds: xds.clone(),
+            tls: tls.clone(),
+            grpc_addr,
+            metrics: metrics.clone(),
+            changes,
+            shutdown: stop_rx.clone(),
+        },
         rotation,
+        restored.record.version,
     );
 
     let kubernetes = match &config.kubernetes {
@@ -119,6 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         data_dir = %config.data_dir.display(),
         %grpc_addr,
         %admin_addr,
+        %replica,
         "meshd ready"
     );
     shutdown.await;
@@ -138,9 +155,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if drained.is_err() {
         tracing::warn!("grace period over; closing the remaining connections");
     }
+    heartbeat.abort();
+    if let Err(e) = store.forget_replica(&replica).await {
+        tracing::warn!(error = %e, "removing this replica from the store");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a replica records that it is alive ([`Store::heartbeat`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The sidecars of a replica whose heartbeat is older than this no longer count as connected
+/// (it died without closing their streams); they count again once they reconnect elsewhere.
+pub const REPLICA_TTL: Duration = Duration::from_secs(15);
+
+/// How long a replica must have been silent before another one closes the streams it left
+/// recorded as open. Much longer than [`REPLICA_TTL`] (which already stops them counting): a
+/// replica that is only slow must not find its live streams closed behind its back.
+const REAP_AFTER: Duration = Duration::from_secs(300);
+
+/// Records that this replica is alive, every [`HEARTBEAT`], until aborted; and closes the
+/// streams that replicas which died (no heartbeat for [`REAP_AFTER`]) left recorded as open,
+/// so that no later start takes their sidecars for known endpoints.
+async fn heartbeat(store: Store, replica: String) {
+    loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(e) = store.heartbeat(&replica, now).await {
+            tracing::warn!(error = %e, "recording this replica's heartbeat");
+        }
+        match store
+            .reap_replicas(now - REAP_AFTER.as_secs() as i64, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(
+                streams = closed,
+                "closed the streams of replicas that stopped without closing them"
+            ),
+            Err(e) => tracing::warn!(error = %e, "closing the streams of dead replicas"),
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
 }
 
 /// How long a restarted meshd serves the endpoints it knew before, waiting for their sidecars
@@ -157,20 +213,7 @@ async fn remember_endpoints(xds: &Xds, store: &Store) {
     let _ = store.prune_registrations(now - 24 * 3600).await;
     match store.recent_registrations(now - RECENT_DISCONNECT).await {
         Ok(known) => {
-            let endpoints = known
-                .into_iter()
-                .filter(|r| !r.service.is_empty())
-                .map(|r| {
-                    let endpoint = crate::xds::view::LiveEndpoint {
-                        namespace: r.namespace,
-                        service: r.service,
-                        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
-                        address: r.inbound_address,
-                        identity: r.identity,
-                    };
-                    (r.id, endpoint)
-                })
-                .collect();
+            let endpoints = known.into_iter().filter_map(endpoint).collect();
             xds.remember(endpoints, WARMUP);
         }
         Err(e) => tracing::warn!(error = %e, "reading the sidecars known before this start"),
@@ -187,6 +230,55 @@ async fn remember_endpoints(xds: &Xds, store: &Store) {
             batch.clear();
         }
     });
+}
+
+/// A stored registration as an endpoint of its service (`None` for a sidecar of no service).
+fn endpoint(r: Registration) -> Option<(String, LiveEndpoint)> {
+    if r.service.is_empty() {
+        return None;
+    }
+    let endpoint = LiveEndpoint {
+        namespace: r.namespace,
+        service: r.service,
+        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
+        address: r.inbound_address,
+        identity: r.identity,
+    };
+    Some((r.id, endpoint))
+}
+
+/// The shortest time between two reads of the other replicas' sidecars: with a busy fleet,
+/// notifications come faster than that.
+const ENDPOINTS_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves the sidecars connected to the other live replicas as endpoints too, read from the
+/// store whenever a stream opens or closes somewhere (NOTIFY), at least every
+/// [`crate::rotation::RESYNC`], at most every [`ENDPOINTS_MIN_INTERVAL`]. With SQLite there is
+/// one replica and no other sidecars.
+async fn follow_endpoints(xds: Xds, store: Store, mut changes: tokio::sync::watch::Receiver<u64>) {
+    if store.backend() == crate::store::Backend::Sqlite {
+        return;
+    }
+    loop {
+        let alive_since =
+            time::OffsetDateTime::now_utc().unix_timestamp() - REPLICA_TTL.as_secs() as i64;
+        match store.connected_sidecars(alive_since).await {
+            Ok(fleet) => xds.set_remote(
+                fleet
+                    .into_iter()
+                    .map(|s| s.registration)
+                    .filter(|r| r.replica != xds.replica())
+                    .filter_map(endpoint)
+                    .collect(),
+            ),
+            Err(e) => tracing::warn!(error = %e, "reading the other replicas' sidecars"),
+        }
+        tokio::time::sleep(ENDPOINTS_MIN_INTERVAL).await;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(crate::rotation::RESYNC) => {}
+        }
+    }
 }
 
 /// This replica's name: the host name (a pod name in Kubernetes) and the process id.

@@ -12,10 +12,11 @@ pub mod config_dir;
 mod diff;
 
 use crate::model::{Document, DocumentKey, Kind, Mesh, MeshOptions, ModelErrors};
-use crate::store::{Revision, RevisionOp, Store, StoreError};
+use crate::store::{Backend, Revision, RevisionOp, Store, StoreError};
 use anyhow::Context;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::watch;
 
 pub use config_dir::ConfigDirWatcher;
@@ -126,13 +127,24 @@ impl From<StoreError> for ApplyError {
 }
 
 /// The current model and the way to change it. Cheap to clone.
+///
+/// With several replicas on one PostgreSQL, a change applied on another replica reaches this
+/// one through [`Documents::follow_store`]: the model is rebuilt from the store whenever the
+/// store's latest revision passed the one the model reflects.
 #[derive(Clone)]
 pub struct Documents {
     store: Store,
     mesh: Arc<watch::Sender<Arc<Mesh>>>,
     /// Serializes changes: each one is validated against the model it replaces.
     write: Arc<tokio::sync::Mutex<()>>,
+    /// The model reflects every stored change up to this revision (revisions commit in
+    /// increasing order, so nothing below it can still appear).
+    seen: Arc<AtomicI64>,
 }
+
+/// How often the store's latest revision is checked without a notification (a safety net for
+/// a lost one).
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(5);
 
 // === impl Documents ===
 
@@ -140,13 +152,61 @@ impl Documents {
     /// Loads every stored document and builds the model. A stored set that no longer validates
     /// (e.g. after an upgrade made a check stricter) is an error that names each problem.
     pub async fn load(store: Store, options: MeshOptions) -> anyhow::Result<Self> {
+        // Read first: a change committed while the documents are read is read again later.
+        let seen = store.latest_revision().await?;
         let mesh = build_from_store(&store, options).await?;
         let (tx, _) = watch::channel(Arc::new(mesh));
         Ok(Self {
             store,
             mesh: Arc::new(tx),
             write: Arc::new(tokio::sync::Mutex::new(())),
+            seen: Arc::new(AtomicI64::new(seen)),
         })
+    }
+
+    /// Follows changes other replicas make (PostgreSQL): on every notification of `changes`,
+    /// and every [`RESYNC`] in case one was lost, the model is rebuilt if the store moved on.
+    /// With SQLite there is one replica and nothing to follow.
+    pub fn follow_store(&self, mut changes: watch::Receiver<u64>) {
+        if self.store.backend() == Backend::Sqlite {
+            return;
+        }
+        let documents = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(RESYNC) => {}
+                }
+                let _write = documents.write.lock().await;
+                documents.catch_up().await;
+            }
+        });
+    }
+
+    /// Rebuilds the model from the store if another replica stored a change this model does
+    /// not reflect yet. Callers hold the write lock.
+    async fn catch_up(&self) {
+        if self.store.backend() == Backend::Sqlite {
+            return;
+        }
+        match self.store.latest_revision().await {
+            Ok(latest) if latest > self.seen.load(Ordering::SeqCst) => {
+                tracing::info!(revision = latest, "documents changed on another replica");
+                self.reload().await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the latest revision"),
+        }
+    }
+
+    /// Notes that this replica stored `revision`: the model (about to be published) reflects it
+    /// if it directly follows what the model reflected; otherwise another replica's change lies
+    /// between, and the next [`Documents::catch_up`] reads it.
+    fn stored(&self, revision: i64) {
+        let _ =
+            self.seen
+                .compare_exchange(revision - 1, revision, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// The current model.
@@ -179,6 +239,8 @@ impl Documents {
         actor: &str,
     ) -> Result<Vec<Applied>, ApplyError> {
         let _write = self.write.lock().await;
+        // Validated against what other replicas stored too, as far as this replica knows.
+        self.catch_up().await;
         let current = self.current();
         let next = current
             .with_documents(docs.clone())
@@ -221,6 +283,7 @@ impl Documents {
                 Outcome::Created
             };
             if written.changed {
+                self.stored(written.revision);
                 stored.push(key.clone());
                 tracing::info!(document = %key, revision = written.revision, %outcome, %actor, "document applied");
             }
@@ -308,6 +371,7 @@ impl Documents {
         actor: &str,
     ) -> Result<Deleted, ApplyError> {
         let _write = self.write.lock().await;
+        self.catch_up().await;
         let key = DocumentKey {
             kind,
             namespace: namespace.to_string(),
@@ -326,6 +390,7 @@ impl Documents {
             .delete_document(kind.as_str(), namespace, name, actor)
             .await?;
         tracing::info!(document = %key, revision, %actor, "document deleted");
+        self.stored(revision);
         self.publish(next);
         Ok(Deleted { key, revision })
     }
@@ -395,15 +460,25 @@ impl Documents {
         })
     }
 
-    /// Rebuilds the model from the store and publishes it (after a batch was stored in part).
+    /// Rebuilds the model from the store and publishes it (after a batch was stored in part,
+    /// or another replica stored a change). Callers hold the write lock.
     async fn reload(&self) {
         let options = self.current().options().clone();
+        let latest = match self.store.latest_revision().await {
+            Ok(latest) => latest,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the latest revision; the model stays as it is");
+                return;
+            }
+        };
         match build_from_store(&self.store, options).await {
-            Ok(mesh) => self.publish(mesh),
+            Ok(mesh) => {
+                self.seen.fetch_max(latest, Ordering::SeqCst);
+                self.publish(mesh)
+            }
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),
-                "after a partial apply, the stored documents do not build a model; \
-                 the previous model stays in effect"
+                "the stored documents do not build a model; the previous model stays in effect"
             ),
         }
     }

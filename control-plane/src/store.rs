@@ -44,16 +44,22 @@ macro_rules! with_pool {
 mod audit;
 mod ca;
 mod certificates;
+mod changes;
 mod documents;
 mod join_tokens;
+mod lease;
 mod registrations;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord};
 pub use ca::CaStateRecord;
 pub use certificates::{IssueRecord, IssuedCert};
+pub use changes::{Changes, Topic};
 pub use documents::{ApplyOutcome, Document, Labels, Revision, RevisionOp};
 pub use join_tokens::{ConsumeOutcome, JoinToken, JoinTokenRecord};
-pub use registrations::{Registration, RegistrationEvent};
+pub use lease::{Lease, LeaseKey};
+pub use registrations::{
+    ConnectedSidecar, GateCount, Registration, RegistrationEvent, SidecarGate,
+};
 
 /// How long a SQLite connection waits for another writer before giving up with "database is
 /// locked". Writes are short transactions, so a few seconds is plenty.

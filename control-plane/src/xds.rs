@@ -206,6 +206,9 @@ struct Inner {
     /// Sidecars known from the store as connected before this meshd started, served as
     /// endpoints until they reconnect or the warm-up ends ([`Xds::remember`]).
     remembered: RwLock<BTreeMap<String, LiveEndpoint>>,
+    /// Sidecars whose streams are on other replicas (from the store), served as endpoints
+    /// ([`Xds::set_remote`]).
+    remote: RwLock<BTreeMap<String, LiveEndpoint>>,
     /// Where streams that open and close are reported, to be recorded in the store.
     registry: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RegistrationEvent>>,
     scopes: Mutex<HashMap<ScopeKey, watch::Sender<Arc<Snapshot>>>>,
@@ -241,6 +244,7 @@ impl Xds {
                 directives: RwLock::new(Vec::new()),
                 sidecars: RwLock::new(BTreeMap::new()),
                 remembered: RwLock::new(BTreeMap::new()),
+                remote: RwLock::new(BTreeMap::new()),
                 registry: std::sync::OnceLock::new(),
                 scopes: Mutex::new(HashMap::new()),
                 bridge: Mutex::new(Bridge::default()),
@@ -305,6 +309,23 @@ impl Xds {
                 xds.mark_changed();
             }
         });
+    }
+
+    /// Serves `endpoints` (id → endpoint: sidecars connected to the other replicas, as the store
+    /// knows them) besides this replica's own sidecars; pushed only if they changed.
+    pub fn set_remote(&self, endpoints: BTreeMap<String, LiveEndpoint>) {
+        let mut remote = write(&self.inner.remote);
+        if *remote == endpoints {
+            return;
+        }
+        *remote = endpoints;
+        drop(remote);
+        self.mark_changed();
+    }
+
+    /// This replica's name (sidecars' `control_plane`, the store's `replica`).
+    pub fn replica(&self) -> &str {
+        &self.inner.control_plane.replica
     }
 
     fn report(&self, event: RegistrationEvent) {
@@ -597,10 +618,15 @@ impl Xds {
                 identity: e.status.identity.clone(),
             })
             .collect();
+        // Then the other replicas' sidecars and those known before a restart, each once.
+        let remembered = read(&self.inner.remembered);
+        let remote = read(&self.inner.remote);
+        let mut seen: std::collections::HashSet<&String> = sidecars.keys().collect();
         out.extend(
-            read(&self.inner.remembered)
+            remote
                 .iter()
-                .filter(|(id, _)| !sidecars.contains_key(*id))
+                .chain(remembered.iter())
+                .filter(|(id, _)| seen.insert(*id))
                 .map(|(_, e)| e.clone()),
         );
         out
@@ -651,6 +677,7 @@ impl Xds {
             identity: status.identity.clone(),
             connected_at: status.connected_at,
             disconnected_at: None,
+            replica: self.inner.control_plane.replica.clone(),
         }));
         let (rescoped, rescoped_rx) = watch::channel(scope.clone());
         let old = write(&self.inner.sidecars).insert(
@@ -678,6 +705,7 @@ impl Xds {
             drop(sidecars);
             self.report(RegistrationEvent::Disconnected {
                 id: id.to_string(),
+                replica: self.inner.control_plane.replica.clone(),
                 at: now(),
             });
             self.inner.metrics.sidecar_disconnected();
@@ -686,11 +714,23 @@ impl Xds {
     }
 
     fn update_status(&self, id: &str, generation: u64, types: Vec<TypeStatus>) {
-        if let Some(e) = write(&self.inner.sidecars).get_mut(id)
-            && e.generation == generation
-        {
-            e.status.types = types;
-            e.status.last_seen = now();
+        let mut sidecars = write(&self.inner.sidecars);
+        let Some(e) = sidecars.get_mut(id).filter(|e| e.generation == generation) else {
+            return;
+        };
+        let before = held_bundle(&e.status.types);
+        e.status.types = types;
+        e.status.last_seen = now();
+        let after = held_bundle(&e.status.types);
+        drop(sidecars);
+        // Recorded in the store for the CA rotation's gates, which count every replica's
+        // sidecars: only when it changes, not with every ACK.
+        if let Some(version) = after.filter(|a| before.as_ref() != Some(a)) {
+            self.report(RegistrationEvent::BundleAcked {
+                id: id.to_string(),
+                replica: self.inner.control_plane.replica.clone(),
+                version,
+            });
         }
     }
 
@@ -926,6 +966,15 @@ impl Discovery for Xds {
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The TrustBundle type version a sidecar ACKed (and has not NACKed since), if any.
+fn held_bundle(types: &[TypeStatus]) -> Option<String> {
+    types
+        .iter()
+        .find(|t| t.type_url == mesh_proto::TRUST_BUNDLE_TYPE_URL && t.nack.is_none())
+        .map(|t| t.acked_version.clone())
+        .filter(|v| !v.is_empty())
 }
 
 // Locks are never held across an await, and a panic cannot leave their data half-written (each

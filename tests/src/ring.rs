@@ -1,6 +1,7 @@
 //! A small fleet for rotation tests: meshd behind a [`Gate`] (so it can be restarted on a new
 //! port at the same address), N echo apps each behind a real mesh-proxy, and a steady request
-//! loop around the ring (sidecar i calls service i+1) that counts every failure.
+//! loop around the ring (sidecar i calls service i+1) that counts every failure. Or several
+//! meshd replicas on one PostgreSQL ([`Ring::start_replicas`]), the sidecars spread over them.
 
 use crate::echo::EchoApp;
 use crate::meshd::{Meshd, MeshdOptions};
@@ -21,8 +22,12 @@ pub fn identity(name: &str) -> String {
 
 pub struct Ring {
     pub dir: PathBuf,
+    /// The (first) meshd replica.
     pub meshd: Meshd,
-    pub gate: Gate,
+    /// The other replicas ([`Ring::start_replicas`]).
+    pub others: Vec<Meshd>,
+    /// In front of `meshd` ([`Ring::start`]), or per sidecar and replica (`start_replicas`).
+    gates: Vec<Gate>,
     pub apps: Vec<EchoApp>,
     pub proxies: Vec<Proxy>,
     meshd_options: MeshdOptions,
@@ -40,47 +45,129 @@ impl Ring {
             .await
             .expect("meshd starts");
         let gate = Gate::start(&meshd.grpc_addr, true).await.expect("gate");
-        let mut apps = Vec::new();
-        let mut proxies = Vec::new();
-        for name in NAMES {
-            let app = EchoApp::start(name).await.expect("echo app");
-            let proxy = Proxy::start(
-                &meshd,
-                &dir.join(name),
-                &identity(name),
-                app.addr,
-                &ProxyOptions {
-                    control_planes: vec![gate.url()],
-                    args: proxy_args.iter().map(|a| a.to_string()).collect(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("sidecar starts");
-            apps.push(app);
-            proxies.push(proxy);
-        }
-        let ring = Self {
+        let mut ring = Self {
             dir: dir.to_path_buf(),
             meshd,
-            gate,
-            apps,
-            proxies,
+            others: Vec::new(),
+            gates: Vec::new(),
+            apps: Vec::new(),
+            proxies: Vec::new(),
             meshd_options,
         };
-        for (i, p) in ring.proxies.iter().enumerate() {
-            p.get_until(NAMES[(i + 1) % NAMES.len()], "/", 200).await;
+        let urls = vec![gate.url()];
+        ring.gates.push(gate);
+        for name in NAMES {
+            ring.add_sidecar(name, urls.clone(), proxy_args).await;
+        }
+        ring.wait_reachable().await;
+        ring
+    }
+
+    /// `replicas` meshd replicas on the PostgreSQL database `database_url`, sharing one
+    /// key-encryption key, and one sidecar per name of [`NAMES`] that knows every replica
+    /// (one `--control-plane` each). Sidecar i starts on replica i mod `replicas` (the others
+    /// are closed to it until every sidecar is ready), so each replica holds sidecars; then it
+    /// may fail over to any replica.
+    pub async fn start_replicas(dir: &Path, database_url: &str, replicas: usize) -> Self {
+        std::fs::create_dir_all(dir).expect("test dir");
+        let kek = dir.join("kek");
+        let hex = mesh_ca::KeyEncryptionKey::generate()
+            .expect("a key-encryption key")
+            .to_hex();
+        std::fs::write(&kek, hex.as_bytes()).expect("kek file");
+        let meshd_options = MeshdOptions {
+            database_url: Some(database_url.to_string()),
+            args: vec!["--kek-file".into(), kek.display().to_string()],
+        };
+        // The first replica creates the CA; the others find it in the store.
+        let mut all = Vec::new();
+        for i in 0..replicas.max(1) {
+            let meshd = Meshd::start(&dir.join(format!("meshd-{i}")), &meshd_options)
+                .await
+                .expect("meshd replica starts");
+            all.push(meshd);
+        }
+        let meshd = all.remove(0);
+        let mut ring = Self {
+            dir: dir.to_path_buf(),
+            meshd,
+            others: all,
+            gates: Vec::new(),
+            apps: Vec::new(),
+            proxies: Vec::new(),
+            meshd_options,
+        };
+        for (i, name) in NAMES.iter().enumerate() {
+            let home = i % ring.replica_count();
+            let mut urls = Vec::new();
+            let mut gates = Vec::new();
+            for (r, replica) in ring.replicas().enumerate() {
+                let gate = Gate::start(&replica.grpc_addr, r == home)
+                    .await
+                    .expect("gate");
+                // The home replica first: the first certificate is asked there.
+                if r == home {
+                    urls.insert(0, gate.url());
+                } else {
+                    urls.push(gate.url());
+                }
+                gates.push(gate);
+            }
+            ring.gates.extend(gates);
+            ring.add_sidecar(name, urls, &[]).await;
+        }
+        ring.wait_reachable().await;
+        for gate in &ring.gates {
+            gate.set_open(true);
         }
         ring
     }
 
-    /// Kills meshd (SIGKILL) and starts it again on the same data, behind the same gate.
+    /// Every replica, the first one first.
+    pub fn replicas(&self) -> impl Iterator<Item = &Meshd> {
+        std::iter::once(&self.meshd).chain(&self.others)
+    }
+
+    fn replica_count(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    async fn add_sidecar(&mut self, name: &str, control_planes: Vec<String>, args: &[&str]) {
+        let app = EchoApp::start(name).await.expect("echo app");
+        let proxy = Proxy::start(
+            &self.meshd,
+            &self.dir.join(name),
+            &identity(name),
+            app.addr,
+            &ProxyOptions {
+                control_planes,
+                args: args.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("sidecar starts");
+        self.apps.push(app);
+        self.proxies.push(proxy);
+    }
+
+    /// Waits until every sidecar reaches the next one.
+    async fn wait_reachable(&self) {
+        for (i, p) in self.proxies.iter().enumerate() {
+            p.get_until(NAMES[(i + 1) % NAMES.len()], "/", 200).await;
+        }
+    }
+
+    /// Kills meshd (SIGKILL) and starts it again on the same data, behind the same gate (a
+    /// ring of [`Ring::start`]).
     pub async fn restart_meshd(&mut self) {
         self.meshd.process.kill();
-        let meshd = Meshd::start(&self.dir.join("meshd"), &self.meshd_options)
+        let meshd = Meshd::start(&self.meshd.data_dir, &self.meshd_options)
             .await
             .expect("meshd restarts");
-        self.gate.set_target(&meshd.grpc_addr);
+        for gate in &self.gates {
+            gate.set_target(&meshd.grpc_addr);
+        }
         self.meshd = meshd;
     }
 
@@ -97,7 +184,10 @@ impl Ring {
 
     /// Every sidecar's log, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = format!("meshd:\n{}\n", self.meshd.process.log());
+        let mut out = String::new();
+        for (i, m) in self.replicas().enumerate() {
+            out.push_str(&format!("meshd {i}:\n{}\n", m.process.log()));
+        }
         for (name, p) in NAMES.iter().zip(&self.proxies) {
             out.push_str(&format!("sidecar {name}:\n{}\n", p.log()));
         }
@@ -116,9 +206,21 @@ impl Ring {
         deadline: Duration,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.wait_rotation_on(&self.meshd, what, deadline, done)
+            .await
+    }
+
+    /// Waits until the rotation's status on `replica` satisfies `done`.
+    pub async fn wait_rotation_on(
+        &self,
+        replica: &Meshd,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let last = std::sync::Mutex::new(serde_json::Value::Null);
         let found = wait::until(what, deadline, || async {
-            let r = self.rotation().await;
+            let r = replica.admin_get("/api/v1/ca/rotation").await;
             let ok = done(&r);
             *last.lock().unwrap_or_else(|p| p.into_inner()) = r.clone();
             ok.then_some(r)

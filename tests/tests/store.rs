@@ -90,6 +90,8 @@ store_suite!(
     certificates_filter_by_validity_and_group_by_issuer,
     a_renewal_supersedes_the_certificate_it_presented,
     registrations_remember_who_was_connected,
+    ca_state_is_created_once_and_replaced_only_at_the_version_read,
+    the_fleet_of_every_live_replica_with_the_bundle_each_sidecar_acked,
     audit_is_newest_first_with_limit_and_since,
     ping_answers,
 );
@@ -708,6 +710,15 @@ fn ca_state(marker: &[u8], phase: &str) -> CaStateRecord {
         pending_key: None,
         previous_key: None,
         updated_at: NOW,
+        version: 0,
+    }
+}
+
+/// `record` as stored at `version` (the store sets the version).
+fn at_version(record: &CaStateRecord, version: i64) -> CaStateRecord {
+    CaStateRecord {
+        version,
+        ..record.clone()
     }
 }
 
@@ -717,7 +728,10 @@ async fn ca_state_round_trip_and_overwrite(db: TestDb) {
 
     let first = ca_state(b"encrypted-key-1", "idle");
     store.save_ca_state(&first).await.unwrap();
-    assert_eq!(store.load_ca_state().await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.load_ca_state().await.unwrap(),
+        Some(at_version(&first, 1))
+    );
 
     let second = CaStateRecord {
         pending_key: Some(b"encrypted-key-2".to_vec()),
@@ -727,12 +741,18 @@ async fn ca_state_round_trip_and_overwrite(db: TestDb) {
         ..ca_state(b"encrypted-key-1b", "adding-root")
     };
     store.save_ca_state(&second).await.unwrap();
-    assert_eq!(store.load_ca_state().await.unwrap(), Some(second.clone()));
+    assert_eq!(
+        store.load_ca_state().await.unwrap(),
+        Some(at_version(&second, 2))
+    );
 
     // Back to no pending key: NULLs overwrite too.
     let third = ca_state(b"encrypted-key-3", "idle");
     store.save_ca_state(&third).await.unwrap();
-    assert_eq!(store.load_ca_state().await.unwrap(), Some(third));
+    assert_eq!(
+        store.load_ca_state().await.unwrap(),
+        Some(at_version(&third, 3))
+    );
 
     // Debug never shows key bytes.
     let shown = format!("{second:?}");
@@ -897,20 +917,44 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
         2,
         "0B stays in use: only the identity's own certificate is superseded"
     );
+    // The gate of a switch: which connected sidecars hold a certificate of the wanted CA.
+    use meshd::store::{GateCount, Registration, RegistrationEvent, SidecarGate};
+    store.heartbeat("meshd-a", now).await.unwrap();
+    let sidecar = |id: &str| {
+        RegistrationEvent::Connected(Registration {
+            id: id.into(),
+            namespace: "prod".into(),
+            service: "web".into(),
+            labels: "{}".into(),
+            inbound_address: "10.0.0.1:15006".into(),
+            identity: WEB.into(),
+            connected_at: now,
+            disconnected_at: None,
+            replica: "meshd-a".into(),
+        })
+    };
+    store
+        .record_registrations(&[sidecar("web-1"), sidecar("web-2")])
+        .await
+        .unwrap();
+    let reissued = |issuer: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .gate_count(now - 15, SidecarGate::Certificate { issuer, now }, 5)
+                .await
+                .unwrap()
+        }
+    };
     assert_eq!(
-        store
-            .sidecars_with_certificate_from("new", now)
-            .await
-            .unwrap(),
-        [("web-1".to_string(), WEB.to_string())]
+        reissued("NEW").await,
+        GateCount {
+            connected: 2,
+            done: 1,
+            stragglers: vec!["web-2".into()]
+        }
     );
-    assert!(
-        store
-            .sidecars_with_certificate_from("other", now)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(reissued("other").await.done, 0);
 
     // Group commit: several signatures' records in one transaction, all or nothing.
     let issue = |serial: &str, renewed_with: Option<&str>| {
@@ -951,6 +995,7 @@ async fn registrations_remember_who_was_connected(db: TestDb) {
         identity: "spiffe://mesh.local/ns/shop/sa/cart".into(),
         connected_at: at,
         disconnected_at: None,
+        replica: "meshd-a".into(),
     };
     store
         .record_registrations(&[
@@ -959,10 +1004,12 @@ async fn registrations_remember_who_was_connected(db: TestDb) {
             RegistrationEvent::Connected(reg("cart-3", NOW - 900)),
             RegistrationEvent::Disconnected {
                 id: "cart-2".into(),
+                replica: "meshd-a".into(),
                 at: NOW + 5,
             },
             RegistrationEvent::Disconnected {
                 id: "cart-3".into(),
+                replica: "meshd-a".into(),
                 at: NOW - 600,
             },
         ])
@@ -986,6 +1033,149 @@ async fn registrations_remember_who_was_connected(db: TestDb) {
         store.prune_registrations(NOW + 6).await.unwrap(),
         1,
         "cart-2"
+    );
+}
+
+async fn ca_state_is_created_once_and_replaced_only_at_the_version_read(db: TestDb) {
+    let store = db.open().await;
+    let first = ca_state(b"key-of-replica-a", "idle");
+    assert!(store.create_ca_state(&first).await.unwrap(), "created");
+    // A second replica starting on the same database keeps the first one's CA.
+    let other = ca_state(b"key-of-replica-b", "idle");
+    assert!(!store.create_ca_state(&other).await.unwrap(), "not created");
+    let stored = store.load_ca_state().await.unwrap().unwrap();
+    assert_eq!(stored, at_version(&first, 1));
+
+    // Compare-and-swap: a write at the version read wins once; the loser writes nothing.
+    let step = ca_state(b"key-of-replica-a", "prepare");
+    assert_eq!(store.replace_ca_state(&step, 1).await.unwrap(), Some(2));
+    let late = ca_state(b"key-of-replica-b", "switch");
+    assert_eq!(store.replace_ca_state(&late, 1).await.unwrap(), None);
+    assert_eq!(
+        store.load_ca_state().await.unwrap(),
+        Some(at_version(&step, 2))
+    );
+}
+
+async fn the_fleet_of_every_live_replica_with_the_bundle_each_sidecar_acked(db: TestDb) {
+    use meshd::store::{ConnectedSidecar, Registration, RegistrationEvent};
+    let store = db.open().await;
+    let reg = |id: &str, replica: &str| {
+        RegistrationEvent::Connected(Registration {
+            id: id.into(),
+            namespace: "shop".into(),
+            service: "cart".into(),
+            labels: "{}".into(),
+            inbound_address: "10.0.0.1:15006".into(),
+            identity: format!("spiffe://mesh.local/ns/shop/sa/{id}"),
+            connected_at: NOW,
+            disconnected_at: None,
+            replica: replica.into(),
+        })
+    };
+    let acked = |id: &str, replica: &str, version: &str| RegistrationEvent::BundleAcked {
+        id: id.into(),
+        replica: replica.into(),
+        version: version.into(),
+    };
+    store.heartbeat("a", NOW).await.unwrap();
+    store.heartbeat("b", NOW).await.unwrap();
+    store
+        .record_registrations(&[
+            reg("s1", "a"),
+            reg("s2", "b"),
+            reg("s3", "b"),
+            acked("s1", "a", "v1"),
+            acked("s2", "b", "v1"),
+            acked("s2", "b", "v2"),
+            // A late report of a replica the sidecar left does not touch its new row.
+            acked("s3", "a", "v9"),
+        ])
+        .await
+        .unwrap();
+    let fleet = store.connected_sidecars(NOW - 15).await.unwrap();
+    let seen: Vec<(&str, &str, Option<&str>)> = fleet
+        .iter()
+        .map(|s: &ConnectedSidecar| {
+            (
+                s.registration.id.as_str(),
+                s.registration.replica.as_str(),
+                s.bundle_version.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("s1", "a", Some("v1")),
+            ("s2", "b", Some("v2")),
+            ("s3", "b", None)
+        ]
+    );
+    use meshd::store::{GateCount, SidecarGate};
+    assert_eq!(
+        store
+            .gate_count(NOW - 15, SidecarGate::Bundle("v1"), 5)
+            .await
+            .unwrap(),
+        GateCount {
+            connected: 3,
+            done: 1,
+            stragglers: vec!["s2".into(), "s3".into()]
+        }
+    );
+    assert_eq!(
+        store
+            .gate_count(NOW - 15, SidecarGate::Bundle("v2"), 1)
+            .await
+            .unwrap(),
+        GateCount {
+            connected: 3,
+            done: 1,
+            stragglers: vec!["s1".into()]
+        }
+    );
+    // s2 fails over to a: its new stream has acked nothing yet, and b's late disconnect
+    // report does not end it.
+    store
+        .record_registrations(&[
+            reg("s2", "a"),
+            RegistrationEvent::Disconnected {
+                id: "s2".into(),
+                replica: "b".into(),
+                at: NOW + 1,
+            },
+        ])
+        .await
+        .unwrap();
+    // Replica b stops heartbeating (it died): its sidecars no longer count.
+    store.heartbeat("a", NOW + 30).await.unwrap();
+    let fleet = store.connected_sidecars(NOW + 30 - 15).await.unwrap();
+    let ids: Vec<(&str, Option<&str>)> = fleet
+        .iter()
+        .map(|s| (s.registration.id.as_str(), s.bundle_version.as_deref()))
+        .collect();
+    assert_eq!(ids, [("s1", Some("v1")), ("s2", None)]);
+    // Any replica closes the streams dead b left open, and forgets b.
+    assert_eq!(
+        store.reap_replicas(NOW + 30 - 15, NOW + 30).await.unwrap(),
+        1
+    );
+    let recent = store.recent_registrations(NOW + 30).await.unwrap();
+    let s3 = recent.iter().find(|r| r.id == "s3").unwrap();
+    assert_eq!(s3.disconnected_at, Some(NOW + 30), "{recent:?}");
+    assert_eq!(
+        store.reap_replicas(NOW + 30 - 15, NOW + 31).await.unwrap(),
+        0
+    );
+    // A replica that shuts down cleanly is forgotten at once.
+    store.forget_replica("a").await.unwrap();
+    assert!(
+        store
+            .connected_sidecars(NOW + 30 - 15)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -1129,4 +1319,81 @@ async fn open_errors_say_what_was_wrong() {
         "{err}"
     );
     assert!(!err.contains("hunter2"));
+}
+
+/// Two replicas' stores on one PostgreSQL: only one holds the rotation lease; it stays with
+/// its holder; dropping the holder (its session closes, as when a replica dies) frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_only_one_replica_holds_the_lease_until_it_goes() {
+    use meshd::store::LeaseKey;
+    let db = TestDb::postgres().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let mut lease_a = a.lease(LeaseKey::CaRotation);
+    let mut lease_b = b.lease(LeaseKey::CaRotation);
+    assert!(lease_a.poll().await, "a takes the free lease");
+    assert!(!lease_b.poll().await, "b cannot while a holds it");
+    assert!(lease_a.poll().await, "a keeps it");
+    assert!(!lease_b.poll().await);
+
+    drop(lease_a);
+    poll_until_held(&mut lease_b, "b to take the lease a dropped").await;
+    let mut again_a = a.lease(LeaseKey::CaRotation);
+    assert!(!again_a.poll().await, "now b holds it");
+    lease_b.release().await;
+    poll_until_held(&mut again_a, "a to take it back").await;
+}
+
+/// Polls `lease` until it is held, failing after a deadline.
+async fn poll_until_held(lease: &mut meshd::store::Lease, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !lease.poll().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// With SQLite there is one replica: it always holds the lease.
+#[tokio::test]
+async fn sqlite_the_one_replica_holds_the_lease() {
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    assert!(store.lease(meshd::store::LeaseKey::CaRotation).poll().await);
+}
+
+/// A change written through one replica's store is notified to another's (LISTEN/NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_changes_are_notified_to_other_replicas() {
+    use meshd::store::Topic;
+    use std::time::Duration;
+    let db = TestDb::postgres().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let changes = b.changes();
+    let mut ca = changes.subscribe(Topic::Ca);
+    let mut documents = changes.subscribe(Topic::Documents);
+    // The listener wakes every topic once it listens (whatever happened before).
+    for topic in [&mut ca, &mut documents] {
+        tokio::time::timeout(Duration::from_secs(20), topic.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    a.save_ca_state(&ca_state(b"k", "idle")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), ca.changed())
+        .await
+        .expect("ca_state change notified")
+        .unwrap();
+    assert!(!documents.has_changed().unwrap(), "only the CA topic");
+
+    a.apply_document("HTTPRoute", "default", "r", BODY_V1, "alice")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), documents.changed())
+        .await
+        .expect("document change notified")
+        .unwrap();
+    assert_eq!(b.latest_revision().await.unwrap(), 1);
 }

@@ -132,7 +132,7 @@ pub(super) async fn rotation_command(
 fn rotate_error(e: RotateError) -> ApiError {
     let status = match &e {
         RotateError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        RotateError::Busy(_) | RotateError::Refused(_) => StatusCode::CONFLICT,
+        RotateError::Busy(_) | RotateError::Refused(_) | RotateError::Stale => StatusCode::CONFLICT,
         RotateError::NoRotation => StatusCode::NOT_FOUND,
         RotateError::Internal(_) => {
             tracing::error!(error = %e, "CA rotation");

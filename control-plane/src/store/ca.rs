@@ -24,6 +24,9 @@ pub struct CaStateRecord {
     pub previous_key: Option<Vec<u8>>,
     /// Unix seconds.
     pub updated_at: i64,
+    /// Set by the store: grows with every write (ignored when writing). A replica that
+    /// changes the state names the version it read ([`Store::replace_ca_state`]).
+    pub version: i64,
 }
 
 impl std::fmt::Debug for CaStateRecord {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for CaStateRecord {
             .field("pending_key", &blob(&self.pending_key))
             .field("previous_key", &blob(&self.previous_key))
             .field("updated_at", &self.updated_at)
+            .field("version", &self.version)
             .finish()
     }
 }
@@ -55,43 +59,103 @@ struct CaStateRow {
     pending_key: Option<Vec<u8>>,
     previous_key: Option<Vec<u8>>,
     updated_at: i64,
+    version: i64,
+}
+
+/// The columns written, `$1`…`$8` in the order of [`bind_record`]. Literal SQL (macros, so that
+/// `concat!` builds `&'static str` statements).
+macro_rules! columns {
+    () => {
+        "signing_key, cert_chain_pem, roots_pem, rotation_phase, rotation_data, pending_key, \
+         previous_key, updated_at"
+    };
+}
+macro_rules! set_columns {
+    () => {
+        "signing_key = $1, cert_chain_pem = $2, roots_pem = $3, rotation_phase = $4, \
+         rotation_data = $5, pending_key = $6, previous_key = $7, updated_at = $8"
+    };
+}
+
+/// Binds a record's columns in the order of `columns!()`.
+macro_rules! bind_record {
+    ($query:expr, $state:expr, $roots:expr) => {
+        $query
+            .bind($state.signing_key.as_slice())
+            .bind($state.cert_chain_pem.as_str())
+            .bind($roots)
+            .bind($state.rotation_phase.as_str())
+            .bind($state.rotation_data.as_str())
+            .bind($state.pending_key.as_deref())
+            .bind($state.previous_key.as_deref())
+            .bind($state.updated_at)
+    };
+}
+
+/// The roots as a JSON array of PEM strings: no PEM parsing needed to split them again.
+fn roots_json(state: &CaStateRecord) -> Result<String> {
+    serde_json::to_string(&state.roots_pem).map_err(|e| StoreError::Corrupt {
+        what: "ca_state.roots_pem".into(),
+        detail: e.to_string(),
+    })
 }
 
 // === impl Store ===
 
 impl Store {
-    /// Replaces the CA state, atomically (one statement).
+    /// Writes the CA state whatever is stored (one statement), taking the next version.
     pub async fn save_ca_state(&self, state: &CaStateRecord) -> Result<()> {
-        // The roots as a JSON array of PEM strings: no PEM parsing needed to split them again.
-        let roots = serde_json::to_string(&state.roots_pem).map_err(|e| StoreError::Corrupt {
-            what: "ca_state.roots_pem".into(),
-            detail: e.to_string(),
-        })?;
+        let roots = roots_json(state)?;
+        const SQL: &str = concat!(
+            "INSERT INTO ca_state (id, ",
+            columns!(),
+            ", version) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, 1) ON CONFLICT (id) DO UPDATE SET ",
+            set_columns!(),
+            ", version = ca_state.version + 1"
+        );
         with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO ca_state (id, signing_key, cert_chain_pem, roots_pem, rotation_phase, \
-                 rotation_data, pending_key, previous_key, updated_at) \
-                 VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (id) DO UPDATE SET \
-                 signing_key = excluded.signing_key, cert_chain_pem = excluded.cert_chain_pem, \
-                 roots_pem = excluded.roots_pem, rotation_phase = excluded.rotation_phase, \
-                 rotation_data = excluded.rotation_data, pending_key = excluded.pending_key, \
-                 previous_key = excluded.previous_key, updated_at = excluded.updated_at",
-            )
-            .bind(state.signing_key.as_slice())
-            .bind(state.cert_chain_pem.as_str())
-            .bind(roots.as_str())
-            .bind(state.rotation_phase.as_str())
-            .bind(state.rotation_data.as_str())
-            .bind(state.pending_key.as_deref())
-            .bind(state.previous_key.as_deref())
-            .bind(state.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ())
+            bind_record!(sqlx::query(SQL), state, roots.as_str())
+                .execute(pool)
+                .await
+                .map(|_| ())
         })
-        .map_err(|e| StoreError::database("saving the CA state", e))?;
-        Ok(())
+        .map_err(|e| StoreError::database("saving the CA state", e))
+    }
+
+    /// Stores the CA state of a first start, unless one is stored already (another replica
+    /// started first): then `false`, and nothing was written.
+    pub async fn create_ca_state(&self, state: &CaStateRecord) -> Result<bool> {
+        let roots = roots_json(state)?;
+        const SQL: &str = concat!(
+            "INSERT INTO ca_state (id, ",
+            columns!(),
+            ", version) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, 1) ON CONFLICT (id) DO NOTHING"
+        );
+        with_pool!(self, pool => {
+            bind_record!(sqlx::query(SQL), state, roots.as_str())
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() == 1)
+        })
+        .map_err(|e| StoreError::database("creating the CA state", e))
+    }
+
+    /// Replaces the CA state if it is still at version `read` (compare-and-swap, one
+    /// statement): the new version, or `None` when another writer changed it meanwhile.
+    pub async fn replace_ca_state(&self, state: &CaStateRecord, read: i64) -> Result<Option<i64>> {
+        let roots = roots_json(state)?;
+        const SQL: &str = concat!(
+            "UPDATE ca_state SET ",
+            set_columns!(),
+            ", version = version + 1 WHERE id = 1 AND version = $9 RETURNING version"
+        );
+        with_pool!(self, pool => {
+            bind_record!(sqlx::query_scalar(SQL), state, roots.as_str())
+                .bind(read)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| StoreError::database("replacing the CA state", e))
     }
 
     /// The CA state, or `None` before the CA was first initialized.
@@ -99,7 +163,7 @@ impl Store {
         let row: Option<CaStateRow> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT signing_key, cert_chain_pem, roots_pem, rotation_phase, rotation_data, \
-                 pending_key, previous_key, updated_at FROM ca_state WHERE id = 1",
+                 pending_key, previous_key, updated_at, version FROM ca_state WHERE id = 1",
             )
             .fetch_optional(pool)
             .await
@@ -119,6 +183,7 @@ impl Store {
             pending_key: row.pending_key,
             previous_key: row.previous_key,
             updated_at: row.updated_at,
+            version: row.version,
         }))
     }
 }

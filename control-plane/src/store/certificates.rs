@@ -205,26 +205,6 @@ impl Store {
         ))
     }
 
-    /// The sidecars (id, identity) that hold a certificate of `issuer` not expired at `now`.
-    pub async fn sidecars_with_certificate_from(
-        &self,
-        issuer: &str,
-        now: i64,
-    ) -> Result<Vec<(String, String)>> {
-        let issuer = issuer.to_ascii_lowercase();
-        with_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT DISTINCT sidecar, identity FROM issued_certificates \
-                 WHERE issuer_fingerprint = $1 AND not_after >= $2 AND sidecar IS NOT NULL",
-            )
-            .bind(issuer.as_str())
-            .bind(now)
-            .fetch_all(pool)
-            .await
-        })
-        .map_err(|e| StoreError::database("listing sidecars by issuer", e))
-    }
-
     /// Forgets certificates that expired before `expired_before`; returns how many. Keeps the
     /// table from growing forever with short-lived certificates.
     pub async fn prune_certificates(&self, expired_before: i64) -> Result<u64> {

@@ -281,6 +281,18 @@ impl Store {
         })
     }
 
+    /// The latest revision taken by any change (0 before the first). Revisions commit in
+    /// increasing order (see the module doc of `store`), so a reader that saw every change up
+    /// to this number and reads again when it grows misses nothing.
+    pub async fn latest_revision(&self) -> Result<i64> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT value FROM revision_counter WHERE id = 1")
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(|e| StoreError::database("reading the latest revision", e))
+    }
+
     /// The document as it is now, or [`StoreError::DocumentNotFound`].
     pub async fn get_document(&self, kind: &str, namespace: &str, name: &str) -> Result<Document> {
         let row: Option<DocumentRow> = with_pool!(self, pool => {
