@@ -402,6 +402,7 @@ impl Xds {
         let mut snap = Snapshot::new(Instant::now());
         snap.insert(view::trust_bundle(&self.inner.trust_domain, &bundle));
         snap.type_version(mesh_proto::ResourceType::TrustBundle)
+            .to_string()
     }
 
     /// The directives issued by this replica, oldest first.
@@ -469,7 +470,8 @@ impl Xds {
                     let version = scopes
                         .get(k)?
                         .borrow()
-                        .type_version(ResourceType::TlsPolicy);
+                        .type_version(ResourceType::TlsPolicy)
+                        .to_string();
                     Some((k.clone(), version))
                 })
                 .collect();
@@ -713,15 +715,15 @@ impl Xds {
         }
     }
 
-    fn update_status(&self, id: &str, generation: u64, types: Vec<TypeStatus>) {
+    fn update_status(&self, id: &str, generation: u64, state: &StreamState) {
         let mut sidecars = write(&self.inner.sidecars);
         let Some(e) = sidecars.get_mut(id).filter(|e| e.generation == generation) else {
             return;
         };
-        let before = held_bundle(&e.status.types);
-        e.status.types = types;
+        let before = held_bundle(&e.status.types).map(str::to_owned);
+        state.write_status(&mut e.status.types, false);
         e.status.last_seen = now();
-        let after = held_bundle(&e.status.types);
+        let after = held_bundle(&e.status.types).map(str::to_owned);
         drop(sidecars);
         // Recorded in the store for the CA rotation's gates, which count every replica's
         // sidecars: only when it changes, not with every ACK.
@@ -831,7 +833,7 @@ impl Xds {
                     }
                     Err(e) => break Err(Status::invalid_argument(e.0)),
                 }
-                self.update_status(&id, generation, state.status(false));
+                self.update_status(&id, generation, &state);
                 continue;
             }
             tokio::select! {
@@ -851,7 +853,7 @@ impl Xds {
                     if !self.push(&tx, &mut state, &snapshot).await {
                         break Ok(());
                     }
-                    self.update_status(&id, generation, state.status(false));
+                    self.update_status(&id, generation, &state);
                 }
                 changed = rescoped.changed() => {
                     if changed.is_err() {
@@ -863,7 +865,7 @@ impl Xds {
                     if !self.push(&tx, &mut state, &snapshot).await {
                         break Ok(());
                     }
-                    self.update_status(&id, generation, state.status(false));
+                    self.update_status(&id, generation, &state);
                 }
                 _ = replaced.notified() => break Err(Status::aborted("replaced by a newer stream from the same sidecar")),
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break Err(Status::unavailable("meshd is shutting down; reconnect to any replica")),
@@ -969,11 +971,11 @@ fn now() -> i64 {
 }
 
 /// The TrustBundle type version a sidecar ACKed (and has not NACKed since), if any.
-fn held_bundle(types: &[TypeStatus]) -> Option<String> {
+fn held_bundle(types: &[TypeStatus]) -> Option<&str> {
     types
         .iter()
         .find(|t| t.type_url == mesh_proto::TRUST_BUNDLE_TYPE_URL && t.nack.is_none())
-        .map(|t| t.acked_version.clone())
+        .map(|t| t.acked_version.as_str())
         .filter(|v| !v.is_empty())
 }
 

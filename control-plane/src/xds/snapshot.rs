@@ -17,14 +17,14 @@ pub struct Snapshot {
     by_type: BTreeMap<ResourceType, BTreeMap<String, Arc<Resource>>>,
     /// When the change that produced this snapshot happened (for push latency).
     pub changed_at: Instant,
+    /// [`Snapshot::type_version`] of each type, computed once (every stream of the scope
+    /// compares it on every push).
+    versions: std::sync::OnceLock<BTreeMap<ResourceType, String>>,
 }
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Self {
-            by_type: BTreeMap::new(),
-            changed_at: Instant::now(),
-        }
+        Self::new(Instant::now())
     }
 }
 
@@ -33,6 +33,7 @@ impl Snapshot {
         Self {
             by_type: BTreeMap::new(),
             changed_at,
+            versions: std::sync::OnceLock::new(),
         }
     }
 
@@ -47,6 +48,7 @@ impl Snapshot {
         let Some(ty) = resource.body.as_ref().map(Body::resource_type) else {
             return;
         };
+        self.versions.take();
         self.by_type
             .entry(ty)
             .or_default()
@@ -70,7 +72,19 @@ impl Snapshot {
 
     /// One version for all resources of a type (for status displays): a hash of the names and
     /// versions, or "" when there are none.
-    pub fn type_version(&self, ty: ResourceType) -> String {
+    pub fn type_version(&self, ty: ResourceType) -> &str {
+        self.versions
+            .get_or_init(|| {
+                ResourceType::ALL
+                    .into_iter()
+                    .map(|t| (t, self.compute_type_version(t)))
+                    .collect()
+            })
+            .get(&ty)
+            .map_or("", String::as_str)
+    }
+
+    fn compute_type_version(&self, ty: ResourceType) -> String {
         let Some(resources) = self.by_type.get(&ty) else {
             return String::new();
         };

@@ -290,15 +290,29 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
     let mut snap = Snapshot::new(changed_at);
     let w = scope.workload();
 
-    snap.insert(trust_bundle(inputs.trust_domain, inputs.bundle));
+    // The same resources for every scope that holds them: built and versioned once a push.
+    let shared = |ty, name: &str, make: &dyn Fn() -> Body| prepared.memo(ty, name, make);
+    snap.insert_resource(shared(
+        ResourceType::TrustBundle,
+        TRUST_BUNDLE_NAME,
+        &|| trust_bundle(inputs.trust_domain, inputs.bundle),
+    ));
     if let Some(p) = inputs.mesh.tls_policy_for(w) {
-        snap.insert(Body::TlsPolicy(tls_policy(p)));
+        snap.insert_resource(shared(ResourceType::TlsPolicy, &p.key(), &|| {
+            Body::TlsPolicy(tls_policy(p))
+        }));
     }
     for p in inputs.mesh.authorization_policies_for(w) {
-        snap.insert(Body::AuthorizationPolicy(authorization_policy(p)));
+        let key = format!("{}/{}", p.namespace, p.name);
+        snap.insert_resource(shared(ResourceType::AuthorizationPolicy, &key, &|| {
+            Body::AuthorizationPolicy(authorization_policy(p))
+        }));
     }
     for p in inputs.mesh.rate_limit_policies_for(w) {
-        snap.insert(Body::RateLimitPolicy(rate_limit_policy(p)));
+        let key = format!("{}/{}", p.namespace, p.name);
+        snap.insert_resource(shared(ResourceType::RateLimitPolicy, &key, &|| {
+            Body::RateLimitPolicy(rate_limit_policy(p))
+        }));
     }
 
     // The services the workload reaches (its Sidecar's egress; all without one) and its own,
@@ -416,13 +430,15 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
             issued_before_unix: d.issued_before,
         }));
     }
-    snap.insert(Body::Listener(pb::Listener {
-        name: OUTBOUND.into(),
-        address: String::new(),
-        direction: pb::listener::Direction::Outbound as i32,
-        protocol: pb::Protocol::Http as i32,
-        route_table: "*".into(),
-        ..Default::default()
+    snap.insert_resource(prepared.memo(ResourceType::Listener, OUTBOUND, || {
+        Body::Listener(pb::Listener {
+            name: OUTBOUND.into(),
+            address: String::new(),
+            direction: pb::listener::Direction::Outbound as i32,
+            protocol: pb::Protocol::Http as i32,
+            route_table: "*".into(),
+            ..Default::default()
+        })
     }));
     snap
 }
