@@ -294,6 +294,16 @@ impl Traffic {
         .expect("the request loop runs");
     }
 
+    /// Lets 20 more requests through, stops the loop and asserts what every rotation test
+    /// promises: not one request failed (`logs` is shown if one did), and the loop really ran
+    /// (more than `at_least` requests).
+    pub async fn finish(self, at_least: u64, logs: impl FnOnce() -> String) {
+        self.wait_more(20).await;
+        let (ok, failed) = self.stop().await;
+        assert!(failed.is_empty(), "failed requests: {failed:?}\n{}", logs());
+        assert!(ok > at_least, "the loop ran ({ok} requests)");
+    }
+
     /// Stops the loop: (requests that succeeded, every failure).
     pub async fn stop(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);

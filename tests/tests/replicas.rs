@@ -160,10 +160,7 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
             .await;
         assert_eq!(done["new_root"], new_root.as_str(), "{done}");
     }
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, String::new).await;
 
     // Both replicas' bundles (API and file) hold only the new root.
     for r in &replicas {
@@ -255,10 +252,7 @@ async fn the_other_replica_finishes_a_rotation_when_its_driver_dies() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e} (replica {dead} died)\n{}", ring.logs()));
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, String::new).await;
 }
 
 #[tokio::test]
@@ -340,8 +334,5 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
         .await
         .unwrap();
     }
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, String::new).await;
 }

@@ -98,10 +98,7 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
     }
     let last: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(last["phase"], "done", "{last}");
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, String::new).await;
 
     // The bundle holds only the new root, and meshd's bundle file says so too.
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
@@ -173,10 +170,7 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("rolled-back"), "{stderr}");
 
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, String::new).await;
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
     let roots = root_fingerprints(&ca);
     assert_eq!(roots.len(), 1);
@@ -240,14 +234,7 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
         assert_eq!(next_when_ready(&ring, phase).await, then);
     }
 
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\n{}",
-        ring.logs()
-    );
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, || ring.logs()).await;
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
     assert_eq!(
         root_fingerprints(&ca),
@@ -406,14 +393,7 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         ring.logs()
     );
 
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\n{}",
-        ring.logs()
-    );
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, || ring.logs()).await;
 }
 
 /// The TlsPolicy meshd holds for the sidecar serving `inbound` once that sidecar ACKed it (its
@@ -573,14 +553,7 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
     let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
     assert!(!ok, "once mesh-wide, TLS 1.2 is refused everywhere:\n{out}");
 
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\n{}",
-        ring.logs()
-    );
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, || ring.logs()).await;
 }
 
 /// Certificates meshd issued to `identity` (expired ones included).
@@ -623,14 +596,7 @@ async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
         "{renewed:?}: certificates per sidecar {counts:?}\n{}",
         ring.logs()
     );
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\n{}",
-        ring.logs()
-    );
-    assert!(ok > 500, "the loop ran ({ok} requests)");
+    traffic.finish(500, || ring.logs()).await;
 }
 
 /// `openssl ARGS` in `dir`; panics with its stderr when it fails.
@@ -765,10 +731,7 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
-    traffic.wait_more(20).await;
-    let (ok, failed) = traffic.stop().await;
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100, "the loop ran ({ok} requests)");
+    traffic.finish(100, String::new).await;
     assert_eq!(ring.meshd.bundle_pem(), bundle_before, "the root stays");
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
     assert!(
