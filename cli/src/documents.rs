@@ -187,6 +187,13 @@ fn summary(kind: &str, spec: &Value) -> String {
             Some(rps) => format!("{rps}/s"),
             None => String::new(),
         },
+        "Sidecar" => spec["egress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
         "TlsPolicy" => {
             let min = spec["minVersion"].as_str().unwrap_or_default();
             let max = spec["maxVersion"].as_str().unwrap_or_default();
