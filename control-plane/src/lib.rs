@@ -21,6 +21,7 @@ pub mod identity;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;
+pub mod reissue;
 pub mod rotation;
 pub mod server;
 pub mod source;

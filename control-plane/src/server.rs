@@ -83,6 +83,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         changes.subscribe(Topic::Sidecars),
     ));
     let heartbeat = tokio::spawn(heartbeat(store.clone(), replica.clone()));
+    // Forced re-issues ordered before a restart, or on another replica.
+    crate::reissue::follow(
+        store.clone(),
+        xds.clone(),
+        changes.subscribe(crate::reissue::TOPIC),
+        crate::rotation::RESYNC,
+        stop_rx.clone(),
+    );
     let rotations = crate::rotation::Rotations::start(
         crate::rotation::Wiring {
             authority: authority.clone(),

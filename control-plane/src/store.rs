@@ -45,6 +45,7 @@ mod audit;
 mod ca;
 mod certificates;
 mod changes;
+mod directives;
 mod documents;
 mod join_tokens;
 mod lease;

@@ -340,10 +340,11 @@ impl Xds {
         self.mark_changed();
     }
 
-    /// Tells the sidecars of `target` to re-issue their certificates within `window`, each at a
-    /// random moment of it (so the CA sees a smooth rate). `backdate` is the CA's notBefore
+    /// A directive telling the sidecars of `target` to re-issue their certificates within
+    /// `window`, each at a random moment of it (so the CA sees a smooth rate); not in force yet
+    /// ([`crate::reissue::order`] stores it, then installs it). `backdate` is the CA's notBefore
     /// backdating, so that a certificate issued after this call counts as re-issued.
-    pub fn reissue(
+    pub fn reissue_directive(
         &self,
         target: ReissueTarget,
         window: Duration,
@@ -351,14 +352,12 @@ impl Xds {
         reason: &str,
     ) -> Directive {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let directive = self.new_directive(
+        self.new_directive(
             target,
             now + window.as_secs() as i64,
             issued_after(now, backdate),
             reason,
-        );
-        self.install_directive(directive.clone());
-        directive
+        )
     }
 
     /// A directive with a generation never used before (not installed yet).

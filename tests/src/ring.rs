@@ -123,6 +123,18 @@ impl Ring {
         ring
     }
 
+    /// Certificates meshd issued to `identity` (expired ones included; the store is shared by
+    /// every replica).
+    pub async fn issued_to(&self, identity: &str) -> usize {
+        let path = format!(
+            "/api/v1/certificates?identity={}",
+            identity.replace(':', "%3A").replace('/', "%2F")
+        );
+        self.meshd.admin_get(&path).await["certificates"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+
     /// Every replica, the first one first.
     pub fn replicas(&self) -> impl Iterator<Item = &Meshd> {
         std::iter::once(&self.meshd).chain(&self.others)

@@ -336,3 +336,66 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
     }
     traffic.finish(100, String::new).await;
 }
+
+/// A forced re-issue (after a key compromise) ordered on one replica reaches the sidecars of
+/// every replica: the directive is stored, and the other replica puts it in force.
+#[tokio::test]
+async fn a_forced_reissue_ordered_on_one_replica_reaches_the_sidecars_of_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, ring) = two_replicas(dir.path()).await;
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    let before: Vec<usize> = {
+        let mut v = Vec::new();
+        for name in NAMES {
+            v.push(ring.issued_to(&identity(name)).await);
+        }
+        v
+    };
+
+    let other = &ring.others[0];
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/reissue", other.admin_addr))
+        .bearer_auth(other.admin_token())
+        .json(&serde_json::json!({ "all": true, "window": "2s", "reason": "key compromise drill" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+
+    // Both replicas hold the directive, and every sidecar, wherever it is connected, obeys.
+    for replica in ring.replicas() {
+        let held = wait::until(
+            "the directive on every replica",
+            ROTATION_DEADLINE,
+            || async {
+                let list = replica.admin_get("/api/v1/reissue").await;
+                (list["directives"].as_array().is_some_and(|d| !d.is_empty())).then_some(())
+            },
+        )
+        .await;
+        assert!(held.is_ok(), "{}", ring.logs());
+    }
+    let renewed = wait::until("every sidecar re-issued", ROTATION_DEADLINE, || async {
+        for (name, n) in NAMES.iter().zip(&before) {
+            if ring.issued_to(&identity(name)).await <= *n {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(renewed.is_ok(), "{}", ring.logs());
+    let homes: Vec<Vec<String>> = {
+        let mut v = Vec::new();
+        for replica in ring.replicas() {
+            v.push(connected_to(replica).await);
+        }
+        v
+    };
+    assert!(
+        homes.iter().all(|h| !h.is_empty()),
+        "the sidecars are spread over both replicas: {homes:?}"
+    );
+    traffic.finish(100, || ring.logs()).await;
+}

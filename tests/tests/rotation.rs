@@ -556,17 +556,6 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
     traffic.finish(100, || ring.logs()).await;
 }
 
-/// Certificates meshd issued to `identity` (expired ones included).
-async fn issued_to(ring: &Ring, identity: &str) -> usize {
-    let path = format!(
-        "/api/v1/certificates?identity={}",
-        identity.replace(':', "%3A").replace('/', "%2F")
-    );
-    ring.meshd.admin_get(&path).await["certificates"]
-        .as_array()
-        .map_or(0, Vec::len)
-}
-
 /// One-minute certificates: every sidecar renews at least twice under a steady loop, and no
 /// request fails. (A longer soak: the same with a larger renewal count, by hand.)
 #[tokio::test]
@@ -582,7 +571,7 @@ async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
         || async {
             let mut now = Vec::new();
             for name in NAMES {
-                now.push(issued_to(&ring, &mesh_tests::ring::identity(name)).await);
+                now.push(ring.issued_to(&mesh_tests::ring::identity(name)).await);
             }
             let done = now.iter().all(|n| *n >= 3);
             *counts.lock().unwrap() = now;
@@ -771,4 +760,49 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
         );
         assert!(!out.contains("intermediate-1"), "{name}: {out}");
     }
+}
+
+/// A forced re-issue is stored before it is put in force: a meshd restarted within its window
+/// still holds it (and tells sidecars that reconnect), and every sidecar re-issues.
+#[tokio::test]
+async fn a_forced_reissue_survives_a_meshd_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ring = Ring::start(dir.path(), &[], &[]).await;
+    let traffic = ring.traffic();
+    traffic.wait_more(20).await;
+    let mut before = Vec::new();
+    for name in NAMES {
+        before.push(ring.issued_to(&mesh_tests::ring::identity(name)).await);
+    }
+    let (code, stdout, stderr) = meshctl(
+        &ring,
+        &["certs", "reissue", "--all", "--window", "10s", "-o", "json"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let ordered: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let generation = ordered["directive"]["generation"].clone();
+    assert!(generation.is_u64(), "{ordered}");
+
+    ring.restart_meshd().await;
+    let list = ring.meshd.admin_get("/api/v1/reissue").await;
+    assert!(
+        list["directives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["directive"]["generation"] == generation),
+        "the restarted meshd still holds directive {generation}: {list}"
+    );
+    let renewed = mesh_tests::wait::until("every sidecar re-issued", ROTATION_DEADLINE, || async {
+        for (name, n) in NAMES.iter().zip(&before) {
+            if ring.issued_to(&mesh_tests::ring::identity(name)).await <= *n {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(renewed.is_ok(), "{}", ring.logs());
+    traffic.finish(50, || ring.logs()).await;
 }

@@ -62,7 +62,8 @@ pub async fn create(
     }
     let backdate = state.authority.signer().policy().backdate;
     let reason = req.reason.unwrap_or_else(|| "operator request".into());
-    let directive = state.xds.reissue(target, window, backdate, &reason);
+    let directive =
+        crate::reissue::order(&state.store, &state.xds, target, window, backdate, &reason).await?;
     state
         .store
         .audit(&AuditEntry {

@@ -1,0 +1,13 @@
+-- Forced re-issue directives (`meshctl certs reissue`), kept so that a restarted meshd and
+-- every replica put them in force (control-plane/src/reissue.rs). Keep in step with
+-- ../sqlite/0006_reissue_directives.sql.
+CREATE TABLE reissue_directives (
+    generation     BIGINT  PRIMARY KEY,
+    -- The directive as JSON (xds::view::Directive).
+    directive      TEXT    NOT NULL,
+    reissue_before BIGINT  NOT NULL
+);
+
+-- The other replicas learn of a new directive as of a CA rotation step (topic meshd_ca).
+CREATE TRIGGER reissue_directives_changed AFTER INSERT ON reissue_directives
+    FOR EACH STATEMENT EXECUTE FUNCTION meshd_notify_ca();
