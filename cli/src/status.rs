@@ -118,7 +118,7 @@ fn detail_table(s: &Value) {
             ("Proxy", text(&s["proxy_version"])),
             ("Replica", text(&s["control_plane"])),
             ("Remote", text(&s["remote"])),
-            ("Rollout bucket", text(&s["rollout_bucket"])),
+            ("Rollout", format!("bucket {}", text(&s["rollout_bucket"]))),
             (
                 "Cert",
                 format!("expires {}", expires(&s["cert_expires_at"]))

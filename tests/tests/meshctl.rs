@@ -275,6 +275,13 @@ async fn status_config_dump_and_check_follow_the_sidecars() {
     // One sidecar, type by type.
     let detail = ok(&meshd, &["status", "web-1"]).await;
     assert!(detail.contains(&format!("Identity:   {WEB}")), "{detail}");
+    // Its place in percentage rollouts (`meshctl tls set --stage`), as the API says.
+    let bucket = json(&meshd, &["status", "web-1"]).await["rollout_bucket"].clone();
+    assert!(
+        bucket.as_u64().is_some_and(|b| b < 100)
+            && detail.contains(&format!("Rollout:    bucket {bucket}\n")),
+        "{detail}"
+    );
     let routes = line(&detail, "RouteTable");
     let sent = type_of(&status, ROUTES)["sent_version"].as_str().unwrap();
     assert!(routes.contains("SYNCED"), "{detail}");
