@@ -332,8 +332,7 @@ impl CertificateAuthority {
         let ca_end = OffsetDateTime::from_unix_timestamp(self.signing.not_after)
             .map_err(|e| CaError::Signing(e.to_string()))?;
 
-        let mut serial = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Crypto("random".into()))?;
+        let serial = random_serial()?;
 
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -402,8 +401,7 @@ fn ca_params(
         ),
     );
     params.distinguished_name = dn;
-    let mut serial = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Crypto("random".into()))?;
+    let serial = random_serial()?;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.not_before = now - Duration::from_secs(60);
     params.not_after = now + options.validity;
@@ -422,4 +420,18 @@ fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, CaError> {
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|e| CaError::Cert(CertError::Malformed(e.to_string())))?;
     Ok(cert.public_key().raw.to_vec())
+}
+
+/// A certificate serial: 127 random bits in 16 bytes whose first byte is 0x01..=0x7F, so the
+/// DER INTEGER is positive and always exactly 16 bytes (a random first byte of 0x00 would be
+/// dropped, one of 0x80 or more would need a sign byte; the serial's length in every record
+/// and API would vary).
+fn random_serial() -> Result<[u8; 16], CaError> {
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Crypto("random".into()))?;
+    serial[0] &= 0x7f;
+    if serial[0] == 0 {
+        serial[0] = 1;
+    }
+    Ok(serial)
 }

@@ -327,6 +327,16 @@ impl Traffic {
     }
 }
 
+/// The SHA-256 fingerprints of the roots in `GET /api/v1/ca`'s answer, in its order.
+pub fn root_fingerprints(ca: &serde_json::Value) -> Vec<String> {
+    ca["roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["fingerprint"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// PEM certificates in `text` (e.g. `openssl s_client -showcerts` output), in order.
 pub fn pem_blocks(text: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -9,7 +9,7 @@
 use mesh_tests::meshd::Meshd;
 use mesh_tests::postgres::TempPostgres;
 use mesh_tests::proxy::{Proxy, issue_cert};
-use mesh_tests::ring::{NAMES, Ring, identity, openssl_verify, pem_blocks};
+use mesh_tests::ring::{NAMES, Ring, identity, openssl_verify, pem_blocks, root_fingerprints};
 use mesh_tests::wait;
 use serde_json::Value;
 use std::time::Duration;
@@ -58,15 +58,6 @@ async fn post(replica: &Meshd, path: &str, body: Value, status: u16) -> Value {
     let body: Value = response.json().await.unwrap();
     assert_eq!(got, status, "POST /api/v1/ca/rotation{path}: {body}");
     body
-}
-
-fn roots(ca: &Value) -> Vec<String> {
-    ca["roots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["fingerprint"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The replica that drives rotations (exactly one of `replicas` says so), waiting for the
@@ -138,7 +129,7 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
             "replica {i} holds sidecars"
         );
     }
-    let old_roots = roots(&ring.meshd.admin_get("/api/v1/ca").await);
+    let old_roots = root_fingerprints(&ring.meshd.admin_get("/api/v1/ca").await);
     let driver = leader(&ring, &replicas).await;
     // Started on the replica that does not drive it.
     let follower = *replicas
@@ -168,7 +159,8 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
             "every replica's bundle to hold only the new root",
             ROTATION_DEADLINE,
             || async {
-                (roots(&r.admin_get("/api/v1/ca").await) == [new_root.clone()]).then_some(())
+                (root_fingerprints(&r.admin_get("/api/v1/ca").await) == [new_root.clone()])
+                    .then_some(())
             },
         )
         .await
@@ -236,7 +228,10 @@ async fn the_other_replica_finishes_a_rotation_when_its_driver_dies() {
         )
         .await;
     assert_eq!(done["new_root"], new_root.as_str(), "{done}");
-    assert_eq!(roots(&survivor.admin_get("/api/v1/ca").await), [new_root]);
+    assert_eq!(
+        root_fingerprints(&survivor.admin_get("/api/v1/ca").await),
+        [new_root]
+    );
     // The survivor took the lease and moved the machine on itself.
     let log = survivor.process.log();
     assert!(

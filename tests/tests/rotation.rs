@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::proxy::{issue_cert, openssl_s_client};
-use mesh_tests::ring::{NAMES, Ring, openssl_verify, pem_blocks};
+use mesh_tests::ring::{NAMES, Ring, openssl_verify, pem_blocks, root_fingerprints};
 use std::time::Duration;
 
 /// How long a whole rotation may take in a test (debug build, loaded 2-core machine).
@@ -63,15 +63,6 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
             "{name}'s certificate must not verify against the other root: {text}"
         );
     }
-}
-
-fn root_fingerprints(ca: &serde_json::Value) -> Vec<String> {
-    ca["roots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["fingerprint"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test]
