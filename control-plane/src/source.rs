@@ -239,7 +239,9 @@ impl Documents {
         actor: &str,
     ) -> Result<Vec<Applied>, ApplyError> {
         let _write = self.write.lock().await;
-        // Validated against what other replicas stored too, as far as this replica knows.
+        // One replica at a time validates and stores (the others wait), against everything the
+        // others stored before.
+        let _replicas = self.store.document_write_lock().await?;
         self.catch_up().await;
         let current = self.current();
         let next = current
@@ -371,6 +373,7 @@ impl Documents {
         actor: &str,
     ) -> Result<Deleted, ApplyError> {
         let _write = self.write.lock().await;
+        let _replicas = self.store.document_write_lock().await?;
         self.catch_up().await;
         let key = DocumentKey {
             kind,

@@ -57,7 +57,7 @@ pub use certificates::{IssueRecord, IssuedCert};
 pub use changes::{Changes, Topic};
 pub use documents::{ApplyOutcome, Document, Labels, Revision, RevisionOp};
 pub use join_tokens::{ConsumeOutcome, JoinToken, JoinTokenRecord};
-pub use lease::{Lease, LeaseKey};
+pub use lease::{DocumentWriteLock, Lease, LeaseKey};
 pub use registrations::{
     ConnectedSidecar, GateCount, Registration, RegistrationEvent, SidecarGate,
 };

@@ -1343,6 +1343,31 @@ async fn postgres_only_one_replica_holds_the_lease_until_it_goes() {
     poll_until_held(&mut again_a, "a to take it back").await;
 }
 
+/// Changes to the documents are serialized across replicas: while one replica holds the
+/// document write lock, another waits for it, and gets it once the first lets go.
+#[tokio::test]
+async fn postgres_one_replica_at_a_time_changes_the_documents() {
+    let db = TestDb::postgres().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let held = a.document_write_lock().await.unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        b.document_write_lock(),
+    )
+    .await;
+    assert!(waited.is_err(), "b must wait while a changes the documents");
+    drop(held);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), b.document_write_lock())
+        .await
+        .expect("b gets the lock once a let go");
+    assert!(got.is_ok());
+    // SQLite has one replica: there is nothing to wait for.
+    let sqlite = TestDb::sqlite();
+    let one = sqlite.open().await;
+    let _first = one.document_write_lock().await.unwrap();
+    let _second = one.document_write_lock().await.unwrap();
+}
+
 /// Polls `lease` until it is held, failing after a deadline.
 async fn poll_until_held(lease: &mut meshd::store::Lease, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -26,6 +26,48 @@ impl LeaseKey {
     }
 }
 
+/// The advisory lock that serializes changes to the documents across replicas.
+const DOCUMENT_WRITES_KEY: i64 = 0x6d65_7368_0000_0002;
+/// How long a change to the documents waits for another replica's change to finish.
+const DOCUMENT_WRITES_WAIT: Duration = Duration::from_secs(30);
+
+/// Held while a replica validates and stores a change to the documents (PostgreSQL), so that
+/// two replicas never validate against the same model and store changes that are valid only
+/// apart (a route to a service the other replica deletes). Dropping it ends its database
+/// session, which releases the lock. With SQLite there is one replica and nothing to hold.
+pub struct DocumentWriteLock {
+    _session: Option<PgConnection>,
+}
+
+impl Store {
+    /// Waits (up to 30 s) until no other replica is changing the documents, then holds the
+    /// lock until the returned guard is dropped.
+    pub async fn document_write_lock(&self) -> super::Result<DocumentWriteLock> {
+        let DbPool::Postgres(pool) = &self.pool else {
+            return Ok(DocumentWriteLock { _session: None });
+        };
+        let failed = |error| super::StoreError::Database {
+            op: "waiting for another replica's change to the documents".into(),
+            error,
+        };
+        let locked = tokio::time::timeout(DOCUMENT_WRITES_WAIT, async {
+            // Out of the pool: the session ends, and the lock with it, when the guard drops.
+            let mut session = pool.acquire().await?.detach();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(DOCUMENT_WRITES_KEY)
+                .execute(&mut session)
+                .await?;
+            Ok::<_, sqlx::Error>(session)
+        })
+        .await
+        .map_err(|_| failed(sqlx::Error::PoolTimedOut))?
+        .map_err(failed)?;
+        Ok(DocumentWriteLock {
+            _session: Some(locked),
+        })
+    }
+}
+
 /// How long one round trip of the lease may take before the lease counts as lost.
 const ROUND_TRIP: Duration = Duration::from_secs(5);
 
