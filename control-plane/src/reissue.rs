@@ -37,8 +37,9 @@ pub async fn order(
     Ok(directive)
 }
 
-/// Puts in force the stored directives this meshd does not hold yet: now, whenever the CA
-/// topic changes, and every `resync`. Ends when `shutdown` turns true.
+/// Puts in force the stored directives this meshd does not hold yet ([`load`] at start, before
+/// anything is served), then whenever the CA topic changes and every `resync`. Ends when
+/// `shutdown` turns true.
 pub fn follow(
     store: Store,
     xds: Xds,
@@ -48,17 +49,18 @@ pub fn follow(
 ) {
     tokio::spawn(async move {
         loop {
-            load(&store, &xds).await;
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(resync) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+            load(&store, &xds).await;
         }
     });
 }
 
-async fn load(store: &Store, xds: &Xds) {
+/// Puts in force the stored directives (of the last day) that `xds` does not hold yet.
+pub async fn load(store: &Store, xds: &Xds) {
     let since =
         time::OffsetDateTime::now_utc().unix_timestamp() - KEEP_AFTER_WINDOW.as_secs() as i64;
     let stored = match store.directives_since(since).await {

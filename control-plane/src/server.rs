@@ -83,7 +83,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         changes.subscribe(Topic::Sidecars),
     ));
     let heartbeat = tokio::spawn(heartbeat(store.clone(), replica.clone()));
-    // Forced re-issues ordered before a restart, or on another replica.
+    // Forced re-issues ordered before a restart (in force before anything is served), or on
+    // another replica.
+    crate::reissue::load(&store, &xds).await;
     crate::reissue::follow(
         store.clone(),
         xds.clone(),
