@@ -8,14 +8,34 @@ use serde_json::{Value, json};
 
 /// The sidecars, as the admin API lists them, in namespace `namespace` if given.
 pub async fn sidecars(api: &Client, namespace: Option<&str>) -> Result<Vec<Value>, Failure> {
+    Ok(sidecars_here(api, namespace).await?.0)
+}
+
+/// [`sidecars`], and how many more the other meshd replicas hold (the list is the asked
+/// replica's).
+async fn sidecars_here(
+    api: &Client,
+    namespace: Option<&str>,
+) -> Result<(Vec<Value>, u64), Failure> {
     let all = api.get("/api/v1/sidecars").await?;
-    Ok(all["sidecars"]
+    let list = all["sidecars"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .into_iter()
         .filter(|s| namespace.is_none_or(|ns| s["namespace"] == ns))
-        .collect())
+        .collect();
+    Ok((list, all["elsewhere"].as_u64().unwrap_or(0)))
+}
+
+/// The line that says the list is one replica's, when others hold sidecars too.
+fn elsewhere_note(elsewhere: u64) {
+    if elsewhere > 0 {
+        eprintln!(
+            "{elsewhere} more sidecar(s) are connected to other meshd replicas: this list is the \
+             one replica's that --server names; ask the others for theirs"
+        );
+    }
 }
 
 /// `SYNCED`, or what is not: `NACKED RouteTable; STALE Cluster,Listener`. A sidecar that has
@@ -52,7 +72,7 @@ pub async fn status(
     format: Format,
     api: Client,
 ) -> Result<(), Failure> {
-    let list = sidecars(&api, namespace).await?;
+    let (list, elsewhere) = sidecars_here(&api, namespace).await?;
     if let Some(id) = sidecar {
         let one = list
             .into_iter()
@@ -60,11 +80,12 @@ pub async fn status(
             .ok_or_else(|| no_sidecar(id))?;
         return output::emit(format, &one, detail_table);
     }
-    let value = json!({ "sidecars": list });
+    let value = json!({ "sidecars": list, "elsewhere": elsewhere });
     output::emit(format, &value, |_| {
         if list.is_empty() {
             let place = namespace.map_or(String::new(), |ns| format!(" in namespace {ns}"));
             eprintln!("no sidecars connected{place}");
+            elsewhere_note(elsewhere);
             return;
         }
         let mut table = Table::new(&[
@@ -98,6 +119,7 @@ pub async fn status(
             }
         }
         table.print();
+        elsewhere_note(elsewhere);
         if !nacks.is_empty() {
             println!();
             nacks.print();

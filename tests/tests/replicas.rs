@@ -92,6 +92,27 @@ async fn a_document_applied_on_one_replica_reaches_the_sidecars_of_the_other() {
         connected_to(b).await
     );
     assert!(!connected_to(a).await.contains(&identity("b")));
+    // Each replica lists its own sidecars, and says how many the other holds.
+    let on_b = connected_to(b).await.len() as u64;
+    let counted = wait::until("a to count b's sidecars", ROTATION_DEADLINE, || async {
+        let listed = a.admin_get("/api/v1/sidecars").await;
+        (listed["elsewhere"].as_u64() == Some(on_b)).then_some(())
+    })
+    .await;
+    assert!(counted.is_ok(), "{}", ring.logs());
+    let mut status = a.meshctl();
+    status.args(["status"]);
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || mesh_tests::process::run(status))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{on_b} more sidecar(s) are connected to other meshd replicas"
+        )),
+        "{stderr}"
+    );
 
     a.apply(&format!(
         r#"apiVersion: mesh.meshd.dev/v1alpha1

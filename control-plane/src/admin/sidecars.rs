@@ -12,7 +12,8 @@
 //! namespace, service or workload; `state` one of [`SidecarState`]; `namespace` exact. Without
 //! `limit` every match is listed (what meshctl reads); with it at most [`MAX_LIMIT`]. Every
 //! answer carries `total` (connected), `matched` (after the filters), `offset`, and `counts`
-//! (connected sidecars by state, before the filters), counted server-side.
+//! (connected sidecars by state, before the filters), counted server-side, and `elsewhere`: how
+//! many sidecars the other live replicas hold (this list is this replica's).
 
 use super::debug_json::debug_to_json;
 use super::events::Live;
@@ -175,8 +176,21 @@ pub(super) async fn list(
         Arc::new(expiry_or_empty(&state).await)
     };
     let list: Vec<Value> = page.iter().map(|s| sidecar_json(s, &expiry)).collect();
+    // This list is this replica's; say how many more the other replicas hold.
+    let elsewhere = match state.store.backend() {
+        crate::store::Backend::Sqlite => 0,
+        _ => {
+            let alive_since = time::OffsetDateTime::now_utc().unix_timestamp()
+                - crate::server::REPLICA_TTL.as_secs() as i64;
+            state
+                .store
+                .connected_elsewhere(&state.xds.replica(), alive_since)
+                .await?
+        }
+    };
     Ok(Json(json!({
         "sidecars": list,
+        "elsewhere": elsewhere,
         "total": total,
         "matched": matched.len(),
         "offset": offset,

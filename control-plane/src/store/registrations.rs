@@ -280,6 +280,23 @@ impl Store {
         .map_err(|e| StoreError::database("listing connected sidecars", e))
     }
 
+    /// How many sidecars have an open stream on another live replica than `replica`.
+    pub async fn connected_elsewhere(&self, replica: &str, alive_since: i64) -> Result<u64> {
+        let (count,): (i64,) = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM sidecar_registrations s \
+                 JOIN meshd_replicas r ON r.name = s.replica \
+                 WHERE s.disconnected_at IS NULL AND r.heartbeat_at >= $1 AND s.replica <> $2",
+            )
+            .bind(alive_since)
+            .bind(replica)
+            .fetch_one(pool)
+            .await
+        })
+        .map_err(|e| StoreError::database("counting the other replicas' sidecars", e))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// How far the sidecars connected to live replicas (heard from at or after `alive_since`)
     /// are with `gate`, counted in the database (a fleet of thousands is not read row by row
     /// every second), with up to `sample` stragglers.
