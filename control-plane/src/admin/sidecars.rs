@@ -184,7 +184,7 @@ pub(super) async fn list(
                 - crate::server::REPLICA_TTL.as_secs() as i64;
             state
                 .store
-                .connected_elsewhere(&state.xds.replica(), alive_since)
+                .connected_elsewhere(state.xds.replica(), alive_since)
                 .await?
         }
     };
