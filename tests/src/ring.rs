@@ -135,6 +135,26 @@ impl Ring {
             .map_or(0, Vec::len)
     }
 
+    /// How many certificates meshd issued to each sidecar of the ring, in [`NAMES`] order.
+    pub async fn issued_counts(&self) -> Vec<usize> {
+        let mut counts = Vec::new();
+        for name in NAMES {
+            counts.push(self.issued_to(&identity(name)).await);
+        }
+        counts
+    }
+
+    /// Waits until every sidecar holds a certificate newer than those counted in `before`
+    /// ([`Ring::issued_counts`]); panics with the logs after `deadline`.
+    pub async fn wait_every_sidecar_reissued(&self, before: &[usize], deadline: Duration) {
+        let renewed = crate::wait::until("every sidecar re-issued", deadline, || async {
+            let now = self.issued_counts().await;
+            now.iter().zip(before).all(|(n, b)| n > b).then_some(())
+        })
+        .await;
+        assert!(renewed.is_ok(), "{}", self.logs());
+    }
+
     /// Every replica, the first one first.
     pub fn replicas(&self) -> impl Iterator<Item = &Meshd> {
         std::iter::once(&self.meshd).chain(&self.others)

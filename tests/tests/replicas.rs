@@ -361,13 +361,7 @@ async fn a_forced_reissue_ordered_on_one_replica_reaches_the_sidecars_of_both() 
     let (_pg, ring) = two_replicas(dir.path()).await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
-    let before: Vec<usize> = {
-        let mut v = Vec::new();
-        for name in NAMES {
-            v.push(ring.issued_to(&identity(name)).await);
-        }
-        v
-    };
+    let before = ring.issued_counts().await;
 
     let other = &ring.others[0];
     let response = reqwest::Client::new()
@@ -392,16 +386,8 @@ async fn a_forced_reissue_ordered_on_one_replica_reaches_the_sidecars_of_both() 
         .await;
         assert!(held.is_ok(), "{}", ring.logs());
     }
-    let renewed = wait::until("every sidecar re-issued", ROTATION_DEADLINE, || async {
-        for (name, n) in NAMES.iter().zip(&before) {
-            if ring.issued_to(&identity(name)).await <= *n {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
-    assert!(renewed.is_ok(), "{}", ring.logs());
+    ring.wait_every_sidecar_reissued(&before, ROTATION_DEADLINE)
+        .await;
     let homes: Vec<Vec<String>> = {
         let mut v = Vec::new();
         for replica in ring.replicas() {

@@ -560,10 +560,7 @@ async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
         "every sidecar to renew twice",
         Duration::from_secs(150),
         || async {
-            let mut now = Vec::new();
-            for name in NAMES {
-                now.push(ring.issued_to(&mesh_tests::ring::identity(name)).await);
-            }
+            let now = ring.issued_counts().await;
             let done = now.iter().all(|n| *n >= 3);
             *counts.lock().unwrap() = now;
             done.then_some(())
@@ -761,10 +758,7 @@ async fn a_forced_reissue_survives_a_meshd_restart() {
     let mut ring = Ring::start(dir.path(), &[], &[]).await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
-    let mut before = Vec::new();
-    for name in NAMES {
-        before.push(ring.issued_to(&mesh_tests::ring::identity(name)).await);
-    }
+    let before = ring.issued_counts().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
         &["certs", "reissue", "--all", "--window", "10s", "-o", "json"],
@@ -785,15 +779,7 @@ async fn a_forced_reissue_survives_a_meshd_restart() {
             .any(|d| d["directive"]["generation"] == generation),
         "the restarted meshd still holds directive {generation}: {list}"
     );
-    let renewed = mesh_tests::wait::until("every sidecar re-issued", ROTATION_DEADLINE, || async {
-        for (name, n) in NAMES.iter().zip(&before) {
-            if ring.issued_to(&mesh_tests::ring::identity(name)).await <= *n {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
-    assert!(renewed.is_ok(), "{}", ring.logs());
+    ring.wait_every_sidecar_reissued(&before, ROTATION_DEADLINE)
+        .await;
     traffic.finish(50, || ring.logs()).await;
 }

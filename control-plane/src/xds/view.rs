@@ -343,17 +343,22 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
         if !reached {
             continue;
         }
+        // The same for every scope that reaches it: built once a push.
         let name = format!("{}/{}", route.namespace, route.name);
-        let hosts = vec![pb::VirtualHost {
-            name: name.clone(),
-            domains: route.hostnames.clone(),
-            routes: routes_of(route),
-        }];
-        backends.extend(backend_clusters(&hosts));
-        snap.insert(Body::RouteTable(pb::RouteTable {
-            name,
-            virtual_hosts: hosts,
-        }));
+        let table = prepared.memo(ResourceType::RouteTable, &name, || {
+            Body::RouteTable(pb::RouteTable {
+                name: name.clone(),
+                virtual_hosts: vec![pb::VirtualHost {
+                    name: name.clone(),
+                    domains: route.hostnames.clone(),
+                    routes: routes_of(route),
+                }],
+            })
+        });
+        if let Some(Body::RouteTable(t)) = &table.body {
+            backends.extend(backend_clusters(&t.virtual_hosts));
+        }
+        snap.insert_resource(table);
     }
     for name in &backends {
         prepared.insert_cluster(&mut snap, name);
