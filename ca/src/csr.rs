@@ -60,10 +60,31 @@ pub enum CsrError {
     TrustDomainMismatch { requested: String, expected: String },
     #[error("CSR asks for identity {requested}, but the caller proved {proven}")]
     IdentityMismatch { requested: String, proven: String },
-    #[error("CSR subject common name {0:?} must be empty or equal to the SPIFFE ID")]
-    CommonNameMismatch(String),
     #[error("CSR requests extension {0}, which the mesh CA does not issue")]
     UnsupportedExtension(String),
+}
+
+impl CsrError {
+    /// Whether the CSR asks for more than the caller proved: another identity or trust domain,
+    /// a SAN beside the SPIFFE ID, the CA bit or CA key usages, an extension the CA does not
+    /// issue. That is a refusal (`PERMISSION_DENIED`, identity.proto); every other error is a
+    /// request that is not a usable CSR at all (`INVALID_ARGUMENT`).
+    pub fn asks_for_more(&self) -> bool {
+        matches!(
+            self,
+            CsrError::CaRequested
+                | CsrError::CaKeyUsageRequested
+                | CsrError::DnsSan(_)
+                | CsrError::IpSan
+                | CsrError::EmailSan(_)
+                | CsrError::OtherSan(_)
+                | CsrError::MultipleUriSans(_)
+                | CsrError::InvalidSpiffeId(..)
+                | CsrError::TrustDomainMismatch { .. }
+                | CsrError::IdentityMismatch { .. }
+                | CsrError::UnsupportedExtension(_)
+        )
+    }
 }
 
 /// Which key types the CA accepts in CSRs. The default is the mesh's: P-256, P-384, Ed25519.
@@ -161,12 +182,8 @@ pub fn check_csr(
             proven: proven.to_string(),
         });
     }
-    for cn in info.subject.iter_common_name() {
-        let cn = cn.as_str().unwrap_or("<not a string>");
-        if !cn.is_empty() && cn != uri {
-            return Err(CsrError::CommonNameMismatch(cn.to_string()));
-        }
-    }
+    // The subject is ignored (as SPIRE and Istio do): the issued certificate's subject is the
+    // CA's choice, and peers authorize on the URI SAN alone.
     Ok(CheckedCsr {
         identity: requested,
         spki_der: info.subject_pki.raw.to_vec(),

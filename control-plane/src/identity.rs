@@ -7,7 +7,7 @@ use crate::store::{
     AuditEntry, AuditOutcome, ConsumeOutcome, IssueRecord, IssuedCert, JoinTokenRecord, Store,
 };
 use crate::tls::PeerInfo;
-use mesh_ca::{CsrError, SpiffeId};
+use mesh_ca::SpiffeId;
 use mesh_proto::v1::credential::Kind as CredentialKind;
 use mesh_proto::v1::identity_server::Identity;
 use mesh_proto::v1::{SignRequest, SignResponse};
@@ -269,9 +269,7 @@ impl Identity for IdentityService {
             Ok(issued) => issued,
             Err(e) => {
                 let (status, reason) = match &e {
-                    SignError::Csr(
-                        CsrError::IdentityMismatch { .. } | CsrError::TrustDomainMismatch { .. },
-                    ) => (
+                    SignError::Csr(csr) if csr.asks_for_more() => (
                         Status::permission_denied(e.to_string()),
                         "permission_denied",
                     ),
@@ -338,5 +336,86 @@ impl Identity for IdentityService {
             trust_bundle_pem: self.authority.bundle().to_pem(),
             expires_at_unix: issued.leaf.not_after,
         }))
+    }
+}
+
+/// The `Identity` gRPC service with the refusals made before the handler runs audited too: a
+/// request that does not decode (mesh-proto's codec answers it `INVALID_ARGUMENT`,
+/// [`mesh_proto::codec::UNDECODABLE`]) never reaches [`Identity::sign`], but a caller
+/// sending garbage is worth a line in the audit log like any other refusal.
+#[derive(Clone)]
+pub struct AuditedIdentity {
+    inner: mesh_proto::v1::identity_server::IdentityServer<IdentityService>,
+    service: IdentityService,
+}
+
+impl AuditedIdentity {
+    pub fn new(service: IdentityService) -> Self {
+        Self {
+            inner: mesh_proto::v1::identity_server::IdentityServer::new(service.clone()),
+            service,
+        }
+    }
+}
+
+impl tonic::server::NamedService for AuditedIdentity {
+    const NAME: &'static str = <mesh_proto::v1::identity_server::IdentityServer<
+        IdentityService,
+    > as tonic::server::NamedService>::NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AuditedIdentity
+where
+    mesh_proto::v1::identity_server::IdentityServer<IdentityService>: tonic::codegen::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        >,
+    <mesh_proto::v1::identity_server::IdentityServer<IdentityService> as tonic::codegen::Service<
+        http::Request<B>,
+    >>::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tonic::codegen::Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let remote = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.remote.to_string())
+            .unwrap_or_default();
+        let service = self.service.clone();
+        let response = tonic::codegen::Service::call(&mut self.inner, request);
+        Box::pin(async move {
+            let response = response.await?;
+            let status = tonic::Status::from_header_map(response.headers());
+            if let Some(status) = status.filter(|s| {
+                s.code() == tonic::Code::InvalidArgument
+                    && s.message().starts_with(mesh_proto::codec::UNDECODABLE)
+            }) {
+                tracing::warn!(%remote, reason = %status.message(), "certificate request refused");
+                service.metrics.refusal("undecodable_request");
+                service
+                    .audit(
+                        &remote,
+                        "",
+                        AuditOutcome::Denied,
+                        status.message().to_string(),
+                    )
+                    .await;
+            }
+            Ok(response)
+        })
     }
 }

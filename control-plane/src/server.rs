@@ -14,7 +14,6 @@ use crate::xds::Xds;
 use crate::xds::view::LiveEndpoint;
 use anyhow::Context;
 use mesh_proto::v1::discovery_server::DiscoveryServer;
-use mesh_proto::v1::identity_server::IdentityServer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         kubernetes,
     );
     let grpc = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
+        .add_service(crate::identity::AuditedIdentity::new(identity))
         .add_service(DiscoveryServer::new(xds.clone()))
         .serve_with_incoming_shutdown(tls.incoming(grpc_listener), stopped(stop_rx.clone()));
     let grpc = tokio::spawn(grpc);

@@ -41,13 +41,15 @@ impl ServingTls {
     pub fn new(authority: &Authority, addr: SocketAddr) -> anyhow::Result<(Self, Duration)> {
         let anchors = TrustAnchors::new(&authority.bundle())?;
         let cert = CertSlot::new(None);
+        let mut config = rustls::ServerConfig::builder_with_provider(mesh_ca::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(MeshClientVerifier::new(anchors.clone(), false))
+            .with_cert_resolver(cert.clone());
+        // gRPC is HTTP/2: grpc-core, grpc-go and Envoy refuse a TLS server that selects no ALPN
+        // protocol ("missing selected ALPN property").
+        config.alpn_protocols = vec![b"h2".to_vec()];
         let tls = Self {
-            config: Arc::new(
-                rustls::ServerConfig::builder_with_provider(mesh_ca::tls::provider())
-                    .with_safe_default_protocol_versions()?
-                    .with_client_cert_verifier(MeshClientVerifier::new(anchors.clone(), false))
-                    .with_cert_resolver(cert.clone()),
-            ),
+            config: Arc::new(config),
             anchors,
             cert,
         };

@@ -11,6 +11,7 @@ pub mod meshd;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod ring;
 pub mod sidecar;
 pub mod wait;

@@ -254,3 +254,138 @@ async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
         .count();
     assert_eq!(denied, 2, "{audit}");
 }
+
+/// A CSR made by the real `openssl req` for `identity`, with extra `-subj`/`-addext` arguments.
+fn openssl_csr(dir: &Path, name: &str, subject: &str, sans: &str) -> (String, String) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let (ok, text) = openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        subject,
+        "-addext",
+        &format!("subjectAltName={sans}"),
+    ]);
+    assert!(ok, "openssl req: {text}");
+    (
+        csr.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
+
+/// Python grpcio (stubs generated now from proto/mesh/v1, TLS checked by grpc-core, which
+/// refuses a server that selects no ALPN protocol) gets a certificate with a join token and
+/// opens `Discovery.Stream` with it; the status codes are those identity.proto specifies.
+#[tokio::test]
+async fn a_python_grpcio_client_signs_and_opens_a_discovery_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let stubs = dir.path().join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    mesh_tests::python::grpc_stubs(&stubs).unwrap();
+    let token = meshd.join_token(WEB, "10m", 5);
+    let (good_csr, good_key) = openssl_csr(dir.path(), "good", "/", &format!("URI:{WEB}"));
+    // The subject is ignored: a CN naming someone else is no refusal (and not in the cert).
+    let (cn_csr, _) = openssl_csr(dir.path(), "cn", "/CN=admin", &format!("URI:{WEB}"));
+    // A DNS SAN beside the SPIFFE ID asks for more than was proven.
+    let (dns_csr, _) = openssl_csr(
+        dir.path(),
+        "dns",
+        "/",
+        &format!("URI:{WEB},DNS:evil.example"),
+    );
+    let bundle = meshd.data_dir.join("ca-bundle.pem");
+    let addr = meshd.grpc_addr.trim_start_matches("https://").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        mesh_tests::python::run_json(
+            "grpc_identity_discovery.py",
+            &[
+                stubs.to_str().unwrap(),
+                &addr,
+                bundle.to_str().unwrap(),
+                &token,
+                &good_csr,
+                &good_key,
+                &cn_csr,
+                &dns_csr,
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    assert_eq!(out["good"]["code"], "OK", "{out}");
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(&chain, out["good"]["chain"].as_str().unwrap()).unwrap();
+    assert_eq!(san_of(&chain), vec![format!("URI:{WEB}")]);
+
+    assert_eq!(out["common_name"]["code"], "OK", "{out}");
+    let cn_chain = dir.path().join("cn-chain.pem");
+    std::fs::write(&cn_chain, out["common_name"]["chain"].as_str().unwrap()).unwrap();
+    let (ok, subject) = openssl(&[
+        "x509",
+        "-in",
+        cn_chain.to_str().unwrap(),
+        "-noout",
+        "-subject",
+    ]);
+    assert!(ok && !subject.contains("admin"), "{subject}");
+
+    assert_eq!(out["dns_san"]["code"], "PERMISSION_DENIED", "{out}");
+    assert!(
+        out["dns_san"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example"),
+        "the refusal names what was refused: {out}"
+    );
+    assert_eq!(out["not_utf8"]["code"], "INVALID_ARGUMENT", "{out}");
+    assert!(
+        out["not_utf8"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SignRequest"),
+        "{out}"
+    );
+
+    assert_eq!(out["discovery"]["code"], "OK", "{out}");
+    assert_eq!(
+        out["discovery"]["type_url"], "type.mesh.v1/TrustBundle",
+        "{out}"
+    );
+    assert!(
+        !out["discovery"]["nonce"].as_str().unwrap().is_empty(),
+        "{out}"
+    );
+
+    // Every refusal is audited, the undecodable request too.
+    let audit = meshd.admin_get("/api/v1/audit?limit=100").await;
+    let denied: Vec<String> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "certificate.sign" && e["outcome"] == "denied")
+        .map(|e| e["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        denied.iter().any(|d| d.contains("evil.example")),
+        "{denied:?}"
+    );
+    assert!(
+        denied.iter().any(|d| d.contains("undecodable request")),
+        "{denied:?}"
+    );
+}
