@@ -29,8 +29,17 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs meshd until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Ports first: a meshd that cannot serve creates nothing (no data dir, no CA, no tokens).
+    let grpc_listener = bind("--grpc-addr", config.grpc_addr).await?;
+    let admin_listener = bind("--admin-addr", config.admin_addr).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
+    // One meshd per data directory: two on one SQLite file would both drive rotations. Held
+    // until this process exits (the kernel releases it even on SIGKILL).
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let store = Store::open(&config.database_url).await?;
     // Listening before anything is read: a change committed after a read is never missed.
     let changes = store.changes();
@@ -45,15 +54,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     documents.follow_store(changes.subscribe(Topic::Documents));
     // `--config-dir`: applied once now, then polled until `run` returns (dropping the watcher).
     let _config_dir = documents.watch_config_dir(config.config_dir.clone()).await;
-
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
-    let admin_listener = TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("binding --admin-addr {}", config.admin_addr))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let (tls, valid_for) = ServingTls::new(&authority, grpc_addr)?;
     let renew = tokio::spawn(
@@ -171,6 +171,60 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `addr` (given by `flag`); an address in use says which flag to change.
+async fn bind(flag: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "{flag} {addr} is already in use (another meshd?): stop it, or give {flag} a free address"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+            "{flag} {addr}: no such local address on this machine: give {flag} an address of it"
+        ),
+        _ => anyhow::anyhow!("binding {flag} {addr}: {e}"),
+    })
+}
+
+/// The lock file in the data directory: held (`flock`) by the one meshd that uses it, and
+/// naming its process id for whoever finds it held.
+pub const LOCK_FILE: &str = "meshd.lock";
+
+/// Takes the data directory's exclusive lock, or says which process holds it.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
+            anyhow::bail!(
+                "--data-dir {} is in use by another meshd{holder}: stop it, or give this one its own --data-dir",
+                dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// How often a replica records that it is alive ([`Store::heartbeat`]).

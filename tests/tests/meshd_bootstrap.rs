@@ -153,9 +153,15 @@ fn bad_configuration_exits_64_with_one_line_and_writes_nothing() {
 fn the_readme_test_command_installs_what_is_missing_then_runs_every_test() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    assert!(readme.contains("```sh\ntests/run\n```"), "README names tests/run");
+    assert!(
+        readme.contains("```sh\ntests/run\n```"),
+        "README names tests/run"
+    );
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    assert!(ci.contains("tests/run"), ".ci/run calls the README's command");
+    assert!(
+        ci.contains("tests/run"),
+        ".ci/run calls the README's command"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("calls.log");
@@ -165,7 +171,10 @@ fn the_readme_test_command_installs_what_is_missing_then_runs_every_test() {
         let path = bin.join(name);
         std::fs::write(
             &path,
-            format!("#!/bin/bash\necho \"{name} $*\" >> '{}'\n{body}\n", log.display()),
+            format!(
+                "#!/bin/bash\necho \"{name} $*\" >> '{}'\n{body}\n",
+                log.display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -257,4 +266,57 @@ fn the_readme_test_command_installs_what_is_missing_then_runs_every_test() {
         "{calls}"
     );
     assert!(calls.contains("cargo nextest run --workspace --no-fail-fast"));
+}
+
+/// A second meshd on a data directory in use is refused with the holder's pid (two on one
+/// SQLite file would both drive rotations); a port in use names the flag to change, and a
+/// meshd that cannot bind creates nothing.
+#[tokio::test]
+async fn a_second_meshd_on_the_same_data_dir_or_port_is_refused_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("meshd");
+    let first = Meshd::start(&data, &MeshdOptions::default()).await.unwrap();
+    let pid = first.process.pid();
+
+    let mut cmd = Command::new(binary("meshd"));
+    cmd.arg("--data-dir").arg(&data).args([
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another meshd") && stderr.contains(&format!("pid {pid}")),
+        "{stderr}"
+    );
+    // The first one is untouched and still serves.
+    assert_eq!(
+        first.admin_get("/api/v1/ca").await["roots"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    let taken = [
+        ("--grpc-addr", first.grpc_addr.clone(), "--admin-addr"),
+        ("--admin-addr", first.admin_addr.clone(), "--grpc-addr"),
+    ];
+    for (flag, addr, other) in taken {
+        let fresh = dir.path().join(format!("fresh{flag}"));
+        let mut cmd = Command::new(binary("meshd"));
+        cmd.arg("--data-dir")
+            .arg(&fresh)
+            .args([flag, addr.as_str(), other, "127.0.0.1:0"]);
+        let (code, _, stderr) = run(cmd);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} {addr} is already in use"))
+                && stderr.contains(&format!("give {flag} a free address")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(!fresh.exists(), "nothing created: {}", fresh.display());
+    }
 }
