@@ -137,6 +137,7 @@ fn detail_table(s: &Value) {
             ("Service", text(&s["service"])),
             ("Workload", text(&s["workload"])),
             ("Inbound", text(&s["inbound_address"])),
+            ("Admin", text(&s["admin_address"])),
             ("Proxy", text(&s["proxy_version"])),
             ("Replica", text(&s["control_plane"])),
             ("Remote", text(&s["remote"])),

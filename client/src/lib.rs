@@ -15,7 +15,7 @@ pub enum ClientError {
     Url(String, &'static str),
     #[error("TLS configuration: {0}")]
     Tls(String),
-    #[error("cannot connect to meshd at {url}: {reason}")]
+    #[error("cannot connect to meshd at {url}: {reason}{}", connect_hint(reason))]
     Connect { url: String, reason: String },
     #[error("generating a key: {0}")]
     Key(String),
@@ -97,6 +97,29 @@ pub async fn request_certificate(
         .map_err(ClientError::Refused)?
         .into_inner();
     Ok((response, key))
+}
+
+/// What to change when a connection fails in a way that says the flags are wrong: the port
+/// is not meshd's gRPC port, or the bundle does not hold meshd's root.
+fn connect_hint(reason: &str) -> &'static str {
+    let reason = reason.to_ascii_lowercase();
+    if reason.contains("unknownissuer")
+        || reason.contains("unknown issuer")
+        || reason.contains("badsignature")
+    {
+        "; hint: meshd's certificate does not chain to the trust bundle given (--ca-bundle): \
+         use the ca-bundle.pem in meshd's data directory"
+    } else if reason.contains("invalidcontenttype")
+        || reason.contains("corrupt message")
+        || reason.contains("wrong version number")
+    {
+        "; hint: that port does not speak TLS: --control-plane must be meshd's gRPC address \
+         (its --grpc-addr, default port 15012), not the admin port"
+    } else if reason.contains("connection refused") {
+        "; hint: nothing listens there: is meshd running, and is this its --grpc-addr?"
+    } else {
+        ""
+    }
 }
 
 /// The innermost error message (transport errors wrap the useful one).

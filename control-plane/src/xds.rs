@@ -51,6 +51,8 @@ pub struct SidecarStatus {
     pub service: String,
     pub workload: String,
     pub inbound_address: String,
+    /// Where its admin endpoint listens (`/ready`, `/metrics`), as it says.
+    pub admin_address: String,
     pub proxy_version: String,
     pub labels: BTreeMap<String, String>,
     /// Its place in percentage rollouts (0–99): a rollout of P % includes it when this is below P.
@@ -794,6 +796,7 @@ impl Xds {
             service: node.service.clone(),
             workload: node.workload.clone(),
             inbound_address: node.inbound_address.clone(),
+            admin_address: node.admin_address.clone(),
             proxy_version: node.proxy_version.clone(),
             labels,
             rollout_bucket: crate::model::rollout_bucket(&id),

@@ -109,6 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         namespace: config.namespace.clone(),
         service: config.service.clone(),
         inbound_address: advertised(inbound_addr).to_string(),
+        admin_address: advertised(admin_addr).to_string(),
         proxy_version: PROXY_VERSION.into(),
         capabilities: Vec::new(),
         labels: config.labels.clone(),
@@ -150,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         forwarder,
         metrics: metrics.clone(),
     });
+    let readiness_for_log = readiness.clone();
     let admin = Arc::new(admin::Admin {
         readiness,
         store,
@@ -174,8 +176,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         %inbound_addr,
         %outbound_addr,
         %admin_addr,
-        "mesh-proxy ready"
+        "mesh-proxy listening; not ready until it holds a certificate and every type's first configuration"
     );
+    // "ready" is said when it is true (the inbound listener refuses traffic until then).
+    let announce = {
+        let readiness = readiness_for_log;
+        let identity = config.identity.clone();
+        let id = config.id.clone();
+        async move {
+            readiness.wait().await;
+            tracing::info!(
+                %identity,
+                %id,
+                %inbound_addr,
+                %outbound_addr,
+                %admin_addr,
+                "mesh-proxy ready"
+            );
+        }
+    };
+    background.spawn(announce);
 
     shutdown.await;
     tracing::info!(grace = ?config.drain_grace, "shutting down: draining");

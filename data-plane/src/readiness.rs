@@ -46,6 +46,13 @@ impl Readiness {
         ready
     }
 
+    /// Completes once the sidecar is ready (checked every 50 ms: a handful of atomic loads).
+    pub async fn wait(&self) {
+        while !self.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// What readiness still waits for.
     pub fn pending(&self) -> Vec<&'static str> {
         let mut out = Vec::new();

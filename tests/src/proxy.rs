@@ -32,6 +32,8 @@ pub struct ProxyOptions {
     /// Bootstrap with this Kubernetes ServiceAccount token (`--k8s-token-file`) instead of a
     /// join token.
     pub k8s_token: Option<String>,
+    /// `--ca-bundle`; meshd's `ca-bundle.pem` when `None`.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 pub struct Proxy {
@@ -45,9 +47,12 @@ pub struct Proxy {
     pub admin_addr: SocketAddr,
 }
 
-/// The addresses in mesh-proxy's "mesh-proxy ready" log line, once it is there.
+/// The addresses in mesh-proxy's "mesh-proxy listening" log line, once it is there.
 fn ready_addrs(log: &str) -> Option<Addrs> {
-    let line = log.lines().rev().find(|l| l.contains("mesh-proxy ready"))?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("mesh-proxy listening"))?;
     let field = |name: &str| -> Option<SocketAddr> {
         let start = line.find(&format!("{name}="))? + name.len() + 1;
         line[start..].split_whitespace().next()?.parse().ok()
@@ -126,7 +131,12 @@ impl Proxy {
             cmd.args(["--control-plane", &url]);
         }
         cmd.arg("--ca-bundle")
-            .arg(meshd.data_dir.join("ca-bundle.pem"))
+            .arg(
+                options
+                    .ca_bundle
+                    .clone()
+                    .unwrap_or_else(|| meshd.data_dir.join("ca-bundle.pem")),
+            )
             .args(["--namespace", id.namespace()])
             .args([
                 "--service",

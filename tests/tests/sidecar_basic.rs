@@ -671,3 +671,105 @@ async fn a_kubernetes_serviceaccount_token_gets_the_identity_kubernetes_vouches_
         "no certificate for the account Kubernetes named: {certs}"
     );
 }
+
+/// mesh-proxy says "ready" only once it is (after its certificate and every first
+/// configuration; before, "listening"), a `--control-plane` that is not meshd's gRPC port or a
+/// `--ca-bundle` without meshd's root gets a hint naming the flag, and `meshctl status SIDECAR`
+/// shows where the sidecar's admin endpoint is.
+#[tokio::test]
+async fn mesh_proxy_says_ready_only_when_it_is_and_hints_at_the_wrong_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let other = Meshd::start(&dir.path().join("other"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app = EchoApp::start("a").await.unwrap();
+    let not_ready = |options: ProxyOptions, name: &'static str| {
+        let (meshd, dir, app) = (&meshd, dir.path().join(name), app.addr);
+        async move {
+            let options = ProxyOptions {
+                no_wait_ready: true,
+                ..options
+            };
+            Proxy::start(meshd, &dir, A, app, &options).await.unwrap()
+        }
+    };
+    let cases = [
+        (
+            ProxyOptions {
+                control_planes: vec![format!("https://{}", meshd.admin_addr)],
+                ..Default::default()
+            },
+            "admin-port",
+            "hint: that port does not speak TLS: --control-plane must be meshd's gRPC address",
+        ),
+        (
+            ProxyOptions {
+                ca_bundle: Some(other.data_dir.join("ca-bundle.pem")),
+                ..Default::default()
+            },
+            "wrong-bundle",
+            "hint: meshd's certificate does not chain to the trust bundle given (--ca-bundle)",
+        ),
+    ];
+    for (options, name, hint) in cases {
+        let proxy = not_ready(options, name).await;
+        mesh_tests::wait::until(name, Duration::from_secs(30), || async {
+            proxy.process.log().contains(hint).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", proxy.process.log()));
+        let log = proxy.process.log();
+        assert!(!log.contains("mesh-proxy ready"), "{name}: {log}");
+        assert_eq!(proxy.admin("/ready").await.0, 503, "{name}");
+    }
+
+    let good = Proxy::start(
+        &meshd,
+        &dir.path().join("good"),
+        A,
+        app.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let log = mesh_tests::wait::until("the ready line", Duration::from_secs(10), || async {
+        let log = good.process.log();
+        log.contains("mesh-proxy ready").then_some(log)
+    })
+    .await
+    .unwrap();
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {log}"))
+    };
+    assert!(
+        at("mesh-proxy listening") < at("certificate installed"),
+        "{log}"
+    );
+    assert!(
+        at("certificate installed") < at("mesh-proxy ready"),
+        "{log}"
+    );
+
+    let sidecars = meshd.admin_get("/api/v1/sidecars").await;
+    let me = sidecars["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["identity"] == A && s["admin_address"] == good.admin_addr.to_string())
+        .unwrap_or_else(|| panic!("{sidecars}"))
+        .clone();
+    let mut cmd = meshd.meshctl();
+    cmd.args(["status", me["id"].as_str().unwrap()]);
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("Admin") && l.trim_end().ends_with(&good.admin_addr.to_string())),
+        "{stdout}"
+    );
+}

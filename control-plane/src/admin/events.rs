@@ -373,6 +373,7 @@ mod tests {
             service: "web".into(),
             workload: "web-0".into(),
             inbound_address: String::new(),
+            admin_address: String::new(),
             proxy_version: String::new(),
             labels: Default::default(),
             rollout_bucket: 0,

@@ -552,6 +552,7 @@ function renderSidecar(s) {
     ['Namespace', s.namespace],
     ['Workload', s.workload],
     ['Inbound', s.inbound_address],
+    ['Admin', s.admin_address],
     ['Labels', labels],
     ['Proxy version', s.proxy_version],
     ['Remote', s.remote],
