@@ -68,7 +68,8 @@ pub struct CertsArgs {
     /// Only certificates of this SPIFFE ID.
     #[arg(long)]
     identity: Option<String>,
-    /// Expired certificates too (meshd keeps them for a while).
+    /// Every recorded certificate, not only those in use: superseded by a renewal, expired
+    /// (meshd keeps them for a while), or of a root that left the bundle (STATE says which).
     #[arg(long, conflicts_with = "expiring")]
     all: bool,
     #[command(subcommand)]
@@ -190,8 +191,10 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
             )
         })?;
         query.push(format!("expiring_within={}", segment(within)));
-    } else if !args.all {
-        query.push(format!("valid_at={}", output::now()));
+    }
+    if !args.all {
+        // In use: not expired, not superseded by a renewal, of an issuer peers still trust.
+        query.push("live=true".to_string());
     }
     if let Some(identity) = &args.identity {
         query.push(format!("identity={}", segment(identity)));
@@ -208,12 +211,26 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
             }
             return;
         }
-        let mut table = Table::new(&["SERIAL", "IDENTITY", "NOT AFTER", "EXPIRES", "ISSUER"]);
+        let mut table = Table::new(&[
+            "SERIAL",
+            "IDENTITY",
+            "SIDECAR",
+            "STATE",
+            "NOT AFTER",
+            "EXPIRES",
+            "ISSUER",
+        ]);
         for cert in &list {
             let issuer = text(&cert["issuer_fingerprint"]);
+            let sidecar = match cert["sidecar"].as_str() {
+                Some(s) => s.to_string(),
+                None => "-".to_string(),
+            };
             table.row(vec![
                 text(&cert["serial_hex"]),
                 text(&cert["identity"]),
+                sidecar,
+                text(&cert["state"]),
                 utc(&cert["not_after"]),
                 expires(&cert["not_after"]),
                 issuer.chars().take(16).collect(),

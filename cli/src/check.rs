@@ -178,9 +178,7 @@ pub async fn run(namespace: Option<&str>, format: Format, api: Client) -> Result
         Err(f) => findings.fail("sidecars", plain(f), "see meshd's log"),
     }
 
-    let certs = api
-        .get(&format!("/api/v1/certificates?valid_at={}", output::now()))
-        .await;
+    let certs = api.get("/api/v1/certificates?live=true").await;
     match certs {
         Ok(certs) => check_certificates(&certs, &mut findings),
         Err(f) => findings.fail("certificates", plain(f), "see meshd's log"),

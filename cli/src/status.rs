@@ -144,7 +144,11 @@ fn detail_table(s: &Value) {
             ("Rollout", format!("bucket {}", text(&s["rollout_bucket"]))),
             (
                 "Cert",
-                format!("expires {}", expires(&s["cert_expires_at"]))
+                format!(
+                    "serial {}, expires {}",
+                    text(&s["cert_serial"]),
+                    expires(&s["cert_expires_at"])
+                )
             ),
             ("Connected", ago(&s["connected_at"])),
             ("Last seen", ago(&s["last_seen"])),

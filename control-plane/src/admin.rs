@@ -391,28 +391,57 @@ struct CertQuery {
     /// Only certificates valid now that expire within this long (`10m`, or seconds); for
     /// `meshctl certs --expiring 10m`.
     expiring_within: Option<String>,
+    /// Only certificates in use now (`state` "in use").
+    #[serde(default)]
+    live: bool,
+}
+
+/// What became of an issued certificate, as `state` in `/api/v1/certificates`.
+fn certificate_state(
+    cert: &crate::store::IssuedCert,
+    now: i64,
+    trusted: &std::collections::HashSet<String>,
+) -> &'static str {
+    if cert.not_after < now {
+        "expired"
+    } else if cert.superseded_at.is_some() {
+        "superseded"
+    } else if !trusted.contains(&cert.issuer_fingerprint.to_ascii_lowercase()) {
+        "untrusted"
+    } else {
+        "in use"
+    }
 }
 
 async fn list_certificates(
     State(state): State<AdminState>,
     Query(q): Query<CertQuery>,
 ) -> ApiResult<Response> {
-    let Some(within) = q.expiring_within.as_deref() else {
-        let certs = state
-            .store
-            .list_certificates(q.valid_at, q.identity.as_deref())
-            .await?;
-        return Ok(Json(json!({ "certificates": certs })).into_response());
-    };
-    let within = parse_duration(within)
-        .map_err(|e| ApiError::bad_request(format!("expiring_within {within:?}: {e}")))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let until = now.saturating_add(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
-    let mut certs = state
+    let (valid_at, until) = match q.expiring_within.as_deref() {
+        None => (q.valid_at.or(q.live.then_some(now)), None),
+        Some(within) => {
+            let within = parse_duration(within)
+                .map_err(|e| ApiError::bad_request(format!("expiring_within {within:?}: {e}")))?;
+            let until = now.saturating_add(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
+            (Some(q.valid_at.unwrap_or(now)), Some(until))
+        }
+    };
+    let trusted = state.authority.trusted_issuers();
+    let certs: Vec<serde_json::Value> = state
         .store
-        .list_certificates(Some(q.valid_at.unwrap_or(now)), q.identity.as_deref())
-        .await?;
-    certs.retain(|c| c.not_after <= until);
+        .list_certificates(valid_at, q.identity.as_deref())
+        .await?
+        .into_iter()
+        .filter(|c| until.is_none_or(|until| c.not_after <= until))
+        .map(|c| (certificate_state(&c, now, &trusted), c))
+        .filter(|(s, _)| !q.live || *s == "in use")
+        .map(|(s, c)| {
+            let mut v = json!(c);
+            v["state"] = json!(s);
+            v
+        })
+        .collect();
     Ok(Json(json!({ "certificates": certs })).into_response())
 }
 

@@ -156,6 +156,27 @@ impl Authority {
         self.read().clone()
     }
 
+    /// The fingerprints of the CAs whose certificates peers trust now: the roots of the
+    /// bundle, and the signing certificates held (an intermediate chains to a root of the
+    /// bundle). A certificate of any other issuer (a root that left the bundle) is no longer
+    /// accepted by any sidecar.
+    pub fn trusted_issuers(&self) -> std::collections::HashSet<String> {
+        let state = self.read();
+        let mut out: std::collections::HashSet<String> =
+            state.bundle.fingerprints().into_iter().collect();
+        for ca in [
+            Some(&state.current),
+            state.next.as_ref(),
+            Some(&state.signer),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            out.insert(ca.signing_cert().fingerprint.to_ascii_lowercase());
+        }
+        out
+    }
+
     pub fn trust_domain(&self) -> &mesh_ca::TrustDomain {
         &self.trust_domain
     }

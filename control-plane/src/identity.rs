@@ -301,6 +301,7 @@ impl Identity for IdentityService {
             // A label, bounded like a DNS name; an oversized one is dropped, not stored.
             sidecar: (!request.sidecar_id.is_empty() && request.sidecar_id.len() <= 253)
                 .then(|| request.sidecar_id.clone()),
+            superseded_at: None,
         };
         // A renewal over mTLS: the certificate presented is no longer used by its holder.
         let renewed_with = if request.credential.is_none() {

@@ -318,11 +318,18 @@ impl Rotations {
                 changed = true;
             }
             if changed || last_sync.elapsed() >= RESYNC {
+                let recount = changed;
                 changed = false;
                 last_sync = Instant::now();
                 let mut followed = self.inner.followed.lock().await;
                 if let Err(e) = self.sync(&mut followed).await {
                     tracing::warn!(error = %format!("{e:#}"), "following the stored CA state");
+                }
+                drop(followed);
+                // The CA state changed (a root may have left the bundle): recount at once.
+                if recount {
+                    self.update_certificate_metrics().await;
+                    last_count = Some(Instant::now());
                 }
             }
             match self.step(leads).await {
@@ -715,7 +722,13 @@ impl Rotations {
 
     async fn update_certificate_metrics(&self) {
         match self.inner.w.store.live_certificates_by_issuer(now()).await {
-            Ok(by_issuer) => self.inner.w.metrics.certificates_by_issuer(&by_issuer),
+            Ok(mut by_issuer) => {
+                // A certificate of a root that left the bundle is accepted by no sidecar: not
+                // live, whatever its expiry.
+                let trusted = self.inner.w.authority.trusted_issuers();
+                by_issuer.retain(|(issuer, _)| trusted.contains(&issuer.to_ascii_lowercase()));
+                self.inner.w.metrics.certificates_by_issuer(&by_issuer)
+            }
             Err(e) => tracing::debug!(error = %e, "counting certificates by issuer"),
         }
     }

@@ -60,8 +60,6 @@ pub struct SidecarStatus {
     pub remote: String,
     /// The meshd replica the stream is on.
     pub control_plane: String,
-    /// Fingerprint of the client certificate of the stream.
-    pub cert_fingerprint: String,
     pub connected_at: i64,
     pub last_seen: i64,
     pub types: Vec<TypeStatus>,
@@ -802,7 +800,6 @@ impl Xds {
             rollout_bucket: crate::model::rollout_bucket(&id),
             remote: peer.remote.to_string(),
             control_plane: self.inner.control_plane.replica.clone(),
-            cert_fingerprint: peer.cert_fingerprint.clone().unwrap_or_default(),
             connected_at: now(),
             last_seen: now(),
             types: Vec::new(),

@@ -389,3 +389,135 @@ async fn a_python_grpcio_client_signs_and_opens_a_discovery_stream() {
         "{denied:?}"
     );
 }
+
+/// `meshctl certs -o json`'s serials and states (`--all` for every recorded one).
+fn listed_certs(meshd: &Meshd, all: bool) -> Vec<(String, String)> {
+    let mut cmd = meshd.meshctl();
+    cmd.args(["certs", "-o", "json"]);
+    if all {
+        cmd.arg("--all");
+    }
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let mut out: Vec<(String, String)> = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["serial_hex"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The serial of the certificate in `dir/cert.pem`, lower-case hex as meshd lists it.
+fn serial_of(cert: &Path) -> String {
+    let (ok, text) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-serial"]);
+    assert!(ok, "{text}");
+    text.trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase()
+}
+
+/// After a CA rotation, a certificate its holder renewed from the new CA is no longer counted
+/// as live: `meshctl certs`, `meshctl check` and `meshd_certificates_live` count only the
+/// certificate in use (`--all` shows the old one as superseded), by the same serial openssl
+/// reads from the files.
+#[tokio::test]
+async fn after_a_rotation_only_certificates_in_use_count_as_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let certs = dir.path().join("web");
+    let token = meshd.join_token(WEB, "10m", 1);
+    let (code, stderr) = issue(&meshd, &token, &certs);
+    assert_eq!(code, Some(0), "{stderr}");
+    let old_serial = serial_of(&certs.join("cert.pem"));
+    assert_eq!(
+        listed_certs(&meshd, false),
+        [(old_serial.clone(), "in use".into())]
+    );
+
+    let meshctl = |args: &[&str]| {
+        let mut cmd = meshd.meshctl();
+        cmd.args(args);
+        let (code, stdout, stderr) = run(cmd);
+        assert_eq!(code, Some(0), "{args:?}: {stdout}{stderr}");
+        stdout
+    };
+    let wait_gate = |phase: &'static str| {
+        let meshd = &meshd;
+        async move {
+            mesh_tests::wait::until(phase, Duration::from_secs(60), || async {
+                let r = meshd.admin_get("/api/v1/ca/rotation").await;
+                (r["phase"] == phase
+                    && r["waiting_for"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("rotate next")))
+                .then_some(())
+            })
+            .await
+            .unwrap();
+        }
+    };
+    meshctl(&["ca", "rotate", "--manual", "--window", "1s"]);
+    wait_gate("prepare").await;
+    meshctl(&["ca", "rotate", "next"]);
+    // The holder renews from the new CA, trusting the bundle of both roots.
+    std::fs::write(certs.join("bundle.pem"), meshctl(&["ca", "bundle"])).unwrap();
+    let mut cmd = meshd.meshctl();
+    cmd.args([
+        "cert",
+        "renew",
+        "--control-plane",
+        &meshd.grpc_url(),
+        "--dir",
+    ])
+    .arg(&certs);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, Some(0), "renew: {stderr}");
+    let new_serial = serial_of(&certs.join("cert.pem"));
+    assert_ne!(new_serial, old_serial);
+    wait_gate("switch").await;
+    meshctl(&["ca", "rotate", "next"]);
+    wait_gate("finalize").await;
+    meshctl(&["ca", "rotate", "next"]);
+    let ca = meshd.admin_get("/api/v1/ca").await;
+    assert_eq!(ca["rotation"]["phase"], "done", "{ca}");
+    let new_root = ca["roots"][0]["fingerprint"].as_str().unwrap().to_string();
+
+    assert_eq!(
+        listed_certs(&meshd, false),
+        [(new_serial.clone(), "in use".into())]
+    );
+    let mut all = listed_certs(&meshd, true);
+    all.retain(|(s, _)| *s == old_serial);
+    assert_eq!(all, [(old_serial.clone(), "superseded".into())]);
+
+    let mut cmd = meshd.meshctl();
+    cmd.arg("check");
+    let (_, stdout, stderr) = run(cmd);
+    assert!(
+        stdout.contains("1 live certificate(s) for 1 identities"),
+        "{stdout}{stderr}"
+    );
+
+    let live = mesh_tests::wait::until("the live count", Duration::from_secs(30), || async {
+        let m = meshd.admin_get_text("/metrics").await;
+        let lines: Vec<String> = m
+            .lines()
+            .filter(|l| l.starts_with("meshd_certificates_live{"))
+            .map(str::to_string)
+            .collect();
+        (lines.len() == 1 && lines[0].contains(&new_root)).then_some(lines)
+    })
+    .await
+    .unwrap();
+    assert!(live[0].ends_with(" 1"), "{live:?}");
+}

@@ -791,6 +791,7 @@ fn cert(serial: &str, identity: &str, issuer: &str, not_before: i64, not_after: 
         not_before,
         not_after,
         sidecar: None,
+        superseded_at: None,
     }
 }
 
@@ -916,6 +917,18 @@ async fn a_renewal_supersedes_the_certificate_it_presented(db: TestDb) {
         store.certificates_in_use("new", now, 5).await.unwrap().0,
         2,
         "0B stays in use: only the identity's own certificate is superseded"
+    );
+    // A superseded certificate is listed as such, and no longer counts as live.
+    let listed = store.list_certificates(Some(now), Some(WEB)).await.unwrap();
+    let mut superseded: Vec<_> = listed
+        .iter()
+        .map(|c| (c.serial_hex.as_str(), c.superseded_at.is_some()))
+        .collect();
+    superseded.sort();
+    assert_eq!(superseded, [("0a", true), ("0b", false)]);
+    assert_eq!(
+        store.live_certificates_by_issuer(now).await.unwrap(),
+        [("new".to_owned(), 2)]
     );
     // The gate of a switch: which connected sidecars hold a certificate of the wanted CA.
     use meshd::store::{GateCount, Registration, RegistrationEvent, SidecarGate};

@@ -69,7 +69,7 @@ struct Inner {
 }
 
 /// The newest certificate expiry by identity.
-pub type Expiry = Arc<HashMap<String, i64>>;
+pub type Expiry = Arc<HashMap<String, super::sidecars::HeldCert>>;
 
 // === impl Live ===
 
@@ -188,7 +188,7 @@ impl FleetWatch {
     fn delta(
         &mut self,
         sidecars: &[SidecarStatus],
-        expiry: &HashMap<String, i64>,
+        expiry: &HashMap<String, super::sidecars::HeldCert>,
     ) -> Option<Value> {
         let now: HashMap<String, u64> = sidecars
             .iter()
@@ -217,14 +217,13 @@ impl FleetWatch {
 }
 
 /// A hash of what the dashboard shows of a sidecar.
-fn hash_sidecar(s: &SidecarStatus, expiry: Option<&i64>) -> u64 {
+fn hash_sidecar(s: &SidecarStatus, expiry: Option<&super::sidecars::HeldCert>) -> u64 {
     let mut h = DefaultHasher::new();
     (
         &s.identity,
         &s.namespace,
         &s.service,
         &s.workload,
-        &s.cert_fingerprint,
         &s.remote,
         s.connected_at,
         s.last_seen,
@@ -379,7 +378,6 @@ mod tests {
             rollout_bucket: 0,
             remote: String::new(),
             control_plane: String::new(),
-            cert_fingerprint: String::new(),
             connected_at: 1,
             last_seen: 1,
             tls: Vec::new(),
@@ -422,10 +420,15 @@ mod tests {
         assert_eq!(delta["upserted"][0]["state"], "NACKED");
         assert_eq!(delta["removed"], json!(["s4"]));
         // An expiry that became known is a change too.
-        let expiry: HashMap<String, i64> = [(fleet[0].identity.clone(), 99)].into();
+        let held = super::super::sidecars::HeldCert {
+            serial_hex: "0a1b".into(),
+            not_after: 99,
+        };
+        let expiry: HashMap<_, _> = [(fleet[0].identity.clone(), held)].into();
         let delta = watch.delta(&fleet, &expiry).unwrap();
         assert_eq!(ids(&delta).len(), fleet.len());
         assert_eq!(delta["upserted"][0]["cert_expires_at"], 99);
+        assert_eq!(delta["upserted"][0]["cert_serial"], "0a1b");
     }
 
     #[test]

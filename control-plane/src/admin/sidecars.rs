@@ -93,11 +93,22 @@ pub fn counts(sidecars: &[SidecarStatus]) -> BTreeMap<&'static str, usize> {
     counts
 }
 
-/// A sidecar as the API shows it: its status, `state`, and `cert_expires_at`.
-pub fn sidecar_json(s: &SidecarStatus, expiry: &HashMap<String, i64>) -> Value {
+/// The certificate a sidecar holds, as the store knows it: the newest in use for its
+/// identity. The serial is the one identifier of a certificate that meshctl and the dashboard
+/// show (`meshctl certs` lists the same serials).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeldCert {
+    pub serial_hex: String,
+    pub not_after: i64,
+}
+
+/// A sidecar as the API shows it: its status, `state`, `cert_serial` and `cert_expires_at`.
+pub fn sidecar_json(s: &SidecarStatus, held: &HashMap<String, HeldCert>) -> Value {
     let mut v = json!(s);
+    let cert = held.get(&s.identity);
     v["state"] = json!(SidecarState::of(s));
-    v["cert_expires_at"] = json!(expiry.get(&s.identity));
+    v["cert_serial"] = json!(cert.map(|c| &c.serial_hex));
+    v["cert_expires_at"] = json!(cert.map(|c| c.not_after));
     v
 }
 
@@ -234,7 +245,7 @@ fn not_connected(id: &str) -> ApiError {
 }
 
 /// [`newest_expiry_by_identity`], or nothing (logged) when the store does not answer.
-pub(super) async fn expiry_or_empty(state: &AdminState) -> HashMap<String, i64> {
+pub(super) async fn expiry_or_empty(state: &AdminState) -> HashMap<String, HeldCert> {
     match newest_expiry_by_identity(state).await {
         Ok(map) => map,
         Err(e) => {
@@ -246,12 +257,24 @@ pub(super) async fn expiry_or_empty(state: &AdminState) -> HashMap<String, i64> 
 
 async fn newest_expiry_by_identity(
     state: &AdminState,
-) -> Result<HashMap<String, i64>, crate::store::StoreError> {
+) -> Result<HashMap<String, HeldCert>, crate::store::StoreError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut newest = HashMap::new();
+    let mut newest: HashMap<String, HeldCert> = HashMap::new();
     for cert in state.store.list_certificates(Some(now), None).await? {
-        let entry = newest.entry(cert.identity).or_insert(cert.not_after);
-        *entry = (*entry).max(cert.not_after);
+        if cert.superseded_at.is_some() {
+            continue;
+        }
+        let held = HeldCert {
+            serial_hex: cert.serial_hex,
+            not_after: cert.not_after,
+        };
+        match newest.get_mut(&cert.identity) {
+            Some(n) if n.not_after >= held.not_after => {}
+            Some(n) => *n = held,
+            None => {
+                newest.insert(cert.identity, held);
+            }
+        }
     }
     Ok(newest)
 }

@@ -17,6 +17,10 @@ pub struct IssuedCert {
     pub not_after: i64,
     /// The sidecar it was issued to, when known.
     pub sidecar: Option<String>,
+    /// When its holder renewed with it (unix seconds): from then on it is no longer in use.
+    #[sqlx(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<i64>,
 }
 
 /// One signature's records, for [`Store::record_issues`].
@@ -137,8 +141,8 @@ impl Store {
     ) -> Result<Vec<IssuedCert>> {
         with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT serial_hex, identity, issuer_fingerprint, not_before, not_after, sidecar \
-                 FROM issued_certificates \
+                "SELECT serial_hex, identity, issuer_fingerprint, not_before, not_after, sidecar, \
+                 superseded_at FROM issued_certificates \
                  WHERE ($1 IS NULL OR (not_before <= $1 AND not_after >= $1)) \
                  AND ($2 IS NULL OR identity = $2) \
                  ORDER BY not_after, issuer_fingerprint, serial_hex",
@@ -151,14 +155,15 @@ impl Store {
         .map_err(|e| StoreError::database("listing certificates", e))
     }
 
-    /// For each issuer, how many of its certificates are not expired at `now` (including ones
-    /// whose validity starts later): the CA rotation may drop an old root only when its count
-    /// is zero. Ordered by issuer fingerprint; issuers with no live certificate are absent.
+    /// For each issuer, how many of its certificates are in use at `now`: not expired
+    /// (including ones whose validity starts later) and not superseded by a renewal. Ordered by
+    /// issuer fingerprint; issuers with no live certificate are absent.
     pub async fn live_certificates_by_issuer(&self, now: i64) -> Result<Vec<(String, u64)>> {
         let rows: Vec<(String, i64)> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT issuer_fingerprint, COUNT(*) FROM issued_certificates \
-                 WHERE not_after >= $1 GROUP BY issuer_fingerprint ORDER BY issuer_fingerprint",
+                 WHERE not_after >= $1 AND superseded_at IS NULL \
+                 GROUP BY issuer_fingerprint ORDER BY issuer_fingerprint",
             )
             .bind(now)
             .fetch_all(pool)

@@ -557,7 +557,7 @@ function renderSidecar(s) {
     ['Proxy version', s.proxy_version],
     ['Remote', s.remote],
     ['Control plane', s.control_plane],
-    ['Certificate', s.cert_fingerprint],
+    ['Certificate', s.cert_serial ? `serial ${s.cert_serial}` : '—'],
     ['Cert expires', timeCell(s.cert_expires_at, 'span')],
     ['Connected', timeCell(s.connected_at, 'span')],
     ['Last seen', timeCell(s.last_seen, 'span')],
