@@ -16,7 +16,7 @@
 //! names `meshctl apply` prints work.
 
 use super::{AdminState, ApiError, ApiResult, Caller};
-use crate::model::{Document, DocumentKey, Kind, ModelError, ModelErrors};
+use crate::model::{Document, DocumentKey, Kind};
 use crate::source::{Applied, Planned};
 use crate::store::Revision;
 use axum::Json;
@@ -244,52 +244,14 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<Document>> {
             ));
         }
     };
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let text = mesh_client::documents::utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is {e}")))?;
     let docs = if yaml {
         Document::parse_yaml(text)
     } else {
-        parse_json(text)
+        Document::parse_json_set(text)
     };
     docs.map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-/// One JSON document, or an array of them (errors of a document that cannot be named say
-/// `document #N`, its position in the array, as in a YAML stream).
-fn parse_json(text: &str) -> Result<Vec<Document>, ModelErrors> {
-    if !text.trim_start().starts_with('[') {
-        return Document::parse_json(text).map(|d| vec![d]);
-    }
-    let items = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) => items,
-        // Not valid JSON: the document parser gives the message with line and column.
-        _ => return Document::parse_json(text).map(|d| vec![d]),
-    };
-    let mut docs = Vec::with_capacity(items.len());
-    let mut errors = ModelErrors::default();
-    for (i, item) in items.iter().enumerate() {
-        match Document::from_json_value(item) {
-            Ok(doc) => docs.push(doc),
-            Err(e) => {
-                for mut e in e {
-                    if e.document == "document #1" {
-                        e.document = format!("document #{}", i + 1);
-                    } else if let Some(kind) = e.document.strip_suffix(" (document #1)") {
-                        e.document = format!("{kind} (document #{})", i + 1);
-                    }
-                    errors.push(e);
-                }
-            }
-        }
-    }
-    if docs.is_empty() && errors.is_empty() {
-        errors.push(ModelError {
-            document: "input".into(),
-            field: String::new(),
-            message: "contains no document".into(),
-        });
-    }
-    errors.into_result(docs)
 }
 
 /// The kind named in a path or a `kind=` parameter: as in documents, any case, plural, or
