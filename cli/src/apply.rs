@@ -59,7 +59,7 @@ pub async fn run(
             let kind = r["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
             let name = r["name"].as_str().unwrap_or_default();
             let outcome = r["outcome"].as_str().unwrap_or_default();
-            println!("{kind}.{GROUP}/{name} {outcome}{suffix}");
+            say!("{kind}.{GROUP}/{name} {outcome}{suffix}");
         }
     })
 }

@@ -109,10 +109,10 @@ pub async fn run() -> Result<(), Failure> {
         _ = sigint.recv() => Ok(()),
         _ = sigterm.recv() => Ok(()),
     };
-    eprintln!("meshctl demo: stopping");
+    note!("meshctl demo: stopping");
     demo.stop();
     if let Err(e) = std::fs::remove_dir_all(&dir) {
-        eprintln!("meshctl demo: cannot remove {}: {e}", dir.display());
+        note!("meshctl demo: cannot remove {}: {e}", dir.display());
     }
     outcome
 }
@@ -324,18 +324,18 @@ impl Demo {
             "meshctl --server {server} --token-file {}",
             token_file.display()
         );
-        println!(
+        say!(
             "meshctl demo: a mesh is running (data dir {})",
             self.dir.display()
         );
-        println!("  meshd:      grpc https://{grpc}, admin {server}");
-        println!("  dashboard:  {server}/dashboard");
-        println!("  admin token file: {}", token_file.display());
-        println!(
+        say!("  meshd:      grpc https://{grpc}, admin {server}");
+        say!("  dashboard:  {server}/dashboard");
+        say!("  admin token file: {}", token_file.display());
+        say!(
             "  apps:       frontend -> backend (80% v1, 20% v2, retries; only frontend may call backend)"
         );
-        println!("  logs:       {}/*.log", self.dir.display());
-        println!("Try:");
+        say!("  logs:       {}/*.log", self.dir.display());
+        say!("Try:");
         for c in [
             "status",
             "get all",
@@ -343,9 +343,9 @@ impl Demo {
             "get authorizationpolicies -o yaml",
             "check",
         ] {
-            println!("  {prefix} {c}");
+            say!("  {prefix} {c}");
         }
-        println!("Press Ctrl-C to stop everything.");
+        say!("Press Ctrl-C to stop everything.");
 
         // Gentle traffic: 5 requests/s to the frontend, which calls backend through its sidecar.
         let loop_stats = stats.clone();
@@ -363,7 +363,7 @@ impl Demo {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                println!("{}", stats.line());
+                say!("{}", stats.line());
             }
         };
         tokio::join!(traffic, report);
@@ -385,7 +385,7 @@ impl Demo {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if start.elapsed() > STOP_GRACE => {
-                        eprintln!("meshctl demo: {name} did not stop in time; killing it");
+                        note!("meshctl demo: {name} did not stop in time; killing it");
                         let _ = child.kill();
                         let _ = child.wait();
                         break;

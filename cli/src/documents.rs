@@ -121,7 +121,7 @@ pub async fn get(
             } else {
                 kind.clone()
             };
-            eprintln!("no {what}{place}");
+            note!("no {what}{place}");
         } else {
             list_table(&docs, all).print();
         }
@@ -237,7 +237,7 @@ pub async fn describe(
         let kind = doc["kind"].as_str().unwrap_or_default();
         let name = doc["name"].as_str().unwrap_or_default();
         let last = revisions.last();
-        print!(
+        say_part!(
             "{}",
             output::fields(&[
                 ("Kind", text(&doc["kind"])),
@@ -267,9 +267,9 @@ pub async fn describe(
                 ),
             ])
         );
-        println!("Document:");
+        say!("Document:");
         for line in yaml.lines() {
-            println!("  {line}");
+            say!("  {line}");
         }
     })
 }
@@ -288,7 +288,7 @@ pub async fn delete(
         .await
         .map_err(|f| not_found_hint(f, target, ns))?;
     output::emit(format, &deleted, |d| {
-        println!(
+        say!(
             "{} deleted (revision {})",
             display_name(d["kind"].as_str().unwrap_or(&target.kind), &target.name),
             text(&d["revision"])
@@ -351,9 +351,9 @@ pub async fn rollback(
         let name = display_name(a["kind"].as_str().unwrap_or(&target.kind), &target.name);
         match a["outcome"].as_str() {
             Some("unchanged") => {
-                println!("{name} unchanged: it already is as at revision {revision}")
+                say!("{name} unchanged: it already is as at revision {revision}")
             }
-            _ => println!(
+            _ => say!(
                 "{name} rolled back to revision {revision} (now revision {})",
                 text(&a["revision"])
             ),
@@ -396,22 +396,22 @@ pub async fn diff(
             match (r["outcome"].as_str(), r["diff"].as_str()) {
                 (Some("unchanged"), _) | (_, None) => unchanged += 1,
                 (outcome, Some(diff)) => {
-                    println!(
+                    say!(
                         "{name} ({}, namespace {})",
                         outcome.unwrap_or("changed"),
                         text(&r["namespace"])
                     );
-                    print!("{diff}");
+                    say_part!("{diff}");
                     if !diff.ends_with('\n') {
-                        println!();
+                        say!();
                     }
                 }
             }
         }
         if unchanged == results.len() {
-            eprintln!("no changes: meshd already holds these {unchanged} document(s)");
+            note!("no changes: meshd already holds these {unchanged} document(s)");
         } else if unchanged > 0 {
-            eprintln!("{unchanged} other document(s) unchanged");
+            note!("{unchanged} other document(s) unchanged");
         }
     })
 }

@@ -1,9 +1,107 @@
 //! `--output table|json|yaml`: every command builds one JSON value (usually the admin API's
 //! answer as it is, so that scripts see the documented API) and a table for people.
 
+//!
+//! Everything meshctl prints goes through [`escape`]: names, messages and bodies come from
+//! documents, sidecars and servers, and a control byte in them (ESC, NUL, a carriage return)
+//! must not reach the terminal raw. The macros `say!` (stdout), `note!` (stderr) and their
+//! `_part` forms (no newline) format, escape, and print; nothing else in meshctl prints.
+
 use crate::{EXIT_FAILURE, Failure};
 use serde_json::Value;
+use std::borrow::Cow;
+use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `println!`, with outside text escaped (line breaks kept).
+macro_rules! say {
+    () => {
+        ::std::println!()
+    };
+    ($($arg:tt)*) => {
+        ::std::println!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+    };
+}
+
+/// `print!`, with outside text escaped (line breaks kept).
+macro_rules! say_part {
+    ($($arg:tt)*) => {
+        ::std::print!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+    };
+}
+
+/// `eprintln!`, with outside text escaped (line breaks kept).
+macro_rules! note {
+    () => {
+        ::std::eprintln!()
+    };
+    ($($arg:tt)*) => {
+        ::std::eprintln!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+    };
+}
+
+/// `eprint!`, with outside text escaped (line breaks kept).
+macro_rules! note_part {
+    ($($arg:tt)*) => {
+        ::std::eprint!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+    };
+}
+
+/// Writes meshctl's own terminal control sequences (never outside text) to stderr.
+pub fn raw_stderr(control: &str) {
+    let mut err = std::io::stderr();
+    let _ = err.write_all(control.as_bytes());
+    let _ = err.flush();
+}
+
+/// Outside text made safe for a terminal: every control character (C0 with NUL, ESC, CR, LF and
+/// tab; DEL; C1) and every bidirectional override is written as an escape (`\x1b`, `\0`, `\n`,
+/// `\u{9b}`, `\u{202e}`), so that a name or a message cannot move the cursor, recolour or clear
+/// the screen, or hide part of a line.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// [`escape`] for text of several lines: each line is escaped, the line breaks are kept.
+pub fn escape_lines(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c != '\n' && needs_escape(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c == '\n' {
+            out.push(c);
+        } else {
+            push_escaped(&mut out, c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\0' => out.push_str("\\0"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if u32::from(c) < 0x80 && needs_escape(c) => {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)))
+        }
+        c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        c => out.push(c),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -19,15 +117,17 @@ pub enum Format {
 pub fn emit(format: Format, value: &Value, table: impl FnOnce(&Value)) -> Result<(), Failure> {
     match format {
         Format::Table => table(value),
+        // JSON escapes control characters in strings itself; YAML quotes them too, and both
+        // go through the same escaping as everything else all the same.
         Format::Json => {
             let text = serde_json::to_string_pretty(value)
                 .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing JSON: {e}")))?;
-            println!("{text}");
+            say!("{text}");
         }
         Format::Yaml => {
             let text = serde_yaml_ng::to_string(value)
                 .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing YAML: {e}")))?;
-            print!("{text}");
+            say_part!("{text}");
         }
     }
     Ok(())
@@ -56,13 +156,20 @@ impl Table {
     pub fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let mut widths = vec![0; columns];
-        for row in &self.rows {
+        // Cells are escaped before they are measured, so that a line break or a control
+        // character in one neither breaks the columns nor reaches the terminal.
+        let rows: Vec<Vec<Cow<'_, str>>> = self
+            .rows
+            .iter()
+            .map(|row| row.iter().map(|cell| escape(cell)).collect())
+            .collect();
+        for row in &rows {
             for (i, cell) in row.iter().enumerate() {
                 widths[i] = widths[i].max(cell.chars().count());
             }
         }
         let mut out = String::new();
-        for row in &self.rows {
+        for row in &rows {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
                 line.push_str(cell);
@@ -78,7 +185,7 @@ impl Table {
     }
 
     pub fn print(&self) {
-        print!("{}", self.render());
+        say_part!("{}", self.render());
     }
 }
 
@@ -87,7 +194,7 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     pairs
         .iter()
-        .map(|(k, v)| format!("{:<width$}  {v}\n", format!("{k}:")))
+        .map(|(k, v)| format!("{:<width$}  {}\n", format!("{k}:"), escape(v)))
         .collect()
 }
 
@@ -175,6 +282,64 @@ pub fn type_name(type_url: &str) -> &str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn outside_text_is_escaped() {
+        assert_eq!(escape("web-1"), "web-1");
+        assert_eq!(
+            escape("a\u{1b}[31mred\0\r\n\t\u{7f}\u{9b}\u{202e}é"),
+            "a\\x1b[31mred\\0\\r\\n\\t\\x7f\\u{9b}\\u{202e}é"
+        );
+        assert_eq!(escape_lines("a\u{1b}\nb\0\n"), "a\\x1b\nb\\0\n");
+        let mut t = Table::new(&["NAME", "STATE"]);
+        t.row(vec!["a\nb".into(), "\u{1b}[2J".into()]);
+        assert_eq!(t.render(), "NAME   STATE\na\\nb   \\x1b[2J\n");
+        assert_eq!(fields(&[("k", "\u{7}".into())]), "k:  \\x07\n");
+    }
+
+    /// Nothing in meshctl prints but the escaping macros of this module (and the few
+    /// terminal control sequences of its own, through `raw_stderr`).
+    #[test]
+    fn every_output_goes_through_the_escaping() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut raw = Vec::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Unit tests may print (and this one names the macros).
+            let text = text
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or_default();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for mac in [
+                    "println!(",
+                    "print!(",
+                    "eprintln!(",
+                    "eprint!(",
+                    "write!(",
+                    "writeln!(",
+                ] {
+                    let found = code.match_indices(mac).any(|(at, _)| {
+                        let before = &code[..at];
+                        !before.ends_with("::std::")
+                            && !before.ends_with('e')
+                            && !before.ends_with('_')
+                    });
+                    if found && !(name == "output.rs" && code.contains("::std::")) {
+                        raw.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            raw.is_empty(),
+            "printing without escaping:\n{}",
+            raw.join("\n")
+        );
+    }
 
     #[test]
     fn tables_align_on_the_widest_cell() {

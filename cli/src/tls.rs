@@ -137,12 +137,12 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
     }
     output::emit(format, &response, |r| {
         for r in r["results"].as_array().into_iter().flatten() {
-            println!("tlspolicy/{} {}", text(&r["name"]), text(&r["outcome"]));
+            say!("tlspolicy/{} {}", text(&r["name"]), text(&r["outcome"]));
         }
         if promoted {
-            println!("tlspolicy/{STAGE} deleted (now mesh-wide)");
+            say!("tlspolicy/{STAGE} deleted (now mesh-wide)");
         }
-        eprintln!("follow the rollout with `meshctl tls status`");
+        note!("follow the rollout with `meshctl tls status`");
     })
 }
 
@@ -225,21 +225,23 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
             ]);
         }
         if policies.is_empty() {
-            println!("no TlsPolicy: TLS 1.2 and 1.3 with the provider's defaults");
+            say!("no TlsPolicy: TLS 1.2 and 1.3 with the provider's defaults");
         } else {
             policies.print();
         }
         if let Some(b) = inv["bridge"].as_object() {
-            println!(
+            say!(
                 "a change that shares nothing with the running policy is bridged: both settings \
                  accepted until every sidecar ACKed ({} still to ACK, for {}s)",
-                b["waiting_sidecars"], b["for_secs"]
+                b["waiting_sidecars"],
+                b["for_secs"]
             );
         }
-        println!();
-        println!(
+        say!();
+        say!(
             "{} of {} sidecars reported what they negotiate:",
-            inv["reporting"], inv["sidecars"]
+            inv["reporting"],
+            inv["sidecars"]
         );
         let mut table = Table::new(&[
             "DIRECTION",

@@ -1122,3 +1122,185 @@ async fn help_completion_and_dashboard() {
     let url = json(&meshd, &["dashboard"]).await;
     assert_eq!(url["url"], format!("http://{}/dashboard", meshd.admin_addr));
 }
+
+// --- outside text, other servers, sizes -------------------------------------------------------
+
+/// No raw control byte on the terminal: (ESC, NUL, BEL and CR are shown escaped).
+fn assert_escaped(what: &str, text: &str) {
+    for raw in ['\u{1b}', '\0', '\u{7}', '\r'] {
+        assert!(!text.contains(raw), "{what}: a raw {raw:?} in {text:?}");
+    }
+}
+
+/// A name, a NACK and a server's error with ESC sequences and NUL in them are printed escaped
+/// by every output path (error lines, tables, `check`).
+#[tokio::test]
+async fn outside_text_is_printed_escaped() {
+    let (dir, meshd) = start().await;
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // A document name with ESC and NUL: meshd's error echoes it; meshctl escapes it.
+    std::fs::write(
+        work.join("evil.json"),
+        r#"{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "Service",
+            "metadata": {"name": "web\u001b[2J\u001b[31m\u0000x"}, "spec": {}}"#,
+    )
+    .unwrap();
+    let result = meshctl_in(&meshd, &work, &["apply", "-f", "evil.json"]).await;
+    assert_failure("an evil name", &result, 1);
+    assert_escaped("apply", &result.2);
+    assert!(
+        result
+            .2
+            .contains(r"Service default/web\x1b[2J\x1b[31m\0x: metadata.name: "),
+        "{}",
+        result.2
+    );
+
+    // A sidecar's NACK text with control bytes: escaped in status (table and one sidecar) and
+    // in check.
+    apply(&meshd, MESH).await;
+    let creds = Credentials::issue(&meshd, WEB).await.unwrap();
+    let mut web = subscribe(&meshd, &creds, node("web-1", "web")).await;
+    for _ in 0..ALL_TYPE_URLS.len() {
+        let r = web.recv().await.unwrap();
+        web.ack(&r).await.unwrap();
+    }
+    wait_status(&meshd, "web-1", all_types_in("SYNCED")).await;
+    apply(&meshd, &MESH.replace("timeout: 1s", "timeout: 2s")).await;
+    let r = web.recv_type(ROUTES).await.unwrap();
+    web.nack(&r, "bad \u{1b}[2J\u{7}route\0\r!").await.unwrap();
+    wait_status(&meshd, "web-1", |s| {
+        s["types"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["state"] == "NACKED"))
+    })
+    .await;
+    let shown = r"bad \x1b[2J\x07route\0";
+    for args in [&["status"][..], &["status", "web-1"]] {
+        let (code, stdout, stderr) = meshctl(&meshd, args).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_escaped(&format!("{args:?}"), &stdout);
+        assert!(stdout.contains(shown), "{args:?}: {stdout}");
+    }
+    let (code, stdout, _) = meshctl(&meshd, &["check"]).await;
+    assert_eq!(code, Some(1));
+    assert_escaped("check", &stdout);
+    assert!(stdout.contains(shown), "{stdout}");
+    // JSON carries it as JSON does (\u001b), never raw.
+    let (_, stdout, _) = meshctl(&meshd, &["status", "-o", "yaml"]).await;
+    assert_escaped("status -o yaml", &stdout);
+
+    // A server's error message with control bytes.
+    let evil = mesh_tests::canned::CannedHttp::start(
+        "500 Internal Server Error",
+        "application/json",
+        br#"{"error": "store down \u001b]0;owned\u0007\u0000 now"}"#,
+        true,
+    );
+    let mut cmd = meshd.meshctl();
+    cmd.env("MESHCTL_SERVER", evil.url()).arg("status");
+    let result = run(cmd).await;
+    assert_failure("an evil server error", &result, 1);
+    assert_escaped("server error", &result.2);
+    assert!(
+        result.2.contains(r"store down \x1b]0;owned\x07\0 now"),
+        "{}",
+        result.2
+    );
+}
+
+/// `--server` without a scheme is a usage error with the URL to give; a server that answers
+/// but is not meshd is named as such, with its URL.
+#[tokio::test]
+async fn a_server_that_is_not_meshd_is_named() {
+    let (_dir, meshd) = start().await;
+    for (how, value) in [("flag", "127.0.0.1:15000"), ("env", "localhost:15000")] {
+        let mut cmd = meshd.meshctl();
+        if how == "flag" {
+            cmd.args(["--server", value, "status"]);
+        } else {
+            cmd.env("MESHCTL_SERVER", value).arg("status");
+        }
+        let (code, stdout, stderr) = run(cmd).await;
+        assert_eq!(code, Some(2), "{how}: {stdout} {stderr}");
+        assert!(
+            stderr.contains(&format!("e.g. http://{value}")),
+            "{how}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach"), "{stderr}");
+    }
+
+    // A web server's 404 page, and a 200 that is HTML: not meshd, with the URL.
+    let page = b"<!DOCTYPE html>\n<html><head><title>Error response</title></head>\n<body>404</body></html>\n";
+    for (status, what) in [("404 File not found", "404"), ("200 OK", "200")] {
+        let other = mesh_tests::canned::CannedHttp::start(status, "text/html", page, true);
+        for args in [&["status"][..], &["get", "services"], &["token", "list"]] {
+            let mut cmd = meshd.meshctl();
+            cmd.env("MESHCTL_SERVER", other.url()).args(args);
+            let result = run(cmd).await;
+            assert_failure(&format!("{what}: {args:?}"), &result, 1);
+            assert!(
+                result.2.contains(&format!(
+                    "the server at {} is not meshd's admin API: {}/api/v1/",
+                    other.url(),
+                    other.url()
+                )),
+                "{}",
+                result.2
+            );
+            assert!(result.2.contains(&format!("HTTP {what}")), "{}", result.2);
+        }
+    }
+}
+
+/// A 20 MiB apply is refused before it is sent (exit 1, the sizes), never "cannot reach
+/// meshd"; and should a server close the connection on a large body after answering 413, the
+/// answer counts, not the broken pipe (20 runs: the race went the wrong way in most before).
+#[tokio::test]
+async fn a_too_large_apply_is_a_failure_not_an_unreachable_meshd() {
+    let (dir, meshd) = start().await;
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let big = |mib: usize| {
+        format!(
+            r#"{{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "Service",
+                "metadata": {{"name": "big", "annotations": {{"x": "{}"}}}},
+                "spec": {{"ports": [{{"name": "http", "port": 80, "protocol": "http"}}]}}}}"#,
+            "a".repeat(mib)
+        )
+    };
+    std::fs::write(work.join("big.json"), big(20 << 20)).unwrap();
+    for command in ["apply", "diff"] {
+        let result = meshctl_in(&meshd, &work, &[command, "-f", "big.json"]).await;
+        assert_failure(&format!("{command} of 20 MiB"), &result, 1);
+        assert!(
+            result
+                .2
+                .contains("the request is 20.0 MiB and meshd accepts at most 1 MiB"),
+            "{}",
+            result.2
+        );
+    }
+    let (_, stdout, _) = meshctl(&meshd, &["get", "services"]).await;
+    assert!(!stdout.contains("big"), "{stdout}");
+
+    // A server that answers 413 as soon as it has the head and closes with the body unread.
+    std::fs::write(work.join("900k.json"), big(900 << 10)).unwrap();
+    let refusing = mesh_tests::canned::CannedHttp::start(
+        "413 Payload Too Large",
+        "application/json",
+        br#"{"error": "the request body is larger than 0 MiB"}"#,
+        false,
+    );
+    for _ in 0..20 {
+        let mut cmd = meshd.meshctl();
+        cmd.current_dir(&work)
+            .env("MESHCTL_SERVER", refusing.url())
+            .args(["apply", "-f", "900k.json"]);
+        let result = run(cmd).await;
+        assert_failure("413 and close", &result, 1);
+        assert!(!result.2.contains("cannot reach"), "{}", result.2);
+    }
+}
