@@ -1,6 +1,6 @@
 //! `meshctl apply -f FILE|DIR|-`: every document of every file, sent to meshd as one set (all
 //! of it is applied, or none of it), and one line per document as kubectl prints it:
-//! `httproute.mesh.meshd.dev/reviews configured`.
+//! `httproute/reviews configured`.
 //!
 //! Files are read and their YAML / JSON syntax checked here, so that a syntax error names its
 //! file; everything else (kinds, fields, references) is meshd's to check, and its errors, one
@@ -14,9 +14,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-
-/// The API group of mesh documents, shown in the kubectl-style names.
-const GROUP: &str = "mesh.meshd.dev";
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -54,12 +51,12 @@ pub async fn run(
     let response = send(api?, path, docs, &origins).await?;
     output::emit(format, &response, |response| {
         let results = response["results"].as_array().cloned().unwrap_or_default();
-        let suffix = if args.dry_run { " (dry run)" } else { "" };
+        let note = args.dry_run.then_some("dry run");
         for r in &results {
-            let kind = r["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let kind = r["kind"].as_str().unwrap_or_default();
             let name = r["name"].as_str().unwrap_or_default();
             let outcome = r["outcome"].as_str().unwrap_or_default();
-            say!("{kind}.{GROUP}/{name} {outcome}{suffix}");
+            say!("{}", output::outcome(kind, name, outcome, note));
         }
     })
 }

@@ -60,10 +60,19 @@ pub async fn bundle(format: Format, api: Client) -> Result<(), Failure> {
     })
 }
 
+/// The window of `meshctl certs --expiring` given without a value.
+pub const DEFAULT_EXPIRING: &str = "10m";
+
 #[derive(Debug, clap::Args)]
 pub struct CertsArgs {
-    /// Only certificates that expire within this long (e.g. 10m, 1h).
-    #[arg(long, value_name = "DURATION")]
+    /// Only certificates that expire within this long (e.g. 10m, 1h); `--expiring` alone
+    /// means 10m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_EXPIRING
+    )]
     expiring: Option<String>,
     /// Only certificates of this SPIFFE ID.
     #[arg(long)]

@@ -99,7 +99,7 @@ enum Command {
     },
     /// Apply mesh documents (YAML or JSON) as one change: all of them, or none if any is invalid.
     #[command(
-        after_help = "Prints one line per document: created, configured or unchanged.\n\nExamples:\n  meshctl apply -f reviews.yaml\n  meshctl apply -f mesh/ -f extra.yaml\n  cat route.yaml | meshctl apply -f -"
+        after_help = "Prints one line per document, as kubectl does: `service/reviews created` (or configured, unchanged).\n\nExamples:\n  meshctl apply -f reviews.yaml\n  meshctl apply -f mesh/ -f extra.yaml\n  cat route.yaml | meshctl apply -f -"
     )]
     Apply(apply::ApplyArgs),
     /// Delete a document (refused while another document refers to it).

@@ -125,12 +125,82 @@ pub fn emit(format: Format, value: &Value, table: impl FnOnce(&Value)) -> Result
             say!("{text}");
         }
         Format::Yaml => {
-            let text = serde_yaml_ng::to_string(value)
+            // As kubectl's YAML: times in RFC 3339, not unix seconds.
+            let text = serde_yaml_ng::to_string(&rfc3339_times(value.clone()))
                 .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing YAML: {e}")))?;
             say_part!("{text}");
         }
     }
     Ok(())
+}
+
+/// The API group of mesh documents (`service.mesh.meshd.dev` is a kind meshd accepts).
+pub const GROUP: &str = "mesh.meshd.dev";
+
+/// What happened to a document, in one wording for every command, as kubectl says it:
+/// `service/reviews created` (or `configured`, `unchanged`, `deleted`), with an optional note
+/// in parentheses (`(dry run)`, `(revision 7)`). `service/reviews` can be pasted back into
+/// `meshctl describe` or `delete`.
+pub fn outcome(kind: &str, name: &str, outcome: &str, note: Option<&str>) -> String {
+    let target = display_name(kind, name);
+    match note {
+        Some(note) => format!("{target} {outcome} ({note})"),
+        None => format!("{target} {outcome}"),
+    }
+}
+
+/// How a document is named in what meshctl prints: `service/reviews`.
+pub fn display_name(kind: &str, name: &str) -> String {
+    let kind = kind.to_ascii_lowercase();
+    let kind = kind.strip_suffix(&format!(".{GROUP}")).unwrap_or(&kind);
+    format!("{kind}/{name}")
+}
+
+/// Whether a field of the admin API holds a unix time (`created_at`, `at`, `not_after`, ...).
+fn is_time_field(key: &str) -> bool {
+    key == "at"
+        || key.ends_with("_at")
+        || matches!(
+            key,
+            "not_before" | "not_after" | "last_seen" | "reissue_before" | "issued_before"
+        )
+}
+
+/// Every unix time in `value` (by its field's name, and only a positive integer) as an RFC 3339
+/// string, `2026-11-24T21:44:19Z`.
+pub fn rfc3339_times(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match v.as_i64() {
+                        Some(t) if t > 0 && is_time_field(&k) => match rfc3339(t) {
+                            Some(text) => Value::String(text),
+                            None => v,
+                        },
+                        _ => rfc3339_times(v),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(rfc3339_times).collect()),
+        other => other,
+    }
+}
+
+/// `2026-11-24T21:44:19Z` for a unix time.
+pub fn rfc3339(unix: i64) -> Option<String> {
+    let d = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    ))
 }
 
 /// Columns aligned on the widest cell, three spaces apart (as kubectl prints them).
@@ -282,6 +352,33 @@ pub fn type_name(type_url: &str) -> &str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn yaml_times_are_rfc3339_and_outcomes_have_one_wording() {
+        let v = rfc3339_times(json!({
+            "documents": [{"created_at": 1_796_414_265, "revision": 3, "at": 0}],
+            "not_after": 2_111_773_251,
+            "window_secs": 60,
+        }));
+        assert_eq!(v["documents"][0]["created_at"], "2026-12-04T19:57:45Z");
+        assert_eq!(v["documents"][0]["revision"], 3);
+        assert_eq!(v["documents"][0]["at"], 0);
+        assert_eq!(v["not_after"], "2036-12-01T19:40:51Z");
+        assert_eq!(v["window_secs"], 60);
+        assert_eq!(
+            outcome("Service", "web", "created", None),
+            "service/web created"
+        );
+        assert_eq!(
+            outcome(
+                "tlspolicy.mesh.meshd.dev",
+                "t",
+                "deleted",
+                Some("revision 4")
+            ),
+            "tlspolicy/t deleted (revision 4)"
+        );
+    }
 
     #[test]
     fn outside_text_is_escaped() {

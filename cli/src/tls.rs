@@ -137,10 +137,16 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
     }
     output::emit(format, &response, |r| {
         for r in r["results"].as_array().into_iter().flatten() {
-            say!("tlspolicy/{} {}", text(&r["name"]), text(&r["outcome"]));
+            say!(
+                "{}",
+                output::outcome("TlsPolicy", &text(&r["name"]), &text(&r["outcome"]), None)
+            );
         }
         if promoted {
-            say!("tlspolicy/{STAGE} deleted (now mesh-wide)");
+            say!(
+                "{}",
+                output::outcome("TlsPolicy", STAGE, "deleted", Some("now mesh-wide"))
+            );
         }
         note!("follow the rollout with `meshctl tls status`");
     })

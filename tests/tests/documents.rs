@@ -547,7 +547,7 @@ async fn lifecycle(options: MeshdOptions) {
     std::fs::write(work.join("route.yaml"), ROUTE).unwrap();
     let (code, stdout, stderr) = meshctl_apply(&meshd, &work, &["-f", "route.yaml"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stdout, "httproute.mesh.meshd.dev/reviews created\n");
+    assert_eq!(stdout, "httproute/reviews created\n");
 
     // ... and -f DIR applies its YAML and JSON files (by name) as one set.
     std::fs::write(work.join("mesh/a-services.yaml"), SERVICES).unwrap();
@@ -558,10 +558,10 @@ async fn lifecycle(options: MeshdOptions) {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        "service.mesh.meshd.dev/reviews unchanged\n\
-         service.mesh.meshd.dev/ratings unchanged\n\
-         httproute.mesh.meshd.dev/reviews unchanged\n\
-         ratelimitpolicy.mesh.meshd.dev/reviews created\n"
+        "service/reviews unchanged\n\
+         service/ratings unchanged\n\
+         httproute/reviews unchanged\n\
+         ratelimitpolicy/reviews created\n"
     );
 
     // ... and -f - reads standard input; --dry-run stores nothing.
@@ -583,16 +583,13 @@ async fn lifecycle(options: MeshdOptions) {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "service.mesh.meshd.dev/reviews configured\n"
+        "service/reviews configured\n"
     );
     std::fs::write(work.join("v2.yaml"), REVIEWS_V2).unwrap();
     let before = api.revision().await;
     let (code, stdout, stderr) = meshctl_apply(&meshd, &work, &["--dry-run", "-f", "v2.yaml"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        stdout,
-        "service.mesh.meshd.dev/reviews configured (dry run)\n"
-    );
+    assert_eq!(stdout, "service/reviews configured (dry run)\n");
     assert_eq!(api.revision().await, before);
 
     // The store audited every change, once.
@@ -1010,10 +1007,7 @@ async fn meshctl_errors(options: MeshdOptions) {
     // And the same file applies when all is well.
     let (code, stdout, stderr) = meshctl_apply(&meshd, &work, &["-f", "services.yaml"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        stdout,
-        "service.mesh.meshd.dev/reviews created\nservice.mesh.meshd.dev/ratings created\n"
-    );
+    assert_eq!(stdout, "service/reviews created\nservice/ratings created\n");
 }
 
 #[tokio::test]

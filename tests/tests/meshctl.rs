@@ -510,7 +510,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     let (code, diff, stderr) = meshctl_in(&meshd, &work, &["diff", "-f", "v2.yaml"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        diff.starts_with("httproute.mesh.meshd.dev/reviews (configured, namespace shop)\n"),
+        diff.starts_with("httproute/reviews (configured, namespace shop)\n"),
         "{diff}"
     );
     assert!(
@@ -541,10 +541,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     // Apply it; history lists both revisions; describe shows the latest.
     let (code, stdout, stderr) = meshctl_in(&meshd, &work, &["apply", "-f", "v2.yaml"]).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stdout.contains("httproute.mesh.meshd.dev/reviews configured"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("httproute/reviews configured"), "{stdout}");
     let history = ok(&meshd, &["history", "httproute/reviews", "-n", "shop"]).await;
     let rows: Vec<&str> = history.lines().collect();
     assert_eq!(
@@ -596,7 +593,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     .await;
     assert!(
         out.starts_with(&format!(
-            "httproute.mesh.meshd.dev/reviews rolled back to revision {first_revision} (now revision "
+            "httproute/reviews configured (rolled back to revision {first_revision}, now revision "
         )),
         "{out}"
     );
@@ -655,7 +652,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     );
     let out = ok(&meshd, &["delete", "httproute/reviews", "-n", "shop"]).await;
     assert!(
-        out.starts_with("httproute.mesh.meshd.dev/reviews deleted (revision "),
+        out.starts_with("httproute/reviews deleted (revision "),
         "{out}"
     );
     let deleted = json(&meshd, &["delete", "service/ratings", "-n", "shop"]).await;
@@ -1302,5 +1299,122 @@ async fn a_too_large_apply_is_a_failure_not_an_unreachable_meshd() {
         let result = run(cmd).await;
         assert_failure("413 and close", &result, 1);
         assert!(!result.2.contains("cannot reach"), "{}", result.2);
+    }
+}
+
+/// kubectl's habits: short kind names, RFC 3339 times in YAML, one wording for what happened
+/// to a document, `--expiring` alone, and `get --help` naming every kind.
+#[tokio::test]
+async fn short_names_rfc3339_times_and_one_wording() {
+    let (_dir, meshd) = start().await;
+    // One wording: created, unchanged, configured, deleted, as `kind/name outcome`.
+    assert_eq!(
+        apply(&meshd, SHOP).await,
+        "service/reviews created\nservice/ratings created\nhttproute/reviews created\n"
+    );
+    assert!(
+        apply(&meshd, SHOP)
+            .await
+            .starts_with("service/reviews unchanged\n")
+    );
+    let changed = apply(
+        &meshd,
+        &SHOP
+            .replace("weight: 90", "weight: 80")
+            .replace("weight: 10", "weight: 20"),
+    )
+    .await;
+    assert!(
+        changed.ends_with("httproute/reviews configured\n"),
+        "{changed}"
+    );
+    let out = ok(&meshd, &["tls", "set", "--min-version", "1.3"]).await;
+    assert_eq!(out, "tlspolicy/mesh-tls created\n");
+
+    // Short names, as kubectl has them, wherever a kind is named.
+    for (short, name, ns) in [
+        ("svc", "reviews", "shop"),
+        ("hr", "reviews", "shop"),
+        ("tlsp", "mesh-tls", "mesh-system"),
+    ] {
+        let list = ok(&meshd, &["get", short, "-n", ns]).await;
+        assert!(
+            list.lines().any(|l| l.starts_with(ns) && l.contains(name)),
+            "{short}: {list}"
+        );
+        let one = json(&meshd, &["get", &format!("{short}/{name}"), "-n", ns]).await;
+        assert_eq!(one["name"], name, "{short}");
+        ok(&meshd, &["describe", &format!("{short}/{name}"), "-n", ns]).await;
+        ok(&meshd, &["history", &format!("{short}/{name}"), "-n", ns]).await;
+    }
+    for short in ["ap", "rlp"] {
+        let (code, _, stderr) = meshctl(&meshd, &["get", short]).await;
+        assert_eq!(code, Some(0), "{short}: {stderr}");
+    }
+    let out = ok(&meshd, &["delete", "hr/reviews", "-n", "shop"]).await;
+    assert!(
+        out.starts_with("httproute/reviews deleted (revision "),
+        "{out}"
+    );
+
+    // -o yaml: times in RFC 3339 (JSON keeps the API's unix seconds).
+    let rfc3339 = |v: &str| {
+        let b = v.as_bytes();
+        v.len() == 20
+            && b[4] == b'-'
+            && b[10] == b'T'
+            && b[19] == b'Z'
+            && v[..4].parse::<u32>().is_ok()
+    };
+    let yaml = ok(
+        &meshd,
+        &["get", "svc", "reviews", "-n", "shop", "-o", "yaml"],
+    )
+    .await;
+    for key in ["created_at", "updated_at"] {
+        let value = yaml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {yaml}"));
+        assert!(rfc3339(value.trim_matches('\'')), "{key}: {value}");
+    }
+    let history = ok(
+        &meshd,
+        &["history", "svc/reviews", "-n", "shop", "-o", "yaml"],
+    )
+    .await;
+    let at = history
+        .lines()
+        .find_map(|l| l.trim().trim_start_matches("- ").strip_prefix("at: "))
+        .unwrap_or_else(|| panic!("no at in {history}"));
+    assert!(rfc3339(at.trim_matches('\'')), "{at}");
+    let ca = ok(&meshd, &["ca", "status", "-o", "yaml"]).await;
+    assert!(
+        !ca.lines()
+            .any(|l| l.trim().starts_with("not_after: ") && l.trim()[11..].parse::<i64>().is_ok()),
+        "{ca}"
+    );
+    let doc = json(&meshd, &["get", "svc", "reviews", "-n", "shop"]).await;
+    assert!(doc["created_at"].is_i64(), "{doc}");
+
+    // `--expiring` alone: the default window.
+    let (code, stdout, stderr) = meshctl(&meshd, &["certs", "--expiring"]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert_eq!(
+        json(&meshd, &["certs", "--expiring"]).await,
+        json(&meshd, &["certs", "--expiring", "10m"]).await
+    );
+
+    // `get --help` names every kind, sidecar too, with the short names.
+    let help = ok(&meshd, &["get", "--help"]).await;
+    for kind in [
+        "service (svc)",
+        "httproute (hr)",
+        "authorizationpolicy (ap)",
+        "ratelimitpolicy (rlp)",
+        "tlspolicy (tlsp)",
+        "sidecar",
+    ] {
+        assert!(help.contains(kind), "{kind} not in {help}");
     }
 }

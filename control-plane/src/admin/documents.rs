@@ -13,7 +13,8 @@
 //!
 //! `{kind}` in a path is the kind as written in documents (`HTTPRoute`), in any case, or its
 //! plural (`httproutes`), optionally with the group (`httproute.mesh.meshd.dev`), so that the
-//! names `meshctl apply` prints work.
+//! names `meshctl apply` prints work, or its short name as kubectl has them (`svc`, `hr`, `ap`,
+//! `rlp`, `tlsp`).
 
 use super::{AdminState, ApiError, ApiResult, Caller};
 use crate::model::{Document, DocumentKey, Kind};
@@ -265,7 +266,7 @@ fn parse_kind(text: &str) -> ApiResult<Kind> {
         .into_iter()
         .find(|k| {
             let singular = k.as_str().to_ascii_lowercase();
-            bare == singular || bare == plural(&singular)
+            bare == singular || bare == plural(&singular) || k.short_name() == Some(bare)
         })
         .ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -349,6 +350,11 @@ mod tests {
             ("services", Kind::Service),
             ("tlspolicies", Kind::TlsPolicy),
             ("AuthorizationPolicy", Kind::AuthorizationPolicy),
+            ("svc", Kind::Service),
+            ("hr", Kind::HttpRoute),
+            ("ap", Kind::AuthorizationPolicy),
+            ("rlp", Kind::RateLimitPolicy),
+            ("TLSP", Kind::TlsPolicy),
         ] {
             assert_eq!(parse_kind(text).unwrap(), kind, "{text}");
         }

@@ -51,6 +51,18 @@ impl Kind {
         }
     }
 
+    /// The short name, as kubectl has them (`svc`), for the command line and the API's paths.
+    pub fn short_name(self) -> Option<&'static str> {
+        match self {
+            Kind::Service => Some("svc"),
+            Kind::HttpRoute => Some("hr"),
+            Kind::AuthorizationPolicy => Some("ap"),
+            Kind::RateLimitPolicy => Some("rlp"),
+            Kind::TlsPolicy => Some("tlsp"),
+            Kind::Sidecar => None,
+        }
+    }
+
     fn known() -> String {
         Kind::ALL.map(Kind::as_str).join(", ")
     }
