@@ -1418,3 +1418,132 @@ async fn short_names_rfc3339_times_and_one_wording() {
         assert!(help.contains(kind), "{kind} not in {help}");
     }
 }
+
+/// A sidecar that ACKs every response in the background, except while `hold` is set: then it
+/// keeps the latest response of each type, and ACKs those once `hold` is cleared.
+fn ack_unless_held(
+    mut s: ScriptedSidecar,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut unacked = std::collections::BTreeMap::new();
+        loop {
+            tokio::select! {
+                r = s.recv() => match r {
+                    Ok(r) => { unacked.insert(r.type_url.clone(), r); }
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if !hold.load(Ordering::SeqCst) {
+                for (_, r) in std::mem::take(&mut unacked) {
+                    if s.ack(&r).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `meshctl tls set` says how many sidecars a policy covers (and why a stage covers none),
+/// `tls status` shows it per policy with how many ACKed, and `tls set --wait` waits for the
+/// ACKs (a failure, exit 1, when a covered sidecar does not ACK in time).
+#[tokio::test]
+async fn tls_stages_say_whom_they_cover_and_wait_for_acks() {
+    let (_dir, meshd) = start().await;
+    apply(&meshd, MESH).await;
+    let creds = Credentials::issue(&meshd, WEB).await.unwrap();
+    // Three sidecars whose rollout buckets are all at least 5.
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("web-{i}"))
+        .filter(|id| meshd::model::rollout_bucket(id) >= 5)
+        .take(3)
+        .collect();
+    let mut buckets: Vec<u8> = ids
+        .iter()
+        .map(|id| meshd::model::rollout_bucket(id))
+        .collect();
+    buckets.sort_unstable();
+    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut acking = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let s = subscribe(&meshd, &creds, node(id, "web")).await;
+        // The last one can be held (it then ACKs nothing).
+        let hold = if i == 2 {
+            hold.clone()
+        } else {
+            Default::default()
+        };
+        acking.push(ack_unless_held(s, hold));
+        wait_status(&meshd, id, all_types_in("SYNCED")).await;
+    }
+    hold.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // A stage below every bucket covers none, and says so with the buckets.
+    let stage = format!("{}%", buckets[0]);
+    let (code, stdout, stderr) = meshctl(
+        &meshd,
+        &["tls", "set", "--min-version", "1.3", "--stage", &stage],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "tlspolicy/mesh-tls-stage created\n");
+    let shown: Vec<String> = buckets.iter().map(u8::to_string).collect();
+    assert!(
+        stderr.contains(&format!(
+            "tlspolicy/mesh-tls-stage covers no sidecar: a {stage} stage takes the sidecars whose rollout bucket is below {}, and the 3 it selects have buckets {}",
+            buckets[0],
+            shown.join(", ")
+        )),
+        "{stderr}"
+    );
+    let status = ok(&meshd, &["tls", "status"]).await;
+    let header = line(&status, "POLICY");
+    assert!(header.ends_with("COVERS   ACKED"), "{status}");
+    assert!(
+        line(&status, "mesh-system/mesh-tls-stage").ends_with("0        0"),
+        "{status}"
+    );
+    assert!(
+        status.contains("tlspolicy/mesh-tls-stage covers no sidecar"),
+        "{status}"
+    );
+    let inv = json(&meshd, &["tls", "status"]).await;
+    assert_eq!(inv["policies"][0]["covers"], 0, "{inv}");
+
+    // The whole fleet: it covers three; the held one does not ACK, so --wait fails in time.
+    let (code, stdout, stderr) = meshctl(
+        &meshd,
+        &["tls", "set", "--stage", "100%", "--wait", "--timeout", "3s"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout} {stderr}");
+    assert!(
+        stderr.contains("tlspolicy/mesh-tls-stage covers 3 of 3 sidecar(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "meshctl: only 2 of the 3 sidecar(s) TlsPolicy mesh-system/mesh-tls-stage covers ACKed it within 3s"
+        ),
+        "{stderr}"
+    );
+    let status = ok(&meshd, &["tls", "status"]).await;
+    assert!(
+        line(&status, "mesh-system/mesh-tls-stage").ends_with("3        2"),
+        "{status}"
+    );
+
+    // Once it ACKs too, --wait returns when all three have.
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (code, stdout, stderr) =
+        meshctl(&meshd, &["tls", "set", "--min-version", "1.3", "--wait"]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("tlspolicy/mesh-tls created"), "{stdout}");
+    assert!(
+        stderr.ends_with("3 of 3 covered sidecar(s) ACKed\n"),
+        "{stderr}"
+    );
+}
