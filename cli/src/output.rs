@@ -5,7 +5,8 @@
 //! Everything meshctl prints goes through [`escape`]: names, messages and bodies come from
 //! documents, sidecars and servers, and a control byte in them (ESC, NUL, a carriage return)
 //! must not reach the terminal raw. The macros `say!` (stdout), `note!` (stderr) and their
-//! `_part` forms (no newline) format, escape, and print; nothing else in meshctl prints.
+//! `_part` forms (no newline) format, escape, and print (through [`write_stdout`] and
+//! [`write_stderr`]); nothing else in meshctl prints.
 
 use crate::{EXIT_FAILURE, Failure};
 use serde_json::Value;
@@ -16,35 +17,61 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// `println!`, with outside text escaped (line breaks kept).
 macro_rules! say {
     () => {
-        ::std::println!()
+        $crate::output::write_stdout("", true)
     };
     ($($arg:tt)*) => {
-        ::std::println!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+        $crate::output::write_stdout(&$crate::output::escape_lines(&::std::format!($($arg)*)), true)
     };
 }
 
 /// `print!`, with outside text escaped (line breaks kept).
 macro_rules! say_part {
     ($($arg:tt)*) => {
-        ::std::print!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+        $crate::output::write_stdout(&$crate::output::escape_lines(&::std::format!($($arg)*)), false)
     };
 }
 
 /// `eprintln!`, with outside text escaped (line breaks kept).
 macro_rules! note {
     () => {
-        ::std::eprintln!()
+        $crate::output::write_stderr("", true)
     };
     ($($arg:tt)*) => {
-        ::std::eprintln!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+        $crate::output::write_stderr(&$crate::output::escape_lines(&::std::format!($($arg)*)), true)
     };
 }
 
 /// `eprint!`, with outside text escaped (line breaks kept).
 macro_rules! note_part {
     ($($arg:tt)*) => {
-        ::std::eprint!("{}", $crate::output::escape_lines(&::std::format!($($arg)*)))
+        $crate::output::write_stderr(&$crate::output::escape_lines(&::std::format!($($arg)*)), false)
     };
+}
+
+/// Writes escaped text to stdout. A write error (a closed pipe or terminal) is ignored, not a
+/// panic as with `println!`: `meshctl get | head`, or the demo's terminal closed under it.
+pub fn write_stdout(text: &str, newline: bool) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if newline {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
+/// [`write_stdout`] for stderr.
+pub fn write_stderr(text: &str, newline: bool) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    if newline {
+        let _ = err.write_all(b"\n");
+    }
+    let _ = err.flush();
+}
+
+/// Writes meshctl's own terminal control sequences (never outside text) to stdout.
+pub fn raw_stdout(control: &str) {
+    write_stdout(control, false);
 }
 
 /// Writes meshctl's own terminal control sequences (never outside text) to stderr.
