@@ -1,6 +1,7 @@
 //! The admin API client: bearer token, JSON, and errors turned into one line with an exit code.
 
 use crate::{EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_USAGE, Failure};
+use mesh_client::documents::MAX_BODY;
 use std::path::Path;
 
 /// What an error of meshd itself (HTTP 5xx) adds to its message.
@@ -44,13 +45,47 @@ impl Client {
             .await
     }
 
+    /// POST of a JSON body. A body larger than meshd's admin API accepts
+    /// ([`MAX_BODY`](mesh_client::documents::MAX_BODY)) is refused here, before anything is
+    /// sent: meshd would answer 413 and close the connection while the body is still being
+    /// written, which the sender sees as a broken pipe, not as the answer.
     pub async fn post(
         &self,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, Failure> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing the request: {e}")))?;
+        if bytes.len() > MAX_BODY {
+            return Err(too_large(bytes.len()));
+        }
+        let size = bytes.len();
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
+        self.send(request).await.map_err(|f| {
+            // Should a meshd with a smaller limit close the connection mid-body, say what
+            // happened rather than "cannot reach meshd" (it was reached, and it answered).
+            if f.code == EXIT_UNREACHABLE
+                && size > SMALL_BODY
+                && BROKEN.iter().any(|b| f.message.contains(b))
+            {
+                Failure::new(
+                    EXIT_FAILURE,
+                    format!(
+                        "meshd at {} closed the connection while a {} request was being sent: \
+                         probably larger than it accepts; apply the documents in several smaller \
+                         sets",
+                        self.base,
+                        human_size(size)
+                    ),
+                )
+            } else {
+                f
+            }
+        })
     }
 
     /// GET without the error handling: (HTTP status, JSON body or null). Fails only when meshd
@@ -66,6 +101,24 @@ impl Client {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+    }
+
+    /// A server answered, but not as meshd's admin API does.
+    fn not_meshd(&self, url: &str, status: reqwest::StatusCode, text: &str) -> Failure {
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(|l| format!(": {}", mesh_client::documents::clip(l)))
+            .unwrap_or_default();
+        Failure::new(
+            EXIT_FAILURE,
+            format!(
+                "the server at {} is not meshd's admin API: {url} answered HTTP {status} without \
+                 meshd's JSON{first}; check --server / MESHCTL_SERVER (meshd's --admin-addr)",
+                self.base
+            ),
+        )
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> Failure {
@@ -109,22 +162,27 @@ impl Client {
             .await
             .map_err(|e| self.unreachable(&e))?;
         let status = response.status();
+        let url = response.url().to_string();
         let text = response.text().await.unwrap_or_default();
-        let json: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         if status.is_success() {
-            return Ok(json);
+            // meshd answers JSON on every API path (or nothing, 204): anything else is
+            // another server.
+            if text.trim().is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
+            return json.ok_or_else(|| self.not_meshd(&url, status, &text));
         }
-        // meshd answers `{"error": "..."}`; anything else (a proxy's page, a plain-text
-        // rejection) is shown by its first line, never dumped whole.
-        let message = json["error"]
-            .as_str()
+        // meshd answers `{"error": "..."}`; anything else (another server's page, a proxy's
+        // plain-text rejection) is not meshd speaking, and is shown by its first line, never
+        // dumped whole.
+        let Some(message) = json
+            .as_ref()
+            .and_then(|j| j["error"].as_str())
             .map(str::to_string)
-            .or_else(|| {
-                let first = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-                (!first.starts_with(['{', '<'])).then(|| format!("HTTP {status}: {first}"))
-            })
-            .unwrap_or_else(|| format!("HTTP {status}"));
+        else {
+            return Err(self.not_meshd(&url, status, &text));
+        };
         if status.as_u16() == 401 {
             // meshd's own message tells an HTTP client which header to send; an operator needs
             // to know which token file was wrong.
@@ -155,6 +213,54 @@ impl Client {
     }
 }
 
+/// A body this size or smaller is written before meshd can answer it.
+const SMALL_BODY: usize = 64 << 10;
+/// What the operating system says when the peer closed the connection mid-write.
+const BROKEN: [&str; 2] = ["Broken pipe", "Connection reset"];
+
+fn too_large(size: usize) -> Failure {
+    Failure::new(
+        EXIT_FAILURE,
+        format!(
+            "the request is {} and meshd accepts at most {} per request: apply the documents in \
+             several smaller sets (one -f file or directory at a time)",
+            human_size(size),
+            human_size(MAX_BODY)
+        ),
+    )
+}
+
+/// `20.0 MiB`, `1 MiB`, `512 KiB`, `300 bytes`.
+fn human_size(bytes: usize) -> String {
+    let mib = 1usize << 20;
+    match bytes {
+        b if b >= mib && b % mib == 0 => format!("{} MiB", b / mib),
+        b if b >= mib => format!("{:.1} MiB", b as f64 / mib as f64),
+        b if b >= 1024 => format!("{} KiB", b / 1024),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// `--server`: an http or https URL (a bare `host:port` is a usage error with a hint).
+pub fn parse_server(text: &str) -> Result<String, String> {
+    let hint = || {
+        format!(
+            "{text:?} is not a URL: give the scheme too, e.g. http://{}",
+            text.trim_start_matches("//")
+        )
+    };
+    let url = reqwest::Url::parse(text).map_err(|_| hint())?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(text.to_string()),
+        "http" | "https" => Err(format!("{text:?} has no host, e.g. http://127.0.0.1:15000")),
+        // `localhost:15000` parses as scheme `localhost`.
+        _ if !text.contains("://") => Err(hint()),
+        other => Err(format!(
+            "{text:?}: the scheme must be http or https, not {other}"
+        )),
+    }
+}
+
 /// One path segment, percent-encoded (sidecar ids hold `/`, `:` and `@`).
 pub fn segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -179,6 +285,23 @@ pub fn without_os_error(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_are_urls() {
+        assert!(parse_server("http://127.0.0.1:15000").is_ok());
+        assert!(parse_server("https://meshd.example:15000/").is_ok());
+        for bare in ["127.0.0.1:15000", "localhost:15000", "meshd"] {
+            let e = parse_server(bare).unwrap_err();
+            assert!(e.contains(&format!("e.g. http://{bare}")), "{e}");
+        }
+        assert!(
+            parse_server("ftp://x")
+                .unwrap_err()
+                .contains("http or https")
+        );
+        assert_eq!(human_size(20 << 20), "20 MiB");
+        assert_eq!(human_size(3 << 19), "1.5 MiB");
+    }
 
     #[test]
     fn segments_are_percent_encoded() {

@@ -1,6 +1,6 @@
 //! `meshctl apply -f FILE|DIR|-`: every document of every file, sent to meshd as one set (all
 //! of it is applied, or none of it), and one line per document as kubectl prints it:
-//! `httproute.mesh.meshd.dev/reviews configured`.
+//! `httproute/reviews configured`.
 //!
 //! Files are read and their YAML / JSON syntax checked here, so that a syntax error names its
 //! file; everything else (kinds, fields, references) is meshd's to check, and its errors, one
@@ -9,13 +9,11 @@
 use crate::admin::Client;
 use crate::output::{self, Format};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
+use mesh_client::documents as syntax;
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-
-/// The API group of mesh documents, shown in the kubectl-style names.
-const GROUP: &str = "mesh.meshd.dev";
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -53,12 +51,12 @@ pub async fn run(
     let response = send(api?, path, docs, &origins).await?;
     output::emit(format, &response, |response| {
         let results = response["results"].as_array().cloned().unwrap_or_default();
-        let suffix = if args.dry_run { " (dry run)" } else { "" };
+        let note = args.dry_run.then_some("dry run");
         for r in &results {
-            let kind = r["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let kind = r["kind"].as_str().unwrap_or_default();
             let name = r["name"].as_str().unwrap_or_default();
             let outcome = r["outcome"].as_str().unwrap_or_default();
-            println!("{kind}.{GROUP}/{name} {outcome}{suffix}");
+            say!("{}", output::outcome(kind, name, outcome, note));
         }
     })
 }
@@ -111,11 +109,11 @@ pub(crate) async fn send(
 fn read_arg(arg: &str) -> Result<Vec<(String, String)>, Failure> {
     let label = format!("-f {arg}");
     if arg == "-" {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(|e| Failure::new(EXIT_USAGE, format!("{label}: {}", io_message(&e))))?;
-        return Ok(vec![("-".to_string(), text)]);
+        return Ok(vec![("-".to_string(), utf8_text(&label, bytes)?)]);
     }
     let path = Path::new(arg);
     let meta = std::fs::metadata(path)
@@ -137,11 +135,23 @@ fn read_arg(arg: &str) -> Result<Vec<(String, String)>, Failure> {
         .into_iter()
         .map(|file| {
             let shown = file.display().to_string();
-            std::fs::read_to_string(&file)
-                .map(|text| (shown.clone(), text))
-                .map_err(|e| Failure::new(EXIT_USAGE, format!("-f {shown}: {}", io_message(&e))))
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("-f {shown}: {}", io_message(&e))))?;
+            let text = utf8_text(&format!("-f {shown}"), bytes)?;
+            Ok((shown, text))
         })
         .collect()
+}
+
+/// The text of a file, or where it is not UTF-8 (line, column and byte index).
+fn utf8_text(label: &str, bytes: Vec<u8>) -> Result<String, Failure> {
+    String::from_utf8(bytes).map_err(|e| {
+        let message = match syntax::utf8(e.as_bytes()) {
+            Err(where_) => where_,
+            Ok(_) => e.to_string(),
+        };
+        Failure::new(EXIT_FAILURE, format!("{label}: {message}"))
+    })
 }
 
 /// The `*.yaml`, `*.yml` and `*.json` files directly in `dir`, by name (hidden files skipped,
@@ -173,17 +183,19 @@ fn parse(file: &str, text: &str) -> Result<Vec<Value>, Failure> {
         Failure::new(EXIT_FAILURE, format!("-f {file}: invalid {what}: {e}"))
     };
     if file.to_ascii_lowercase().ends_with(".json") {
-        return match serde_json::from_str::<Value>(text) {
+        // Strict, as meshd is: a repeated key is an error with its path, not the last one wins.
+        return match syntax::parse_json(text) {
             Ok(Value::Array(items)) => Ok(items),
             Ok(value) => Ok(vec![value]),
             Err(e) => Err(invalid("JSON", &e)),
         };
     }
+    syntax::check_yaml_characters(text).map_err(|e| invalid("YAML", &e))?;
     let mut docs = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         // Through serde_yaml_ng's Value, which refuses duplicate keys (as meshd does).
         let value = serde_yaml_ng::Value::deserialize(de)
-            .map_err(|e| invalid("YAML", &yaml_message(&e)))?;
+            .map_err(|e| invalid("YAML", &syntax::yaml_message(&e)))?;
         let value = serde_json::to_value(value)
             .map_err(|e| invalid("YAML", &format!("document #{}: {e}", i + 1)))?;
         if !value.is_null() {
@@ -191,17 +203,6 @@ fn parse(file: &str, text: &str) -> Result<Vec<Value>, Failure> {
         }
     }
     Ok(docs)
-}
-
-/// serde_yaml_ng's message, with the position when it did not say it.
-fn yaml_message(e: &serde_yaml_ng::Error) -> String {
-    let text = e.to_string();
-    match e.location() {
-        Some(at) if !text.contains(" line ") => {
-            format!("{text} at line {} column {}", at.line(), at.column())
-        }
-        _ => text,
-    }
 }
 
 /// meshd names a document it cannot identify `document #N` (its position in the request);

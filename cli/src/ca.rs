@@ -12,7 +12,7 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
     output::emit(format, &ca, |ca| {
         let signing = &ca["signing"];
         let ttl = |v: &Value| v.as_i64().map_or("-".into(), output::short_duration);
-        print!(
+        say_part!(
             "{}",
             output::fields(&[
                 ("Trust domain", text(&ca["trust_domain"])),
@@ -37,7 +37,7 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
                 ),
             ])
         );
-        println!();
+        say!();
         let mut roots = Table::new(&["ROOT", "FINGERPRINT", "NOT AFTER", "EXPIRES", "ACTIVE"]);
         for r in ca["roots"].as_array().into_iter().flatten() {
             roots.row(vec![
@@ -56,14 +56,23 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
 pub async fn bundle(format: Format, api: Client) -> Result<(), Failure> {
     let bundle = api.get("/api/v1/ca/bundle").await?;
     output::emit(format, &bundle, |b| {
-        print!("{}", b["pem"].as_str().unwrap_or_default());
+        say_part!("{}", b["pem"].as_str().unwrap_or_default());
     })
 }
 
+/// The window of `meshctl certs --expiring` given without a value.
+pub const DEFAULT_EXPIRING: &str = "10m";
+
 #[derive(Debug, clap::Args)]
 pub struct CertsArgs {
-    /// Only certificates that expire within this long (e.g. 10m, 1h).
-    #[arg(long, value_name = "DURATION")]
+    /// Only certificates that expire within this long (e.g. 10m, 1h); `--expiring` alone
+    /// means 10m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_EXPIRING
+    )]
     expiring: Option<String>,
     /// Only certificates of this SPIFFE ID.
     #[arg(long)]
@@ -144,7 +153,7 @@ pub async fn reissue(args: &ReissueArgs, format: Format, api: Client) -> Result<
         )
     };
     if !args.wait {
-        return output::emit(format, &created, |p| println!("{}", line(p)));
+        return output::emit(format, &created, |p| say!("{}", line(p)));
     }
     // Progress: one line whenever it changes, until every workload is done. The deadline is
     // the window plus time for the slowest to connect and be signed.
@@ -162,7 +171,7 @@ pub async fn reissue(args: &ReissueArgs, format: Format, api: Client) -> Result<
             .unwrap_or(created.clone());
         let text = line(&current);
         if text != last {
-            eprintln!("{text}");
+            note!("{text}");
             last = text;
         }
         if current["done"] == current["total"] {
@@ -206,8 +215,8 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
         let list = c["certificates"].as_array().cloned().unwrap_or_default();
         if list.is_empty() {
             match &args.expiring {
-                Some(within) => eprintln!("no certificate expires within {within}"),
-                None => eprintln!("no certificates"),
+                Some(within) => note!("no certificate expires within {within}"),
+                None => note!("no certificates"),
             }
             return;
         }

@@ -141,7 +141,7 @@ async fn sign_and_write(
         0o644,
     )
     .map_err(|e| io("bundle.pem", e))?;
-    eprintln!(
+    note!(
         "issued a certificate for {identity}, valid until {}; wrote key.pem, cert.pem, bundle.pem to {}",
         crate::output::utc(&serde_json::json!(response.expires_at_unix)),
         out.display()

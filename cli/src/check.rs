@@ -104,7 +104,7 @@ impl Findings {
     fn print(&self) {
         for f in &self.0 {
             let fix = f.fix.as_deref().map_or(String::new(), |x| format!("; {x}"));
-            println!("{:<4}  {}: {}{fix}", f.level.as_str(), f.check, f.message);
+            say!("{:<4}  {}: {}{fix}", f.level.as_str(), f.check, f.message);
         }
     }
 

@@ -9,10 +9,13 @@
 //! sends SIGTERM, then SIGKILL, to the whole group. On a normal exit meshctl stops the children
 //! itself first.
 
+use crate::output;
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +30,8 @@ const FRONTEND_ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const BACKEND_ID: &str = "spiffe://cluster.local/ns/default/sa/backend";
 /// How long meshd and each sidecar may take to come up.
 const START_DEADLINE: Duration = Duration::from_secs(60);
+/// The longest status line written in place on a terminal.
+const STATUS_WIDTH: usize = 79;
 /// How long the children get after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -90,6 +95,9 @@ pub async fn run() -> Result<(), Failure> {
     let bins = binaries()?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+    // The terminal closed: clean up as for Ctrl-C (the data dir holds the KEK, the tokens and
+    // the sealed CA key).
+    let mut sighup = signal(tokio::signal::unix::SignalKind::hangup())?;
     let dir = std::env::temp_dir().join(format!(
         "meshctl-demo-{}-{}",
         std::process::id(),
@@ -98,7 +106,11 @@ pub async fn run() -> Result<(), Failure> {
             .map(|d| d.subsec_nanos())
             .unwrap_or_default()
     ));
-    std::fs::create_dir(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    // Only this user may read it: it holds the admin token, join tokens and the CA key.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     let mut demo = Demo {
         dir: dir.clone(),
         watchdog: None,
@@ -108,11 +120,16 @@ pub async fn run() -> Result<(), Failure> {
         r = demo.bring_up_and_run(&bins) => r,
         _ = sigint.recv() => Ok(()),
         _ = sigterm.recv() => Ok(()),
+        _ = sighup.recv() => Ok(()),
     };
-    eprintln!("meshctl demo: stopping");
+    if std::io::stdout().is_terminal() {
+        // Off the status line, which has no line break of its own.
+        say!();
+    }
+    note!("meshctl demo: stopping");
     demo.stop();
     if let Err(e) = std::fs::remove_dir_all(&dir) {
-        eprintln!("meshctl demo: cannot remove {}: {e}", dir.display());
+        note!("meshctl demo: cannot remove {}: {e}", dir.display());
     }
     outcome
 }
@@ -320,22 +337,31 @@ impl Demo {
         }
         wait_for_endpoints(&http, &pf).await?;
 
-        let prefix = format!(
-            "meshctl --server {server} --token-file {}",
-            token_file.display()
-        );
-        println!(
+        // The commands to try, with this meshctl's real path (it is seldom on $PATH after a
+        // `cargo build`), and the environment that points any meshctl at the demo.
+        let meshctl = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "meshctl".into());
+        say!(
             "meshctl demo: a mesh is running (data dir {})",
             self.dir.display()
         );
-        println!("  meshd:      grpc https://{grpc}, admin {server}");
-        println!("  dashboard:  {server}/dashboard");
-        println!("  admin token file: {}", token_file.display());
-        println!(
+        say!("  meshd:      grpc https://{grpc}, admin {server}");
+        say!("  dashboard:  {server}/dashboard");
+        say!("  admin token file: {}", token_file.display());
+        say!(
             "  apps:       frontend -> backend (80% v1, 20% v2, retries; only frontend may call backend)"
         );
-        println!("  logs:       {}/*.log", self.dir.display());
-        println!("Try:");
+        say!("  logs:       {}/*.log", self.dir.display());
+        say!("Point meshctl at it (in another terminal):");
+        say!(
+            "  export {}={} {}={}",
+            crate::ENV_SERVER,
+            shell_quote(&server),
+            crate::ENV_TOKEN_FILE,
+            shell_quote(&token_file.display().to_string())
+        );
+        say!("Try:");
         for c in [
             "status",
             "get all",
@@ -343,9 +369,9 @@ impl Demo {
             "get authorizationpolicies -o yaml",
             "check",
         ] {
-            println!("  {prefix} {c}");
+            say!("  {} {c}", shell_quote(&meshctl));
         }
-        println!("Press Ctrl-C to stop everything.");
+        say!("Press Ctrl-C to stop everything.");
 
         // Gentle traffic: 5 requests/s to the frontend, which calls backend through its sidecar.
         let loop_stats = stats.clone();
@@ -358,12 +384,31 @@ impl Demo {
                 loop_stats.record(client.get(&url).send().await).await;
             }
         };
+        // On a terminal one status line, rewritten in place every second, so that the
+        // instructions above stay on screen; elsewhere (a log, a pipe) a line every 2 s.
+        let terminal = std::io::stdout().is_terminal();
         let report = async {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let every = Duration::from_secs(if terminal { 1 } else { 2 });
+            let mut tick = tokio::time::interval(every);
             tick.tick().await;
+            let mut last = (Instant::now(), 0);
             loop {
                 tick.tick().await;
-                println!("{}", stats.line());
+                let now = Instant::now();
+                let total = stats.total();
+                let rate = rate(total - last.1, now - last.0);
+                last = (now, total);
+                let line = stats.line(rate, now);
+                if terminal {
+                    // Back to column 0 and clear the line: ours, not outside text. Short
+                    // enough not to wrap on an 80-column terminal (a wrapped line would not be
+                    // cleared whole).
+                    output::raw_stdout("\r\x1b[2K");
+                    let line: String = line.chars().take(STATUS_WIDTH).collect();
+                    say_part!("{line}");
+                } else {
+                    say!("{line}");
+                }
             }
         };
         tokio::join!(traffic, report);
@@ -385,7 +430,7 @@ impl Demo {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if start.elapsed() > STOP_GRACE => {
-                        eprintln!("meshctl demo: {name} did not stop in time; killing it");
+                        note!("meshctl demo: {name} did not stop in time; killing it");
                         let _ = child.kill();
                         let _ = child.wait();
                         break;
@@ -545,7 +590,32 @@ struct Stats {
     failed: AtomicU64,
     v1: AtomicU64,
     v2: AtomicU64,
-    last_error: std::sync::Mutex<String>,
+    /// The latest failure: when, and its first line.
+    last_error: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+/// Requests per second over an interval.
+fn rate(requests: u64, over: Duration) -> f64 {
+    let secs = over.as_secs_f64();
+    if secs > 0.0 {
+        requests as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// A word a POSIX shell reads back as `text`: as it is when that is safe, else in single
+/// quotes.
+fn shell_quote(text: &str) -> String {
+    let safe = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:+=,@%".contains(c));
+    if safe {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 impl Stats {
@@ -570,27 +640,49 @@ impl Stats {
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut last) = self.last_error.lock() {
-                    *last = e.lines().next().unwrap_or_default().to_string();
+                    let first = e.lines().next().unwrap_or_default().to_string();
+                    *last = Some((Instant::now(), first));
                 }
             }
         }
     }
 
-    fn line(&self) -> String {
-        let failed = self.failed.load(Ordering::Relaxed);
-        let mut line = format!(
-            "requests: ok={} failed={failed} v1={} v2={}",
-            self.ok.load(Ordering::Relaxed),
-            self.v1.load(Ordering::Relaxed),
-            self.v2.load(Ordering::Relaxed),
-        );
-        if failed > 0
-            && let Ok(last) = self.last_error.lock()
-        {
-            line.push_str(&format!(" (last failure: {last})"));
-        }
-        line
+    fn total(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
     }
+
+    /// `requests: ok=120 failed=1 v1=97 v2=23 rate=5.0/s last failure 12s ago: 503 ...`.
+    fn line(&self, rate: f64, now: Instant) -> String {
+        let last = self.last_error.lock().ok().and_then(|l| l.clone());
+        render(
+            [
+                self.ok.load(Ordering::Relaxed),
+                self.failed.load(Ordering::Relaxed),
+                self.v1.load(Ordering::Relaxed),
+                self.v2.load(Ordering::Relaxed),
+            ],
+            rate,
+            last.map(|(at, e)| (now.saturating_duration_since(at), e)),
+        )
+    }
+}
+
+/// The status line: counts `[ok, failed, v1, v2]`, the rate, and how long ago the last
+/// failure was (with its text cut to fit one line).
+fn render(counts: [u64; 4], rate: f64, last_failure: Option<(Duration, String)>) -> String {
+    let [ok, failed, v1, v2] = counts;
+    let mut line = format!("requests: ok={ok} failed={failed} v1={v1} v2={v2} rate={rate:.1}/s");
+    match last_failure {
+        None => line.push_str(" no failure"),
+        Some((ago, error)) => {
+            let error: String = error.chars().take(60).collect();
+            line.push_str(&format!(
+                " last failure {} ago: {error}",
+                output::short_duration(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX))
+            ));
+        }
+    }
+    line
 }
 
 #[derive(Clone, Copy)]
@@ -750,5 +842,43 @@ async fn call_backend(upstream: &OnceLock<String>, http: &reqwest::Client) -> (u
             json!({"error": format!("calling backend: {}", mesh_client::root_cause(&e))})
                 .to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_has_the_rate_and_the_last_failure() {
+        assert_eq!(
+            render([120, 0, 97, 23], 4.96, None),
+            "requests: ok=120 failed=0 v1=97 v2=23 rate=5.0/s no failure"
+        );
+        let line = render(
+            [120, 2, 97, 23],
+            5.0,
+            Some((
+                Duration::from_secs(75),
+                format!("502 Bad Gateway: {}", "x".repeat(200)),
+            )),
+        );
+        assert!(
+            line.starts_with(
+                "requests: ok=120 failed=2 v1=97 v2=23 rate=5.0/s last failure 1m15s ago: 502 Bad"
+            ),
+            "{line}"
+        );
+        assert!(line.len() < 160, "{line}");
+        assert_eq!(rate(10, Duration::from_secs(2)), 5.0);
+        assert_eq!(rate(10, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn printed_paths_are_shell_words() {
+        assert_eq!(shell_quote("/tmp/a/admin-token"), "/tmp/a/admin-token");
+        assert_eq!(shell_quote("http://127.0.0.1:5"), "http://127.0.0.1:5");
+        assert_eq!(shell_quote("/home/me/my dir/x"), "'/home/me/my dir/x'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

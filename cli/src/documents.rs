@@ -11,8 +11,6 @@ use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, ago, text, utc};
 use serde_json::{Value, json};
 
-/// The API group, in the kubectl-style names printed (`service.mesh.meshd.dev/reviews`).
-const GROUP: &str = "mesh.meshd.dev";
 /// The namespace of a document that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -38,10 +36,7 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     }
 }
 
-/// How a document is shown in messages: `service.mesh.meshd.dev/reviews`.
-fn display_name(kind: &str, name: &str) -> String {
-    format!("{}.{GROUP}/{name}", kind.to_ascii_lowercase())
-}
+use output::display_name;
 
 /// The path of one document.
 fn path(target: &Target, namespace: &str) -> String {
@@ -67,8 +62,8 @@ fn not_found_hint(f: Failure, target: &Target, namespace: &str) -> Failure {
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// The kind (service, httproute, authorizationpolicy, ratelimitpolicy, tlspolicy, or `all`),
-    /// or KIND/NAME.
+    /// The kind: service (svc), httproute (hr), authorizationpolicy (ap), ratelimitpolicy
+    /// (rlp), tlspolicy (tlsp), sidecar, or `all`; or KIND/NAME.
     kind: String,
     /// One document's name.
     name: Option<String>,
@@ -121,7 +116,7 @@ pub async fn get(
             } else {
                 kind.clone()
             };
-            eprintln!("no {what}{place}");
+            note!("no {what}{place}");
         } else {
             list_table(&docs, all).print();
         }
@@ -237,7 +232,7 @@ pub async fn describe(
         let kind = doc["kind"].as_str().unwrap_or_default();
         let name = doc["name"].as_str().unwrap_or_default();
         let last = revisions.last();
-        print!(
+        say_part!(
             "{}",
             output::fields(&[
                 ("Kind", text(&doc["kind"])),
@@ -267,9 +262,9 @@ pub async fn describe(
                 ),
             ])
         );
-        println!("Document:");
+        say!("Document:");
         for line in yaml.lines() {
-            println!("  {line}");
+            say!("  {line}");
         }
     })
 }
@@ -288,10 +283,11 @@ pub async fn delete(
         .await
         .map_err(|f| not_found_hint(f, target, ns))?;
     output::emit(format, &deleted, |d| {
-        println!(
-            "{} deleted (revision {})",
-            display_name(d["kind"].as_str().unwrap_or(&target.kind), &target.name),
-            text(&d["revision"])
+        let kind = d["kind"].as_str().unwrap_or(&target.kind);
+        let revision = format!("revision {}", text(&d["revision"]));
+        say!(
+            "{}",
+            output::outcome(kind, &target.name, "deleted", Some(&revision))
         );
     })
 }
@@ -348,16 +344,24 @@ pub async fn rollback(
             })
         })?;
     output::emit(format, &applied, |a| {
-        let name = display_name(a["kind"].as_str().unwrap_or(&target.kind), &target.name);
-        match a["outcome"].as_str() {
-            Some("unchanged") => {
-                println!("{name} unchanged: it already is as at revision {revision}")
-            }
-            _ => println!(
-                "{name} rolled back to revision {revision} (now revision {})",
-                text(&a["revision"])
+        let kind = a["kind"].as_str().unwrap_or(&target.kind);
+        let (outcome, note) = match a["outcome"].as_str() {
+            Some("unchanged") => (
+                "unchanged",
+                format!("it already is as at revision {revision}"),
             ),
-        }
+            other => (
+                other.unwrap_or("configured"),
+                format!(
+                    "rolled back to revision {revision}, now revision {}",
+                    text(&a["revision"])
+                ),
+            ),
+        };
+        say!(
+            "{}",
+            output::outcome(kind, &target.name, outcome, Some(&note))
+        );
     })
 }
 
@@ -396,22 +400,22 @@ pub async fn diff(
             match (r["outcome"].as_str(), r["diff"].as_str()) {
                 (Some("unchanged"), _) | (_, None) => unchanged += 1,
                 (outcome, Some(diff)) => {
-                    println!(
+                    say!(
                         "{name} ({}, namespace {})",
                         outcome.unwrap_or("changed"),
                         text(&r["namespace"])
                     );
-                    print!("{diff}");
+                    say_part!("{diff}");
                     if !diff.ends_with('\n') {
-                        println!();
+                        say!();
                     }
                 }
             }
         }
         if unchanged == results.len() {
-            eprintln!("no changes: meshd already holds these {unchanged} document(s)");
+            note!("no changes: meshd already holds these {unchanged} document(s)");
         } else if unchanged > 0 {
-            eprintln!("{unchanged} other document(s) unchanged");
+            note!("{unchanged} other document(s) unchanged");
         }
     })
 }

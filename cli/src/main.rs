@@ -3,6 +3,9 @@
 //!
 //! Exit codes: 0 ok, 1 failure, 2 usage, 3 not found or unreachable (see [`EXIT_CODES`]).
 
+// First: its printing macros (`say!`, `note!`, ...) are used by every module below.
+#[macro_use]
+mod output;
 mod admin;
 mod apply;
 mod ca;
@@ -10,7 +13,6 @@ mod cert;
 mod check;
 mod demo;
 mod documents;
-mod output;
 mod rotate;
 mod status;
 mod tls;
@@ -52,7 +54,13 @@ const EXIT_CODES: &str = "Exit codes:
 )]
 struct Cli {
     /// The meshd admin API.
-    #[arg(long, global = true, env = ENV_SERVER, default_value = "http://127.0.0.1:15000")]
+    #[arg(
+        long,
+        global = true,
+        env = ENV_SERVER,
+        default_value = "http://127.0.0.1:15000",
+        value_parser = admin::parse_server
+    )]
     server: String,
     /// File holding the admin API token (default: ./meshd-data/admin-token).
     #[arg(long, global = true, env = ENV_TOKEN_FILE)]
@@ -91,7 +99,7 @@ enum Command {
     },
     /// Apply mesh documents (YAML or JSON) as one change: all of them, or none if any is invalid.
     #[command(
-        after_help = "Prints one line per document: created, configured or unchanged.\n\nExamples:\n  meshctl apply -f reviews.yaml\n  meshctl apply -f mesh/ -f extra.yaml\n  cat route.yaml | meshctl apply -f -"
+        after_help = "Prints one line per document, as kubectl does: `service/reviews created` (or configured, unchanged).\n\nExamples:\n  meshctl apply -f reviews.yaml\n  meshctl apply -f mesh/ -f extra.yaml\n  cat route.yaml | meshctl apply -f -"
     )]
     Apply(apply::ApplyArgs),
     /// Delete a document (refused while another document refers to it).
@@ -325,16 +333,17 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("meshctl: cannot start: {e}");
+            note!("meshctl: cannot start: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            // One line per problem (meshd reports every invalid field at once).
+            // One line per problem (meshd reports every invalid field at once); `note!` escapes
+            // what meshd or a document put in the message.
             for line in f.message.lines() {
-                eprintln!("meshctl: {line}");
+                note!("meshctl: {line}");
             }
             ExitCode::from(f.code)
         }
@@ -397,7 +406,7 @@ fn dashboard(server: &str, format: Format) -> Result<(), Failure> {
     use std::io::IsTerminal;
     let url = format!("{}/dashboard", server.trim_end_matches('/'));
     output::emit(format, &serde_json::json!({ "url": url }), |_| {
-        println!("{url}")
+        say!("{url}")
     })?;
     let desktop = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty())
         || std::env::var_os("WAYLAND_DISPLAY").is_some_and(|d| !d.is_empty());
@@ -410,7 +419,7 @@ fn dashboard(server: &str, format: Format) -> Result<(), Failure> {
             .stderr(std::process::Stdio::null())
             .spawn();
         if opened.is_err() {
-            eprintln!("could not start xdg-open; open the URL above in a browser");
+            note!("could not start xdg-open; open the URL above in a browser");
         }
     }
     Ok(())

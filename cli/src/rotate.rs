@@ -93,7 +93,7 @@ pub async fn run(args: &RotateArgs, format: Format, api: Client) -> Result<(), F
         }
     };
     if !wait {
-        return output::emit(format, &status, |s| println!("{}", summary(s)));
+        return output::emit(format, &status, |s| say!("{}", summary(s)));
     }
     let last = follow(&api, status).await?;
     output::emit(format, &last, |_| {})?;
@@ -154,10 +154,13 @@ async fn follow(api: &Client, mut status: Value) -> Result<Value, Failure> {
         let line = summary(&status);
         if terminal {
             let bar = bar(&status);
-            eprint!("\r\x1b[2K{bar} {line}");
+            // The control sequence is ours (back to column 0, clear the line); the text is
+            // escaped.
+            output::raw_stderr("\r\x1b[2K");
+            note_part!("{bar} {line}");
             let _ = std::io::stderr().flush();
         } else if line != last_line {
-            eprintln!("{line}");
+            note!("{line}");
         }
         if line != last_line {
             last_line = line;
@@ -166,13 +169,13 @@ async fn follow(api: &Client, mut status: Value) -> Result<Value, Failure> {
         let phase = status["phase"].as_str().unwrap_or("");
         if matches!(phase, "done" | "rolled-back" | "idle") {
             if terminal {
-                eprintln!();
+                note!();
             }
             return Ok(status);
         }
         if status["paused"] == true {
             if terminal {
-                eprintln!();
+                note!();
             }
             return Err(Failure::new(
                 EXIT_FAILURE,

@@ -31,7 +31,7 @@ async fn sidecars_here(
 /// The line that says the list is one replica's, when others hold sidecars too.
 fn elsewhere_note(elsewhere: u64) {
     if elsewhere > 0 {
-        eprintln!(
+        note!(
             "{elsewhere} more sidecar(s) are connected to other meshd replicas: this list is the \
              one replica's that --server names; ask the others for theirs"
         );
@@ -84,7 +84,7 @@ pub async fn status(
     output::emit(format, &value, |_| {
         if list.is_empty() {
             let place = namespace.map_or(String::new(), |ns| format!(" in namespace {ns}"));
-            eprintln!("no sidecars connected{place}");
+            note!("no sidecars connected{place}");
             elsewhere_note(elsewhere);
             return;
         }
@@ -121,7 +121,7 @@ pub async fn status(
         table.print();
         elsewhere_note(elsewhere);
         if !nacks.is_empty() {
-            println!();
+            say!();
             nacks.print();
         }
     })
@@ -129,7 +129,7 @@ pub async fn status(
 
 /// One sidecar, type by type.
 fn detail_table(s: &Value) {
-    print!(
+    say_part!(
         "{}",
         output::fields(&[
             ("Name", text(&s["id"])),
@@ -154,7 +154,7 @@ fn detail_table(s: &Value) {
             ("Last seen", ago(&s["last_seen"])),
         ])
     );
-    println!();
+    say!();
     let mut table = Table::new(&["TYPE", "STATE", "SENT", "ACKED", "NACK"]);
     for t in s["types"].as_array().into_iter().flatten() {
         table.row(vec![
@@ -208,7 +208,7 @@ pub async fn config_dump(id: &str, format: Format, api: Client) -> Result<(), Fa
             }
         }
         table.print();
-        eprintln!("the resources' bodies: meshctl config-dump {id} -o yaml");
+        note!("the resources' bodies: meshctl config-dump {id} -o yaml");
     })
 }
 

@@ -3,7 +3,7 @@
 
 use crate::admin::Client;
 use crate::output::{self, Format, Table, text};
-use crate::{EXIT_USAGE, Failure};
+use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
 use serde_json::{Value, json};
 
 /// The namespace whose policies apply to every namespace.
@@ -38,6 +38,12 @@ pub struct SetArgs {
     /// The TlsPolicy's name (default: mesh-tls, or mesh-tls-stage when staged).
     #[arg(long)]
     name: Option<String>,
+    /// Wait until every sidecar the policy covers has ACKed it.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (e.g. 2m).
+    #[arg(long, value_name = "DURATION", default_value = "2m", requires = "wait")]
+    timeout: String,
 }
 
 /// The staged policy's name, and the mesh-wide one's.
@@ -120,6 +126,12 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
             "say what to set: --min-version, --max-version, --ciphers, --groups or --stage; e.g. meshctl tls set --min-version 1.3",
         ));
     }
+    let timeout = humantime::parse_duration(&args.timeout).map_err(|e| {
+        Failure::new(
+            EXIT_USAGE,
+            format!("--timeout {:?}: {e}; e.g. --timeout 2m", args.timeout),
+        )
+    })?;
     let response = api
         .post("/api/v1/documents", &json!([document(&name, &spec)]))
         .await?;
@@ -135,15 +147,127 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
         ))
         .await?;
     }
+    let inventory = api.get("/api/v1/tls").await?;
+    let policy = policy_of(&inventory, &name);
     output::emit(format, &response, |r| {
         for r in r["results"].as_array().into_iter().flatten() {
-            println!("tlspolicy/{} {}", text(&r["name"]), text(&r["outcome"]));
+            say!(
+                "{}",
+                output::outcome("TlsPolicy", &text(&r["name"]), &text(&r["outcome"]), None)
+            );
         }
         if promoted {
-            println!("tlspolicy/{STAGE} deleted (now mesh-wide)");
+            say!(
+                "{}",
+                output::outcome("TlsPolicy", STAGE, "deleted", Some("now mesh-wide"))
+            );
         }
-        eprintln!("follow the rollout with `meshctl tls status`");
-    })
+        if let Some(p) = &policy {
+            note!("{}", coverage_line(&name, p, &inventory["sidecars"]));
+        }
+        if !args.wait {
+            note!("follow the rollout with `meshctl tls status` (or `meshctl tls set ... --wait`)");
+        }
+    })?;
+    if args.wait {
+        wait_acked(&api, &name, timeout).await?;
+    }
+    Ok(())
+}
+
+/// The policy `name` of the root namespace in `GET /api/v1/tls`.
+fn policy_of(inventory: &Value, name: &str) -> Option<Value> {
+    inventory["policies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["namespace"] == ROOT_NAMESPACE && p["name"] == name)
+        .cloned()
+}
+
+/// `tlspolicy/x covers 2 of 3 sidecars, 1 ACKed`, or why it covers none.
+fn coverage_line(name: &str, p: &Value, sidecars: &Value) -> String {
+    let covers = p["covers"].as_u64().unwrap_or(0);
+    let acked = p["acked"].as_u64().unwrap_or(0);
+    let selected = p["selected"].as_u64().unwrap_or(0);
+    let target = output::display_name("TlsPolicy", name);
+    if covers > 0 {
+        return format!("{target} covers {covers} of {sidecars} sidecar(s); {acked} ACKed it");
+    }
+    if selected == 0 {
+        return format!(
+            "{target} covers no sidecar: its selector matches none of the {sidecars} connected"
+        );
+    }
+    let buckets: Vec<String> = p["selected_buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(10)
+        .map(|b| b.to_string())
+        .collect();
+    match p["rollout_percent"].as_u64() {
+        Some(pct) => format!(
+            "{target} covers no sidecar: a {pct}% stage takes the sidecars whose rollout bucket \
+             is below {pct}, and the {selected} it selects have buckets {}; raise --stage above \
+             {}% to include one",
+            buckets.join(", "),
+            buckets.first().map_or("0", String::as_str)
+        ),
+        // Selected but not in effect: a more specific policy wins on them.
+        None => format!(
+            "{target} covers no sidecar: a more specific TlsPolicy is in effect on the {selected} \
+             it selects (see `meshctl tls status`)"
+        ),
+    }
+}
+
+/// Polls `GET /api/v1/tls` until every sidecar the policy covers ACKed it, with a progress
+/// line on stderr; a failure when `timeout` passes first.
+async fn wait_acked(api: &Client, name: &str, timeout: std::time::Duration) -> Result<(), Failure> {
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let inventory = api.get("/api/v1/tls").await?;
+        let Some(p) = policy_of(&inventory, name) else {
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!("TlsPolicy {ROOT_NAMESPACE}/{name} is gone (deleted meanwhile?)"),
+            ));
+        };
+        let (covers, acked) = (
+            p["covers"].as_u64().unwrap_or(0),
+            p["acked"].as_u64().unwrap_or(0),
+        );
+        let line = format!("{acked} of {covers} covered sidecar(s) ACKed");
+        if line != last {
+            note!("{line}");
+            last = line;
+        }
+        if acked >= covers {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!(
+                    "only {acked} of the {covers} sidecar(s) TlsPolicy {ROOT_NAMESPACE}/{name} \
+                     covers ACKed it within {}; see `meshctl status` for the others",
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// A TLS version as typed in documents (`1.3`), for what sidecars report as rustls names it
+/// (`TLSv1_3`).
+fn version(text: &str) -> String {
+    match text {
+        "TLSv1_3" => "1.3".into(),
+        "TLSv1_2" => "1.2".into(),
+        other => other.to_string(),
+    }
 }
 
 type Spec = serde_json::Map<String, Value>;
@@ -190,8 +314,10 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
     let inventory = api.get("/api/v1/tls").await?;
     output::emit(format, &inventory, |inv| {
         let mut policies = Table::new(&[
-            "POLICY", "SELECTOR", "STAGE", "MIN", "MAX", "CIPHERS", "GROUPS", "MODE",
+            "POLICY", "SELECTOR", "STAGE", "MIN", "MAX", "CIPHERS", "GROUPS", "MODE", "COVERS",
+            "ACKED",
         ]);
+        let mut uncovering = Vec::new();
         for p in inv["policies"].as_array().into_iter().flatten() {
             let list = |v: &Value| {
                 let items: Vec<&str> = v
@@ -222,24 +348,34 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
                 list(&p["cipher_suites"]),
                 list(&p["key_exchange_groups"]),
                 text(&p["inbound_mode"]),
+                text(&p["covers"]),
+                text(&p["acked"]),
             ]);
+            if p["covers"].as_u64() == Some(0) {
+                uncovering.push(coverage_line(&text(&p["name"]), p, &inv["sidecars"]));
+            }
         }
         if policies.is_empty() {
-            println!("no TlsPolicy: TLS 1.2 and 1.3 with the provider's defaults");
+            say!("no TlsPolicy: TLS 1.2 and 1.3 with the provider's defaults");
         } else {
             policies.print();
+            for line in &uncovering {
+                say!("{line}");
+            }
         }
         if let Some(b) = inv["bridge"].as_object() {
-            println!(
+            say!(
                 "a change that shares nothing with the running policy is bridged: both settings \
                  accepted until every sidecar ACKed ({} still to ACK, for {}s)",
-                b["waiting_sidecars"], b["for_secs"]
+                b["waiting_sidecars"],
+                b["for_secs"]
             );
         }
-        println!();
-        println!(
+        say!();
+        say!(
             "{} of {} sidecars reported what they negotiate:",
-            inv["reporting"], inv["sidecars"]
+            inv["reporting"],
+            inv["sidecars"]
         );
         let mut table = Table::new(&[
             "DIRECTION",
@@ -253,7 +389,7 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
         for n in inv["negotiated"].as_array().into_iter().flatten() {
             table.row(vec![
                 text(&n["direction"]),
-                text(&n["version"]),
+                version(&text(&n["version"])),
                 text(&n["cipher_suite"]),
                 text(&n["group"]),
                 text(&n["open_connections"]),
@@ -268,6 +404,28 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_shown_as_typed_and_an_empty_stage_says_why() {
+        assert_eq!(version("TLSv1_3"), "1.3");
+        assert_eq!(version("TLSv1_2"), "1.2");
+        let p = json!({"covers": 0, "acked": 0, "selected": 3, "selected_buckets": [54, 69, 98],
+                       "rollout_percent": 50});
+        let line = coverage_line("mesh-tls-stage", &p, &json!(3));
+        assert!(
+            line.starts_with("tlspolicy/mesh-tls-stage covers no sidecar: a 50% stage"),
+            "{line}"
+        );
+        assert!(
+            line.contains("buckets 54, 69, 98; raise --stage above 54%"),
+            "{line}"
+        );
+        let p = json!({"covers": 2, "acked": 1, "selected": 3});
+        assert_eq!(
+            coverage_line("mesh-tls", &p, &json!(3)),
+            "tlspolicy/mesh-tls covers 2 of 3 sidecar(s); 1 ACKed it"
+        );
+    }
 
     #[test]
     fn a_stage_is_a_share_from_1_to_100_percent() {

@@ -17,8 +17,8 @@ pub async fn create(
     let created = api.post("/api/v1/tokens", &body).await?;
     output::emit(format, &created, |created| {
         // The token alone on stdout, so that `TOKEN=$(meshctl token create ...)` works.
-        println!("{}", created["token"].as_str().unwrap_or_default());
-        eprintln!(
+        say!("{}", created["token"].as_str().unwrap_or_default());
+        note!(
             "token {} for {identity} ({uses} use(s), expires {}); it is shown only once",
             text(&created["id"]),
             expires(&created["expires_at"]),
@@ -47,7 +47,7 @@ pub async fn list(format: Format, api: Client) -> Result<(), Failure> {
     output::emit(format, &tokens, |t| {
         let list = t["tokens"].as_array().cloned().unwrap_or_default();
         if list.is_empty() {
-            eprintln!("no join tokens; create one with `meshctl token create --identity ...`");
+            note!("no join tokens; create one with `meshctl token create --identity ...`");
             return;
         }
         let mut table = Table::new(&[
@@ -87,7 +87,7 @@ pub async fn revoke(id: &str, format: Format, api: Client) -> Result<(), Failure
         .await
         .map_err(|f| f.hint_if_not_found(|| "list them with `meshctl token list`".into()))?;
     let value = json!({ "id": id, "revoked": true });
-    output::emit(format, &value, |_| println!("token {id} revoked"))
+    output::emit(format, &value, |_| say!("token {id} revoked"))
 }
 
 #[cfg(test)]

@@ -35,6 +35,9 @@ pub const ENV_DRAIN_GRACE: &str = "MESH_PROXY_DRAIN_GRACE";
     version,
     about = "The mesh sidecar: mTLS, routing, retries, authorization and metrics for one workload.",
     args_conflicts_with_subcommands = true,
+    // Each description on the lines under its flag, for every flag alike (clap otherwise
+    // decides flag by flag, by the length of each line).
+    next_line_help = true,
     after_help = "Examples:\n  mesh-proxy --control-plane https://meshd:15012 --ca-bundle ca-bundle.pem \\\n      --join-token-file token --service web --app-addr 127.0.0.1:8080\n  mesh-proxy wait-ready --admin-addr 127.0.0.1:15020"
 )]
 pub struct Cli {
@@ -346,6 +349,35 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    /// `mesh-proxy --help` and `-h`: every flag (and subcommand) on a line of its own, its
+    /// description on the lines under it.
+    #[test]
+    fn help_puts_each_description_under_its_flag() {
+        use clap::CommandFactory;
+        let mut cmd = super::Cli::command();
+        for help in [cmd.render_long_help(), cmd.render_help()] {
+            let help = help.to_string();
+            let mut flags = 0;
+            for line in help.lines() {
+                let trimmed = line.trim_start();
+                let indent = line.len() - trimmed.len();
+                let flag_line = trimmed.starts_with('-') && indent < 10;
+                let command_line = indent == 2 && help.contains("Commands:") && !flag_line;
+                if flag_line {
+                    flags += 1;
+                }
+                if (flag_line || command_line) && !line.starts_with("Usage") {
+                    let rest = trimmed.split_once("  ").map(|(_, r)| r.trim());
+                    assert!(
+                        rest.is_none_or(str::is_empty),
+                        "a description beside its flag: {line:?}\n{help}"
+                    );
+                }
+            }
+            assert!(flags > 10, "{help}");
+        }
+    }
+
     use super::*;
     use base64::Engine;
 

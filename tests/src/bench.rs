@@ -1,6 +1,6 @@
 //! The benchmark harness behind `cargo run --release -p mesh-tests --bin bench`: each
 //! sub-benchmark measures against a baseline of the same run and returns figures; the binary
-//! prints them as a table and writes `target/bench/results.json`. `smoke` runs each at a tiny
+//! prints them as a table and writes `<target dir>/bench/results.json`. `smoke` runs each at a tiny
 //! size so that the test suite keeps them from rotting.
 
 use crate::fleet::{Event, Fleet, FleetOptions};

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod canned;
 pub mod corpus;
 pub mod dataplane;
 pub mod echo;

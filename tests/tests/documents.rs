@@ -170,6 +170,10 @@ impl Api {
     }
 
     async fn post_body(&self, path: &str, content_type: &str, body: String) -> (u16, Value) {
+        self.post_bytes(path, content_type, body.into_bytes()).await
+    }
+
+    async fn post_bytes(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
         self.send(
             self.http
                 .post(format!("{}{path}", self.base))
@@ -543,7 +547,7 @@ async fn lifecycle(options: MeshdOptions) {
     std::fs::write(work.join("route.yaml"), ROUTE).unwrap();
     let (code, stdout, stderr) = meshctl_apply(&meshd, &work, &["-f", "route.yaml"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stdout, "httproute.mesh.meshd.dev/reviews created\n");
+    assert_eq!(stdout, "httproute/reviews created\n");
 
     // ... and -f DIR applies its YAML and JSON files (by name) as one set.
     std::fs::write(work.join("mesh/a-services.yaml"), SERVICES).unwrap();
@@ -554,10 +558,10 @@ async fn lifecycle(options: MeshdOptions) {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        "service.mesh.meshd.dev/reviews unchanged\n\
-         service.mesh.meshd.dev/ratings unchanged\n\
-         httproute.mesh.meshd.dev/reviews unchanged\n\
-         ratelimitpolicy.mesh.meshd.dev/reviews created\n"
+        "service/reviews unchanged\n\
+         service/ratings unchanged\n\
+         httproute/reviews unchanged\n\
+         ratelimitpolicy/reviews created\n"
     );
 
     // ... and -f - reads standard input; --dry-run stores nothing.
@@ -579,16 +583,13 @@ async fn lifecycle(options: MeshdOptions) {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "service.mesh.meshd.dev/reviews configured\n"
+        "service/reviews configured\n"
     );
     std::fs::write(work.join("v2.yaml"), REVIEWS_V2).unwrap();
     let before = api.revision().await;
     let (code, stdout, stderr) = meshctl_apply(&meshd, &work, &["--dry-run", "-f", "v2.yaml"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        stdout,
-        "service.mesh.meshd.dev/reviews configured (dry run)\n"
-    );
+    assert_eq!(stdout, "service/reviews configured (dry run)\n");
     assert_eq!(api.revision().await, before);
 
     // The store audited every change, once.
@@ -1006,10 +1007,7 @@ async fn meshctl_errors(options: MeshdOptions) {
     // And the same file applies when all is well.
     let (code, stdout, stderr) = meshctl_apply(&meshd, &work, &["-f", "services.yaml"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        stdout,
-        "service.mesh.meshd.dev/reviews created\nservice.mesh.meshd.dev/ratings created\n"
-    );
+    assert_eq!(stdout, "service/reviews created\nservice/ratings created\n");
 }
 
 #[tokio::test]
@@ -1021,4 +1019,191 @@ async fn sqlite_meshctl_apply_errors_are_one_line_with_an_exit_code() {
 async fn postgres_meshctl_apply_errors_are_one_line_with_an_exit_code() {
     let (_pg, options) = postgres_options().await;
     meshctl_errors(options).await;
+}
+
+// --- strict input: duplicate keys, huge values, aliases, control characters, UTF-8 ----------
+
+/// A valid document on one line.
+const REVIEWS_JSON_BODY: &str = r#"{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"}, "spec": {"ports": [{"name": "http", "port": 80, "protocol": "http"}]}}"#;
+
+/// A rate limit of 0 requests per second, then 50 for the same key.
+const DUPLICATE_KEY_JSON: &str = r#"{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "RateLimitPolicy",
+  "metadata": {"name": "rl", "namespace": "shop"},
+  "spec": {"requestsPerSecond": 0, "requestsPerSecond": 50}}"#;
+
+/// "Billion laughs": ten levels of anchors, each alias expanding the one before ten times.
+fn alias_bomb() -> String {
+    let mut yaml = String::from(
+        "apiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\nmetadata: {name: bomb}\nspec:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..10 {
+        let p = i - 1;
+        yaml.push_str(&format!(
+            "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    yaml
+}
+
+/// Input that serde would take or report vaguely, through the admin API and meshctl: a repeated
+/// JSON key is refused with its path (not "the last one wins"), a 0.9 MiB value is quoted
+/// short with its length, an alias bomb is called one, a NUL and a byte that is not UTF-8 are
+/// reported where they are.
+#[tokio::test]
+async fn strict_input_is_refused_precisely_by_the_api_and_meshctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = start(&dir.path().join("meshd"), &MeshdOptions::default()).await;
+    let api = Api::new(&meshd);
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let (status, body) = api.apply(BASELINE).await;
+    assert_eq!(status, 200, "{body}");
+    let before = api.list().await;
+    let mut failures = Vec::new();
+    let mut expect_400 = |what: &str, (status, body): (u16, Value), expect: &[&str]| {
+        let error = body["error"].as_str().unwrap_or_default().to_string();
+        if status != 400 || !expect.iter().all(|e| error.contains(e)) {
+            failures.push(format!(
+                "{what}: expected 400 with {expect:?}, got {status}: {error}"
+            ));
+        }
+        error
+    };
+
+    // Duplicate keys in JSON: refused with the key's path, alone and in an array.
+    let dup = "RateLimitPolicy shop/rl: spec.requestsPerSecond: duplicate key at line 3";
+    for dry_run in ["", "?dryRun=true"] {
+        let path = format!("/api/v1/documents{dry_run}");
+        let result = api
+            .post_body(&path, "application/json", DUPLICATE_KEY_JSON.into())
+            .await;
+        expect_400("duplicate key", result, &[dup]);
+        let array = format!("[{REVIEWS_JSON_BODY}, {DUPLICATE_KEY_JSON}]");
+        let result = api.post_body(&path, "application/json", array).await;
+        expect_400("duplicate key in an array", result, &[dup]);
+    }
+    let result = api
+        .post_body(
+            "/api/v1/documents",
+            "application/json",
+            r#"{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "Service", "kind": "Service"}"#
+                .into(),
+        )
+        .await;
+    expect_400(
+        "duplicate top-level key",
+        result,
+        &["Service (document #1): kind: duplicate key"],
+    );
+
+    // A 0.9 MiB label value: the error quotes 100 characters and says how long it was.
+    let huge = "v".repeat(943_718);
+    let yaml = format!(
+        "apiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\nmetadata:\n  name: web\n  labels: {{tier: {huge}}}\nspec:\n  ports: [{{name: http, port: 80, protocol: http}}]\n"
+    );
+    let error = expect_400(
+        "huge label value",
+        api.apply(&yaml).await,
+        &[
+            "Service default/web: metadata.labels.tier: label value",
+            "(943718 characters)",
+        ],
+    );
+    assert!(error.len() < 1000, "a {} byte error", error.len());
+    let huge_kind = format!(
+        "apiVersion: mesh.meshd.dev/v1alpha1\nkind: {huge}\nmetadata: {{name: web}}\nspec: {{}}\n"
+    );
+    let error = expect_400(
+        "huge kind",
+        api.apply(&huge_kind).await,
+        &["(943718 characters)"],
+    );
+    assert!(error.len() < 1000, "a {} byte error", error.len());
+
+    // An alias bomb is named as one.
+    expect_400(
+        "alias bomb",
+        api.apply(&alias_bomb()).await,
+        &["document #1: invalid YAML: too many aliases", "anchors"],
+    );
+
+    // A raw NUL on line 4 is reported on line 4.
+    let nul = "apiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\nmetadata:\n  name: we\u{0}b\nspec: {}\n";
+    expect_400(
+        "raw NUL",
+        api.apply(nul).await,
+        &["invalid YAML: character U+0000 at line 4 column 11"],
+    );
+
+    // A byte that is not UTF-8: where it is.
+    let mut bytes =
+        b"apiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\nmetadata: {name: \"w".to_vec();
+    bytes.extend([0xff]);
+    bytes.extend(b"\"}\nspec: {}\n");
+    let result = api
+        .post_bytes("/api/v1/documents", "application/yaml", bytes.clone())
+        .await;
+    expect_400(
+        "not UTF-8",
+        result,
+        &["not UTF-8: byte 0xFF at line 3 column 20 (byte 69)"],
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Nothing of it was stored: the rate limit is not 50 (nor 0).
+    assert_eq!(api.list().await, before);
+
+    // meshctl, on the same input: one line each, exit 1, with the file.
+    let files: [(&str, Vec<u8>, &[&str]); 6] = [
+        (
+            "dup.json",
+            DUPLICATE_KEY_JSON.into(),
+            &["-f dup.json: invalid JSON: spec.requestsPerSecond: duplicate key at line 3"],
+        ),
+        (
+            "huge.yaml",
+            yaml.clone().into_bytes(),
+            &["metadata.labels.tier: label value", "(943718 characters)"],
+        ),
+        (
+            "bomb.yaml",
+            alias_bomb().into_bytes(),
+            &["-f bomb.yaml: invalid YAML: too many aliases"],
+        ),
+        (
+            "nul.yaml",
+            nul.into(),
+            &["-f nul.yaml: invalid YAML: character U+0000 at line 4 column 11"],
+        ),
+        (
+            "latin1.yaml",
+            bytes,
+            &["-f latin1.yaml: not UTF-8: byte 0xFF at line 3 column 20 (byte 69)"],
+        ),
+        (
+            "dup-in-array.json",
+            format!("[{REVIEWS_JSON_BODY},\n{DUPLICATE_KEY_JSON}]").into(),
+            &[
+                "-f dup-in-array.json: invalid JSON: [1].spec.requestsPerSecond: duplicate key at line 4",
+            ],
+        ),
+    ];
+    for (file, content, expect) in files {
+        std::fs::write(work.join(file), content).unwrap();
+        for command in ["apply", "diff"] {
+            let mut cmd = meshd.meshctl();
+            cmd.current_dir(&work).args([command, "-f", file]);
+            let result = run(cmd);
+            assert_failure(&format!("meshctl {command} -f {file}"), &result, 1);
+            assert_eq!(result.2.lines().count(), 1, "{}", result.2);
+            assert!(result.2.len() < 1000, "a {} byte error", result.2.len());
+            for e in expect {
+                assert!(
+                    result.2.contains(e),
+                    "{command} {file}: {e:?} not in {}",
+                    result.2
+                );
+            }
+        }
+    }
+    assert_eq!(api.list().await, before);
 }

@@ -510,7 +510,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     let (code, diff, stderr) = meshctl_in(&meshd, &work, &["diff", "-f", "v2.yaml"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        diff.starts_with("httproute.mesh.meshd.dev/reviews (configured, namespace shop)\n"),
+        diff.starts_with("httproute/reviews (configured, namespace shop)\n"),
         "{diff}"
     );
     assert!(
@@ -541,10 +541,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     // Apply it; history lists both revisions; describe shows the latest.
     let (code, stdout, stderr) = meshctl_in(&meshd, &work, &["apply", "-f", "v2.yaml"]).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stdout.contains("httproute.mesh.meshd.dev/reviews configured"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("httproute/reviews configured"), "{stdout}");
     let history = ok(&meshd, &["history", "httproute/reviews", "-n", "shop"]).await;
     let rows: Vec<&str> = history.lines().collect();
     assert_eq!(
@@ -596,7 +593,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     .await;
     assert!(
         out.starts_with(&format!(
-            "httproute.mesh.meshd.dev/reviews rolled back to revision {first_revision} (now revision "
+            "httproute/reviews configured (rolled back to revision {first_revision}, now revision "
         )),
         "{out}"
     );
@@ -655,7 +652,7 @@ async fn documents_get_describe_diff_history_rollback_delete() {
     );
     let out = ok(&meshd, &["delete", "httproute/reviews", "-n", "shop"]).await;
     assert!(
-        out.starts_with("httproute.mesh.meshd.dev/reviews deleted (revision "),
+        out.starts_with("httproute/reviews deleted (revision "),
         "{out}"
     );
     let deleted = json(&meshd, &["delete", "service/ratings", "-n", "shop"]).await;
@@ -1121,4 +1118,432 @@ async fn help_completion_and_dashboard() {
     assert_eq!(out, format!("http://{}/dashboard\n", meshd.admin_addr));
     let url = json(&meshd, &["dashboard"]).await;
     assert_eq!(url["url"], format!("http://{}/dashboard", meshd.admin_addr));
+}
+
+// --- outside text, other servers, sizes -------------------------------------------------------
+
+/// No raw control byte on the terminal: (ESC, NUL, BEL and CR are shown escaped).
+fn assert_escaped(what: &str, text: &str) {
+    for raw in ['\u{1b}', '\0', '\u{7}', '\r'] {
+        assert!(!text.contains(raw), "{what}: a raw {raw:?} in {text:?}");
+    }
+}
+
+/// A name, a NACK and a server's error with ESC sequences and NUL in them are printed escaped
+/// by every output path (error lines, tables, `check`).
+#[tokio::test]
+async fn outside_text_is_printed_escaped() {
+    let (dir, meshd) = start().await;
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // A document name with ESC and NUL: meshd's error echoes it; meshctl escapes it.
+    std::fs::write(
+        work.join("evil.json"),
+        r#"{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "Service",
+            "metadata": {"name": "web\u001b[2J\u001b[31m\u0000x"}, "spec": {}}"#,
+    )
+    .unwrap();
+    let result = meshctl_in(&meshd, &work, &["apply", "-f", "evil.json"]).await;
+    assert_failure("an evil name", &result, 1);
+    assert_escaped("apply", &result.2);
+    assert!(
+        result
+            .2
+            .contains(r"Service default/web\x1b[2J\x1b[31m\0x: metadata.name: "),
+        "{}",
+        result.2
+    );
+
+    // A sidecar's NACK text with control bytes: escaped in status (table and one sidecar) and
+    // in check.
+    apply(&meshd, MESH).await;
+    let creds = Credentials::issue(&meshd, WEB).await.unwrap();
+    let mut web = subscribe(&meshd, &creds, node("web-1", "web")).await;
+    for _ in 0..ALL_TYPE_URLS.len() {
+        let r = web.recv().await.unwrap();
+        web.ack(&r).await.unwrap();
+    }
+    wait_status(&meshd, "web-1", all_types_in("SYNCED")).await;
+    apply(&meshd, &MESH.replace("timeout: 1s", "timeout: 2s")).await;
+    let r = web.recv_type(ROUTES).await.unwrap();
+    web.nack(&r, "bad \u{1b}[2J\u{7}route\0\r!").await.unwrap();
+    wait_status(&meshd, "web-1", |s| {
+        s["types"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["state"] == "NACKED"))
+    })
+    .await;
+    let shown = r"bad \x1b[2J\x07route\0";
+    for args in [&["status"][..], &["status", "web-1"]] {
+        let (code, stdout, stderr) = meshctl(&meshd, args).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_escaped(&format!("{args:?}"), &stdout);
+        assert!(stdout.contains(shown), "{args:?}: {stdout}");
+    }
+    let (code, stdout, _) = meshctl(&meshd, &["check"]).await;
+    assert_eq!(code, Some(1));
+    assert_escaped("check", &stdout);
+    assert!(stdout.contains(shown), "{stdout}");
+    // JSON carries it as JSON does (\u001b), never raw.
+    let (_, stdout, _) = meshctl(&meshd, &["status", "-o", "yaml"]).await;
+    assert_escaped("status -o yaml", &stdout);
+
+    // A server's error message with control bytes.
+    let evil = mesh_tests::canned::CannedHttp::start(
+        "500 Internal Server Error",
+        "application/json",
+        br#"{"error": "store down \u001b]0;owned\u0007\u0000 now"}"#,
+        true,
+    );
+    let mut cmd = meshd.meshctl();
+    cmd.env("MESHCTL_SERVER", evil.url()).arg("status");
+    let result = run(cmd).await;
+    assert_failure("an evil server error", &result, 1);
+    assert_escaped("server error", &result.2);
+    assert!(
+        result.2.contains(r"store down \x1b]0;owned\x07\0 now"),
+        "{}",
+        result.2
+    );
+}
+
+/// `--server` without a scheme is a usage error with the URL to give; a server that answers
+/// but is not meshd is named as such, with its URL.
+#[tokio::test]
+async fn a_server_that_is_not_meshd_is_named() {
+    let (_dir, meshd) = start().await;
+    for (how, value) in [("flag", "127.0.0.1:15000"), ("env", "localhost:15000")] {
+        let mut cmd = meshd.meshctl();
+        if how == "flag" {
+            cmd.args(["--server", value, "status"]);
+        } else {
+            cmd.env("MESHCTL_SERVER", value).arg("status");
+        }
+        let (code, stdout, stderr) = run(cmd).await;
+        assert_eq!(code, Some(2), "{how}: {stdout} {stderr}");
+        assert!(
+            stderr.contains(&format!("e.g. http://{value}")),
+            "{how}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach"), "{stderr}");
+    }
+
+    // A web server's 404 page, and a 200 that is HTML: not meshd, with the URL.
+    let page = b"<!DOCTYPE html>\n<html><head><title>Error response</title></head>\n<body>404</body></html>\n";
+    for (status, what) in [("404 File not found", "404"), ("200 OK", "200")] {
+        let other = mesh_tests::canned::CannedHttp::start(status, "text/html", page, true);
+        for args in [&["status"][..], &["get", "services"], &["token", "list"]] {
+            let mut cmd = meshd.meshctl();
+            cmd.env("MESHCTL_SERVER", other.url()).args(args);
+            let result = run(cmd).await;
+            assert_failure(&format!("{what}: {args:?}"), &result, 1);
+            assert!(
+                result.2.contains(&format!(
+                    "the server at {} is not meshd's admin API: {}/api/v1/",
+                    other.url(),
+                    other.url()
+                )),
+                "{}",
+                result.2
+            );
+            assert!(result.2.contains(&format!("HTTP {what}")), "{}", result.2);
+        }
+    }
+}
+
+/// A 20 MiB apply is refused before it is sent (exit 1, the sizes), never "cannot reach
+/// meshd"; and should a server close the connection on a large body after answering 413, the
+/// answer counts, not the broken pipe (20 runs: the race went the wrong way in most before).
+#[tokio::test]
+async fn a_too_large_apply_is_a_failure_not_an_unreachable_meshd() {
+    let (dir, meshd) = start().await;
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let big = |mib: usize| {
+        format!(
+            r#"{{"apiVersion": "mesh.meshd.dev/v1alpha1", "kind": "Service",
+                "metadata": {{"name": "big", "annotations": {{"x": "{}"}}}},
+                "spec": {{"ports": [{{"name": "http", "port": 80, "protocol": "http"}}]}}}}"#,
+            "a".repeat(mib)
+        )
+    };
+    std::fs::write(work.join("big.json"), big(20 << 20)).unwrap();
+    for command in ["apply", "diff"] {
+        let result = meshctl_in(&meshd, &work, &[command, "-f", "big.json"]).await;
+        assert_failure(&format!("{command} of 20 MiB"), &result, 1);
+        assert!(
+            result
+                .2
+                .contains("the request is 20.0 MiB and meshd accepts at most 1 MiB"),
+            "{}",
+            result.2
+        );
+    }
+    let (_, stdout, _) = meshctl(&meshd, &["get", "services"]).await;
+    assert!(!stdout.contains("big"), "{stdout}");
+
+    // A server that answers 413 as soon as it has the head and closes with the body unread.
+    std::fs::write(work.join("900k.json"), big(900 << 10)).unwrap();
+    let refusing = mesh_tests::canned::CannedHttp::start(
+        "413 Payload Too Large",
+        "application/json",
+        br#"{"error": "the request body is larger than 0 MiB"}"#,
+        false,
+    );
+    for _ in 0..20 {
+        let mut cmd = meshd.meshctl();
+        cmd.current_dir(&work)
+            .env("MESHCTL_SERVER", refusing.url())
+            .args(["apply", "-f", "900k.json"]);
+        let result = run(cmd).await;
+        assert_failure("413 and close", &result, 1);
+        assert!(!result.2.contains("cannot reach"), "{}", result.2);
+    }
+}
+
+/// kubectl's habits: short kind names, RFC 3339 times in YAML, one wording for what happened
+/// to a document, `--expiring` alone, and `get --help` naming every kind.
+#[tokio::test]
+async fn short_names_rfc3339_times_and_one_wording() {
+    let (_dir, meshd) = start().await;
+    // One wording: created, unchanged, configured, deleted, as `kind/name outcome`.
+    assert_eq!(
+        apply(&meshd, SHOP).await,
+        "service/reviews created\nservice/ratings created\nhttproute/reviews created\n"
+    );
+    assert!(
+        apply(&meshd, SHOP)
+            .await
+            .starts_with("service/reviews unchanged\n")
+    );
+    let changed = apply(
+        &meshd,
+        &SHOP
+            .replace("weight: 90", "weight: 80")
+            .replace("weight: 10", "weight: 20"),
+    )
+    .await;
+    assert!(
+        changed.ends_with("httproute/reviews configured\n"),
+        "{changed}"
+    );
+    let out = ok(&meshd, &["tls", "set", "--min-version", "1.3"]).await;
+    assert_eq!(out, "tlspolicy/mesh-tls created\n");
+
+    // Short names, as kubectl has them, wherever a kind is named.
+    for (short, name, ns) in [
+        ("svc", "reviews", "shop"),
+        ("hr", "reviews", "shop"),
+        ("tlsp", "mesh-tls", "mesh-system"),
+    ] {
+        let list = ok(&meshd, &["get", short, "-n", ns]).await;
+        assert!(
+            list.lines().any(|l| l.starts_with(ns) && l.contains(name)),
+            "{short}: {list}"
+        );
+        let one = json(&meshd, &["get", &format!("{short}/{name}"), "-n", ns]).await;
+        assert_eq!(one["name"], name, "{short}");
+        ok(&meshd, &["describe", &format!("{short}/{name}"), "-n", ns]).await;
+        ok(&meshd, &["history", &format!("{short}/{name}"), "-n", ns]).await;
+    }
+    for short in ["ap", "rlp"] {
+        let (code, _, stderr) = meshctl(&meshd, &["get", short]).await;
+        assert_eq!(code, Some(0), "{short}: {stderr}");
+    }
+    let out = ok(&meshd, &["delete", "hr/reviews", "-n", "shop"]).await;
+    assert!(
+        out.starts_with("httproute/reviews deleted (revision "),
+        "{out}"
+    );
+
+    // -o yaml: times in RFC 3339 (JSON keeps the API's unix seconds).
+    let rfc3339 = |v: &str| {
+        let b = v.as_bytes();
+        v.len() == 20
+            && b[4] == b'-'
+            && b[10] == b'T'
+            && b[19] == b'Z'
+            && v[..4].parse::<u32>().is_ok()
+    };
+    let yaml = ok(
+        &meshd,
+        &["get", "svc", "reviews", "-n", "shop", "-o", "yaml"],
+    )
+    .await;
+    for key in ["created_at", "updated_at"] {
+        let value = yaml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {yaml}"));
+        assert!(rfc3339(value.trim_matches('\'')), "{key}: {value}");
+    }
+    let history = ok(
+        &meshd,
+        &["history", "svc/reviews", "-n", "shop", "-o", "yaml"],
+    )
+    .await;
+    let at = history
+        .lines()
+        .find_map(|l| l.trim().trim_start_matches("- ").strip_prefix("at: "))
+        .unwrap_or_else(|| panic!("no at in {history}"));
+    assert!(rfc3339(at.trim_matches('\'')), "{at}");
+    let ca = ok(&meshd, &["ca", "status", "-o", "yaml"]).await;
+    assert!(
+        !ca.lines()
+            .any(|l| l.trim().starts_with("not_after: ") && l.trim()[11..].parse::<i64>().is_ok()),
+        "{ca}"
+    );
+    let doc = json(&meshd, &["get", "svc", "reviews", "-n", "shop"]).await;
+    assert!(doc["created_at"].is_i64(), "{doc}");
+
+    // `--expiring` alone: the default window.
+    let (code, stdout, stderr) = meshctl(&meshd, &["certs", "--expiring"]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert_eq!(
+        json(&meshd, &["certs", "--expiring"]).await,
+        json(&meshd, &["certs", "--expiring", "10m"]).await
+    );
+
+    // `get --help` names every kind, sidecar too, with the short names.
+    let help = ok(&meshd, &["get", "--help"]).await;
+    for kind in [
+        "service (svc)",
+        "httproute (hr)",
+        "authorizationpolicy (ap)",
+        "ratelimitpolicy (rlp)",
+        "tlspolicy (tlsp)",
+        "sidecar",
+    ] {
+        assert!(help.contains(kind), "{kind} not in {help}");
+    }
+}
+
+/// A sidecar that ACKs every response in the background, except while `hold` is set: then it
+/// keeps the latest response of each type, and ACKs those once `hold` is cleared.
+fn ack_unless_held(
+    mut s: ScriptedSidecar,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut unacked = std::collections::BTreeMap::new();
+        loop {
+            tokio::select! {
+                r = s.recv() => match r {
+                    Ok(r) => { unacked.insert(r.type_url.clone(), r); }
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if !hold.load(Ordering::SeqCst) {
+                for (_, r) in std::mem::take(&mut unacked) {
+                    if s.ack(&r).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `meshctl tls set` says how many sidecars a policy covers (and why a stage covers none),
+/// `tls status` shows it per policy with how many ACKed, and `tls set --wait` waits for the
+/// ACKs (a failure, exit 1, when a covered sidecar does not ACK in time).
+#[tokio::test]
+async fn tls_stages_say_whom_they_cover_and_wait_for_acks() {
+    let (_dir, meshd) = start().await;
+    apply(&meshd, MESH).await;
+    let creds = Credentials::issue(&meshd, WEB).await.unwrap();
+    // Three sidecars whose rollout buckets are all at least 5.
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("web-{i}"))
+        .filter(|id| meshd::model::rollout_bucket(id) >= 5)
+        .take(3)
+        .collect();
+    let mut buckets: Vec<u8> = ids
+        .iter()
+        .map(|id| meshd::model::rollout_bucket(id))
+        .collect();
+    buckets.sort_unstable();
+    let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut acking = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let s = subscribe(&meshd, &creds, node(id, "web")).await;
+        // The last one can be held (it then ACKs nothing).
+        let hold = if i == 2 {
+            hold.clone()
+        } else {
+            Default::default()
+        };
+        acking.push(ack_unless_held(s, hold));
+        wait_status(&meshd, id, all_types_in("SYNCED")).await;
+    }
+    hold.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // A stage below every bucket covers none, and says so with the buckets.
+    let stage = format!("{}%", buckets[0]);
+    let (code, stdout, stderr) = meshctl(
+        &meshd,
+        &["tls", "set", "--min-version", "1.3", "--stage", &stage],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "tlspolicy/mesh-tls-stage created\n");
+    let shown: Vec<String> = buckets.iter().map(u8::to_string).collect();
+    assert!(
+        stderr.contains(&format!(
+            "tlspolicy/mesh-tls-stage covers no sidecar: a {stage} stage takes the sidecars whose rollout bucket is below {}, and the 3 it selects have buckets {}",
+            buckets[0],
+            shown.join(", ")
+        )),
+        "{stderr}"
+    );
+    let status = ok(&meshd, &["tls", "status"]).await;
+    let header = line(&status, "POLICY");
+    assert!(header.ends_with("COVERS   ACKED"), "{status}");
+    assert!(
+        line(&status, "mesh-system/mesh-tls-stage").ends_with("0        0"),
+        "{status}"
+    );
+    assert!(
+        status.contains("tlspolicy/mesh-tls-stage covers no sidecar"),
+        "{status}"
+    );
+    let inv = json(&meshd, &["tls", "status"]).await;
+    assert_eq!(inv["policies"][0]["covers"], 0, "{inv}");
+
+    // The whole fleet: it covers three; the held one does not ACK, so --wait fails in time.
+    let (code, stdout, stderr) = meshctl(
+        &meshd,
+        &["tls", "set", "--stage", "100%", "--wait", "--timeout", "3s"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout} {stderr}");
+    assert!(
+        stderr.contains("tlspolicy/mesh-tls-stage covers 3 of 3 sidecar(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "meshctl: only 2 of the 3 sidecar(s) TlsPolicy mesh-system/mesh-tls-stage covers ACKed it within 3s"
+        ),
+        "{stderr}"
+    );
+    let status = ok(&meshd, &["tls", "status"]).await;
+    assert!(
+        line(&status, "mesh-system/mesh-tls-stage").ends_with("3        2"),
+        "{status}"
+    );
+
+    // Once it ACKs too, --wait returns when all three have.
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (code, stdout, stderr) =
+        meshctl(&meshd, &["tls", "set", "--min-version", "1.3", "--wait"]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("tlspolicy/mesh-tls created"), "{stdout}");
+    assert!(
+        stderr.ends_with("3 of 3 covered sidecar(s) ACKed\n"),
+        "{stderr}"
+    );
 }

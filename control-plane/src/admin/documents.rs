@@ -13,10 +13,11 @@
 //!
 //! `{kind}` in a path is the kind as written in documents (`HTTPRoute`), in any case, or its
 //! plural (`httproutes`), optionally with the group (`httproute.mesh.meshd.dev`), so that the
-//! names `meshctl apply` prints work.
+//! names `meshctl apply` prints work, or its short name as kubectl has them (`svc`, `hr`, `ap`,
+//! `rlp`, `tlsp`).
 
 use super::{AdminState, ApiError, ApiResult, Caller};
-use crate::model::{Document, DocumentKey, Kind, ModelError, ModelErrors};
+use crate::model::{Document, DocumentKey, Kind};
 use crate::source::{Applied, Planned};
 use crate::store::Revision;
 use axum::Json;
@@ -244,52 +245,14 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<Document>> {
             ));
         }
     };
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let text = mesh_client::documents::utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is {e}")))?;
     let docs = if yaml {
         Document::parse_yaml(text)
     } else {
-        parse_json(text)
+        Document::parse_json_set(text)
     };
     docs.map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-/// One JSON document, or an array of them (errors of a document that cannot be named say
-/// `document #N`, its position in the array, as in a YAML stream).
-fn parse_json(text: &str) -> Result<Vec<Document>, ModelErrors> {
-    if !text.trim_start().starts_with('[') {
-        return Document::parse_json(text).map(|d| vec![d]);
-    }
-    let items = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) => items,
-        // Not valid JSON: the document parser gives the message with line and column.
-        _ => return Document::parse_json(text).map(|d| vec![d]),
-    };
-    let mut docs = Vec::with_capacity(items.len());
-    let mut errors = ModelErrors::default();
-    for (i, item) in items.iter().enumerate() {
-        match Document::from_json_value(item) {
-            Ok(doc) => docs.push(doc),
-            Err(e) => {
-                for mut e in e {
-                    if e.document == "document #1" {
-                        e.document = format!("document #{}", i + 1);
-                    } else if let Some(kind) = e.document.strip_suffix(" (document #1)") {
-                        e.document = format!("{kind} (document #{})", i + 1);
-                    }
-                    errors.push(e);
-                }
-            }
-        }
-    }
-    if docs.is_empty() && errors.is_empty() {
-        errors.push(ModelError {
-            document: "input".into(),
-            field: String::new(),
-            message: "contains no document".into(),
-        });
-    }
-    errors.into_result(docs)
 }
 
 /// The kind named in a path or a `kind=` parameter: as in documents, any case, plural, or
@@ -303,7 +266,7 @@ fn parse_kind(text: &str) -> ApiResult<Kind> {
         .into_iter()
         .find(|k| {
             let singular = k.as_str().to_ascii_lowercase();
-            bare == singular || bare == plural(&singular)
+            bare == singular || bare == plural(&singular) || k.short_name() == Some(bare)
         })
         .ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -387,6 +350,11 @@ mod tests {
             ("services", Kind::Service),
             ("tlspolicies", Kind::TlsPolicy),
             ("AuthorizationPolicy", Kind::AuthorizationPolicy),
+            ("svc", Kind::Service),
+            ("hr", Kind::HttpRoute),
+            ("ap", Kind::AuthorizationPolicy),
+            ("rlp", Kind::RateLimitPolicy),
+            ("TLSP", Kind::TlsPolicy),
         ] {
             assert_eq!(parse_kind(text).unwrap(), kind, "{text}");
         }

@@ -1,15 +1,32 @@
 //! `GET /api/v1/tls`: the TLS policies in force and what the fleet actually negotiates — open
 //! connections and handshakes by direction, version, cipher suite and key-exchange group,
 //! summed over the sidecars' latest reports — so an operator can see that nothing still uses
-//! an old setting before enforcing a new one.
+//! an old setting before enforcing a new one; and per policy, how many sidecars it covers and
+//! how many of those ACKed it (`meshctl tls set --wait`).
 
 use super::AdminState;
-use crate::model::Selector;
+use crate::model::{Selector, WorkloadRef};
+use crate::xds::stream::SyncState;
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
+/// One connected sidecar, as far as TLS policies go.
+struct Coverage {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    bucket: u8,
+    /// `namespace/name` of the TlsPolicy in effect on it.
+    in_effect: Option<String>,
+    /// Every type SYNCED: it ACKed what meshd sent it, the policy included.
+    acked: bool,
+}
+
+/// Per policy: `covers` (the sidecars it is in effect on), `acked` (of those, the ones that
+/// ACKed everything sent to them), `selected` and `selected_buckets` (the sidecars its
+/// selector picks before its share, and their rollout buckets: a stage of P % covers those
+/// below P).
 pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
     #[derive(Default)]
     struct Sum {
@@ -52,11 +69,51 @@ pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
             })
         })
         .collect();
-    let policies: Vec<Value> = state
-        .documents
-        .current()
+    // Which policy is in effect on each connected sidecar (at most one), and whether the
+    // sidecar ACKed everything meshd sent it (so it runs that policy).
+    let mesh = state.documents.current();
+    let coverage: Vec<Coverage> = sidecars
+        .iter()
+        .map(|s| {
+            let rollouts = mesh.rollouts_for(&s.namespace, &s.labels, s.rollout_bucket);
+            let w = WorkloadRef {
+                namespace: &s.namespace,
+                labels: &s.labels,
+                rollouts: &rollouts,
+            };
+            Coverage {
+                namespace: s.namespace.clone(),
+                labels: s.labels.clone(),
+                bucket: s.rollout_bucket,
+                in_effect: mesh.tls_policy_for(w).map(|p| p.key()),
+                acked: !s.types.is_empty() && s.types.iter().all(|t| t.state == SyncState::Synced),
+            }
+        })
+        .collect();
+    let policies: Vec<Value> = mesh
         .tls_policies()
         .map(|p| {
+            let key = p.key();
+            let covered: Vec<&Coverage> = coverage
+                .iter()
+                .filter(|c| c.in_effect.as_ref() == Some(&key))
+                .collect();
+            // The sidecars its selector picks, before its share (`rolloutPercent`) is applied:
+            // their buckets say why a stage covers none of them.
+            let none = std::collections::BTreeSet::new();
+            let mut selected_buckets: Vec<u8> = coverage
+                .iter()
+                .filter(|c| {
+                    let w = WorkloadRef {
+                        namespace: &c.namespace,
+                        labels: &c.labels,
+                        rollouts: &none,
+                    };
+                    mesh.selects(&p.namespace, &p.selector, w)
+                })
+                .map(|c| c.bucket)
+                .collect();
+            selected_buckets.sort_unstable();
             json!({
                 "namespace": p.namespace,
                 "name": p.name,
@@ -73,6 +130,10 @@ pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
                 "inbound_mode": format!("{:?}", p.inbound_mode).to_uppercase(),
                 "drain_grace_period_secs": p.drain_grace_period.as_secs(),
                 "rollout_percent": p.rollout_percent,
+                "covers": covered.len(),
+                "acked": covered.iter().filter(|c| c.acked).count(),
+                "selected": selected_buckets.len(),
+                "selected_buckets": selected_buckets,
             })
         })
         .collect();

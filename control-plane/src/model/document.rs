@@ -8,12 +8,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{ModelError, ModelErrors, Report};
+use super::error::{self, ModelError, ModelErrors, Report};
 use super::spec::{
     AuthorizationPolicySpec, HttpRouteSpec, RateLimitPolicySpec, ServiceSpec, SidecarSpec,
     TlsPolicySpec,
 };
 use super::{API_VERSION, DEFAULT_NAMESPACE, names, validate};
+use mesh_client::documents as syntax;
 
 /// The kinds of mesh documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +48,18 @@ impl Kind {
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::TlsPolicy => "TlsPolicy",
             Kind::Sidecar => "Sidecar",
+        }
+    }
+
+    /// The short name, as kubectl has them (`svc`), for the command line and the API's paths.
+    pub fn short_name(self) -> Option<&'static str> {
+        match self {
+            Kind::Service => Some("svc"),
+            Kind::HttpRoute => Some("hr"),
+            Kind::AuthorizationPolicy => Some("ap"),
+            Kind::RateLimitPolicy => Some("rlp"),
+            Kind::TlsPolicy => Some("tlsp"),
+            Kind::Sidecar => None,
         }
     }
 
@@ -218,13 +231,23 @@ impl Document {
     pub fn parse_yaml(text: &str) -> Result<Vec<Document>, ModelErrors> {
         let mut docs = Vec::new();
         let mut errors = ModelErrors::default();
+        // libyaml reports a raw control character at the start of the token it was in (line 1
+        // column 1, for a NUL in a block scalar): find it first, and say where it is.
+        if let Err(message) = syntax::check_yaml_characters(text) {
+            return Err(ModelError {
+                document: "input".into(),
+                field: String::new(),
+                message: format!("invalid YAML: {message}"),
+            }
+            .into());
+        }
         let mut index = 0;
         for de in serde_yaml_ng::Deserializer::from_str(text) {
             index += 1;
             // Through serde_yaml_ng's own Value first: it refuses duplicate keys, which a
             // direct conversion would silently resolve to the last one.
             let value = serde_yaml_ng::Value::deserialize(de)
-                .map_err(|e| yaml_message(&e))
+                .map_err(|e| syntax::yaml_message(&e))
                 .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()));
             match value {
                 // The YAML iterator repeats a syntax error forever: stop at the first.
@@ -249,17 +272,35 @@ impl Document {
         errors.into_result(docs)
     }
 
-    /// One JSON document (an object, not an array).
+    /// One JSON document (an object, not an array). A key repeated in an object is an error
+    /// (as it is in YAML), naming its path.
     pub fn parse_json(text: &str) -> Result<Document, ModelErrors> {
-        if text.trim().is_empty() {
-            return Err(empty_input().into());
+        match strict_json(text)? {
+            value @ Value::Object(_) => Self::from_json_value(&value),
+            other => Err(not_an_object(&other, 1).into()),
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| ModelError {
-            document: "document #1".into(),
-            field: String::new(),
-            message: format!("invalid JSON: {e}"),
-        })?;
-        Self::from_json_value(&value)
+    }
+
+    /// JSON documents: one document, or an array of them (errors of a document that cannot be
+    /// named say `document #N`, its position in the array, as in a YAML stream). All are
+    /// checked and every error is returned.
+    pub fn parse_json_set(text: &str) -> Result<Vec<Document>, ModelErrors> {
+        let items = match strict_json(text)? {
+            Value::Array(items) => items,
+            one => vec![one],
+        };
+        let mut docs = Vec::with_capacity(items.len());
+        let mut errors = ModelErrors::default();
+        for (i, item) in items.iter().enumerate() {
+            match Self::from_value(item, i + 1) {
+                Ok(doc) => docs.push(doc),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if docs.is_empty() && errors.is_empty() {
+            errors.push(empty_input());
+        }
+        errors.into_result(docs)
     }
 
     /// One document that is already a JSON value (an admin API payload, a stored body).
@@ -269,31 +310,10 @@ impl Document {
 
     fn from_value(value: &Value, index: usize) -> Result<Document, ModelErrors> {
         let Value::Object(object) = value else {
-            return Err(ModelError {
-                document: format!("document #{index}"),
-                field: String::new(),
-                message: format!(
-                    "must be an object with apiVersion, kind, metadata and spec, not {}",
-                    json_type(value)
-                ),
-            }
-            .into());
+            return Err(not_an_object(value, index).into());
         };
-
-        // Name the document as well as it can be named before anything is checked.
-        let kind_text = object.get("kind").and_then(Value::as_str);
         let meta = object.get("metadata");
-        let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-        let namespace = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_NAMESPACE);
-        let label = match (kind_text, name) {
-            (Some(k), Some(n)) => format!("{k} {namespace}/{n}"),
-            (Some(k), None) => format!("{k} (document #{index})"),
-            _ => format!("document #{index}"),
-        };
-        let mut r = Report::new(label);
+        let mut r = Report::new(label(value, index));
 
         for key in object.keys() {
             if !["apiVersion", "kind", "metadata", "spec"].contains(&key.as_str()) {
@@ -415,21 +435,72 @@ impl Serialize for Document {
     }
 }
 
-/// serde_yaml_ng puts the position into syntax errors but not into all others (a duplicate
-/// key); an operator needs it either way.
-fn yaml_message(e: &serde_yaml_ng::Error) -> String {
-    let text = e.to_string();
-    match e.location() {
-        // For a duplicate key the position is where the mapping starts.
-        Some(at) if text.starts_with("duplicate entry") => format!(
-            "{text} in the mapping that starts at line {} column {}",
-            at.line(),
-            at.column()
+/// The document's name as well as it can be given before anything is checked:
+/// `Service ns/name`, `Service (document #2)` or `document #2`.
+fn label(value: &Value, index: usize) -> String {
+    let kind = value.get("kind").and_then(Value::as_str);
+    let meta = value.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_NAMESPACE);
+    match (kind, name) {
+        (Some(k), Some(n)) => format!("{k} {namespace}/{n}"),
+        (Some(k), None) => format!("{k} (document #{index})"),
+        _ => format!("document #{index}"),
+    }
+}
+
+fn not_an_object(value: &Value, index: usize) -> ModelError {
+    ModelError {
+        document: format!("document #{index}"),
+        field: String::new(),
+        message: format!(
+            "must be an object with apiVersion, kind, metadata and spec, not {}",
+            json_type(value)
         ),
-        Some(at) if !text.contains(" line ") => {
-            format!("{text} at line {} column {}", at.line(), at.column())
+    }
+}
+
+/// JSON text as a value, refusing duplicate keys: the error names the document the key is in
+/// (`RateLimitPolicy shop/x: spec.requestsPerSecond: duplicate key at line 9 column 22`).
+fn strict_json(text: &str) -> Result<Value, ModelError> {
+    if text.trim().is_empty() {
+        return Err(empty_input());
+    }
+    match syntax::parse_json(text) {
+        Ok(value) => Ok(value),
+        Err(syntax::JsonError::Duplicate {
+            mut path,
+            line,
+            column,
+        }) => {
+            // The value as serde_json alone reads it (the last key wins) only to name the
+            // document; it is refused either way.
+            let lenient: Value = serde_json::from_str(text).unwrap_or_default();
+            let (doc, index) = match path.first() {
+                Some(syntax::Step::Index(i)) if lenient.is_array() => {
+                    let i = *i;
+                    path.remove(0);
+                    (lenient.get(i).cloned().unwrap_or_default(), i + 1)
+                }
+                _ => (lenient, 1),
+            };
+            Err(ModelError {
+                document: error::clip_parts(&label(&doc, index)),
+                field: syntax::path_text(&path),
+                message: format!(
+                    "duplicate key at line {line} column {column} (a key may appear only once \
+                     in an object)"
+                ),
+            })
         }
-        _ => text,
+        Err(e @ syntax::JsonError::Syntax(_)) => Err(ModelError {
+            document: "document #1".into(),
+            field: String::new(),
+            message: format!("invalid JSON: {e}"),
+        }),
     }
 }
 

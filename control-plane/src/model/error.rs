@@ -1,5 +1,6 @@
 //! Errors of the model: each one names the document, the field path and what is wrong.
 
+use mesh_client::documents::{QUOTE_LIMIT, clip, shorten_quoted};
 use std::fmt;
 
 /// One problem in one document.
@@ -122,16 +123,19 @@ pub(crate) struct Report {
 impl Report {
     pub(crate) fn new(document: impl Into<String>) -> Self {
         Self {
-            document: document.into(),
+            document: clip_parts(&document.into()),
             errors: ModelErrors::default(),
         }
     }
 
+    /// Records an error. Values are quoted at most [`QUOTE_LIMIT`] characters long (with their
+    /// length), in the field path and the message alike: a 1 MiB label value must not make a
+    /// 1 MiB error.
     pub(crate) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ModelError {
             document: self.document.clone(),
-            field: field.into(),
-            message: message.into(),
+            field: clip_parts(&field.into()),
+            message: shorten_quoted(&message.into()),
         });
     }
 
@@ -150,9 +154,43 @@ impl Report {
     }
 }
 
+/// A document label (`Service ns/name`) or a field path (`metadata.labels.KEY`) with each part
+/// cut to [`QUOTE_LIMIT`] characters.
+pub(crate) fn clip_parts(text: &str) -> String {
+    if text.chars().count() <= QUOTE_LIMIT {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut part = String::new();
+    for c in text.chars() {
+        if matches!(c, ' ' | '/' | '.') {
+            out.push_str(&clip(&part));
+            out.push(c);
+            part.clear();
+        } else {
+            part.push(c);
+        }
+    }
+    out.push_str(&clip(&part));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_values_are_quoted_short_with_their_length() {
+        let huge = "v".repeat(900_000);
+        let mut r = Report::new(format!("Service default/{huge}"));
+        r.error(
+            format!("metadata.labels.{huge}"),
+            format!("label value {huge:?} must be at most 63 letters"),
+        );
+        let text = r.into_errors().to_string();
+        assert!(text.len() < 600, "{} bytes", text.len());
+        assert_eq!(text.matches("(900000 characters)").count(), 3, "{text}");
+    }
 
     #[test]
     fn display_names_document_field_and_message_one_per_line() {
