@@ -43,7 +43,10 @@ pub struct AdminState {
     pub authority: Authority,
     pub metrics: Metrics,
     pub documents: crate::source::Documents,
-    pub xds: crate::xds::Xds,
+    /// The fleet, read-only.
+    pub xds: crate::xds::FleetView,
+    /// The re-issue directives in force (orders put new ones in force).
+    pub directives: crate::reissue::Directives,
     pub rotations: crate::rotation::Rotations,
     /// The admin bearer token (from `<data-dir>/admin-token`).
     pub admin_token: Arc<str>,

@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod model;
 pub mod reissue;
+pub mod replicas;
 pub mod rotation;
 pub mod server;
 pub mod source;

@@ -51,6 +51,7 @@ struct Inner {
     rotation_sidecars: Family<StateLabel, Gauge>,
     certificates_live: Family<IssuerLabel, Gauge>,
     tls_bridges: Counter,
+    inconsistent_snapshots: Counter,
     tls_bridging: Gauge,
 }
 
@@ -117,7 +118,7 @@ impl Metrics {
         let certificates_live = Family::<IssuerLabel, Gauge>::default();
         registry.register(
             "certificates_live",
-            "Unexpired workload certificates, by the fingerprint of the CA that signed them",
+            "Workload certificates in use (unexpired, not superseded by a renewal, of a trusted CA), by the fingerprint of the CA that signed them",
             certificates_live.clone(),
         );
         let tls_bridges = Counter::default();
@@ -125,6 +126,12 @@ impl Metrics {
             "tls_policy_bridges",
             "TLS policy changes pushed through an interim policy accepting the old and new settings",
             tls_bridges.clone(),
+        );
+        let inconsistent_snapshots = Counter::default();
+        registry.register(
+            "inconsistent_snapshots",
+            "Scope snapshots not published because a reference did not resolve (a bug of meshd)",
+            inconsistent_snapshots.clone(),
         );
         let tls_bridging = Gauge::default();
         registry.register(
@@ -150,6 +157,7 @@ impl Metrics {
                 rotation_sidecars,
                 certificates_live,
                 tls_bridges,
+                inconsistent_snapshots,
                 tls_bridging,
             }),
         }
@@ -195,6 +203,10 @@ impl Metrics {
     /// A TLS policy change started through an interim policy.
     pub fn tls_bridge_started(&self) {
         self.inner.tls_bridges.inc();
+    }
+
+    pub fn snapshot_inconsistent(&self) {
+        self.inner.inconsistent_snapshots.inc();
     }
 
     /// How many sidecars the interim TLS policy waits for.

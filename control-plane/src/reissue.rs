@@ -4,11 +4,132 @@
 //! the store tells them (PostgreSQL NOTIFY on the CA topic) or at their next re-read.
 
 use crate::store::{Store, Topic};
-use crate::xds::Xds;
-use crate::xds::view::{Directive, ReissueTarget};
+use crate::xds::Dirty;
 use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Which workloads a re-issue directive is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReissueTarget {
+    All,
+    Namespace(String),
+    /// A service's workloads: namespace and service name.
+    Workload {
+        namespace: String,
+        service: String,
+    },
+}
+
+impl ReissueTarget {
+    pub fn matches(&self, namespace: &str, service: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Namespace(ns) => ns == namespace,
+            Self::Workload {
+                namespace: ns,
+                service: svc,
+            } => ns == namespace && svc == service,
+        }
+    }
+}
+
+/// "Re-issue your certificate": forced re-issue (after a key compromise) or a CA rotation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Directive {
+    /// Never reused (unix milliseconds at creation, so also across replicas and restarts).
+    pub generation: u64,
+    pub target: ReissueTarget,
+    /// Re-issue before this instant (unix seconds); each sidecar picks a moment in the window.
+    pub reissue_before: i64,
+    /// A certificate whose notBefore is at or after this already satisfies the directive.
+    pub issued_before: i64,
+    pub reason: String,
+}
+
+/// The `issued_before` of a directive made at `now` (unix seconds) by a CA that backdates
+/// notBefore by `backdate`: notBefore has one-second resolution, so only a certificate from the
+/// next second on is certainly newer than the directive (a key compromised now must not survive).
+pub fn issued_after(now: i64, backdate: Duration) -> i64 {
+    now + 1 - backdate.as_secs() as i64
+}
+
+/// The directives in force on this replica: put in force by re-issue orders and the CA
+/// rotation, read by every push of the discovery server. Cheap to clone.
+#[derive(Clone)]
+pub struct Directives {
+    list: Arc<RwLock<Vec<Directive>>>,
+    dirty: Dirty,
+}
+
+// === impl Directives ===
+
+impl Directives {
+    /// An empty set; every change marks `dirty` (the discovery server pushes it).
+    pub fn new(dirty: Dirty) -> Self {
+        Self {
+            list: Arc::default(),
+            dirty,
+        }
+    }
+
+    /// The directives in force, oldest first.
+    pub fn list(&self) -> Vec<Directive> {
+        self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A directive telling the sidecars of `target` to re-issue their certificates within
+    /// `window`, each at a random moment of it (so the CA sees a smooth rate); not in force yet
+    /// ([`order`] stores it, then installs it). `backdate` is the CA's notBefore backdating, so
+    /// that a certificate issued after this call counts as re-issued.
+    pub fn reissue(
+        &self,
+        target: ReissueTarget,
+        window: Duration,
+        backdate: Duration,
+        reason: &str,
+    ) -> Directive {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.new_directive(
+            target,
+            now + window.as_secs() as i64,
+            issued_after(now, backdate),
+            reason,
+        )
+    }
+
+    /// A directive with a generation never used before (not installed yet).
+    pub fn new_directive(
+        &self,
+        target: ReissueTarget,
+        reissue_before: i64,
+        issued_before: i64,
+        reason: &str,
+    ) -> Directive {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+        let last = self.list().iter().map(|d| d.generation).max().unwrap_or(0);
+        Directive {
+            generation: now_ms.max(last + 1),
+            target,
+            reissue_before,
+            issued_before,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Puts `directive` in force (replacing one of the same generation, so reinstalling a
+    /// persisted directive after a restart is harmless).
+    pub fn install(&self, directive: Directive) {
+        let mut directives = self.list.write().unwrap_or_else(|p| p.into_inner());
+        directives.retain(|d| d.generation != directive.generation);
+        directives.push(directive);
+        directives.sort_by_key(|d| d.generation);
+        drop(directives);
+        self.dirty.mark();
+    }
+}
 
 /// How long after its window a directive is still put in force: a certificate issued before it
 /// can live this long (meshd's longest certificate TTL), so a sidecar restarted with one still
@@ -18,13 +139,13 @@ const KEEP_AFTER_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Orders the sidecars of `target` to re-issue within `window`: stored, then put in force here.
 pub async fn order(
     store: &Store,
-    xds: &Xds,
+    directives: &Directives,
     target: ReissueTarget,
     window: Duration,
     backdate: Duration,
     reason: &str,
 ) -> crate::store::Result<Directive> {
-    let directive = xds.reissue_directive(target, window, backdate, reason);
+    let directive = directives.reissue(target, window, backdate, reason);
     let json =
         serde_json::to_string(&directive).map_err(|e| crate::store::StoreError::Corrupt {
             what: "a re-issue directive".into(),
@@ -33,7 +154,7 @@ pub async fn order(
     store
         .record_directive(directive.generation, &json, directive.reissue_before)
         .await?;
-    xds.install_directive(directive.clone());
+    directives.install(directive.clone());
     Ok(directive)
 }
 
@@ -42,7 +163,7 @@ pub async fn order(
 /// `shutdown` turns true.
 pub fn follow(
     store: Store,
-    xds: Xds,
+    directives: Directives,
     mut changes: watch::Receiver<u64>,
     resync: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -54,13 +175,13 @@ pub fn follow(
                 _ = tokio::time::sleep(resync) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            load(&store, &xds).await;
+            load(&store, &directives).await;
         }
     });
 }
 
-/// Puts in force the stored directives (of the last day) that `xds` does not hold yet.
-pub async fn load(store: &Store, xds: &Xds) {
+/// Puts in force the stored directives (of the last day) that `directives` does not hold yet.
+pub async fn load(store: &Store, directives: &Directives) {
     let since =
         time::OffsetDateTime::now_utc().unix_timestamp() - KEEP_AFTER_WINDOW.as_secs() as i64;
     let stored = match store.directives_since(since).await {
@@ -70,12 +191,12 @@ pub async fn load(store: &Store, xds: &Xds) {
             return;
         }
     };
-    let held: HashSet<u64> = xds.directives().iter().map(|d| d.generation).collect();
+    let held: HashSet<u64> = directives.list().iter().map(|d| d.generation).collect();
     for json in stored {
         match serde_json::from_str::<Directive>(&json) {
             Ok(d) if !held.contains(&d.generation) => {
                 tracing::info!(generation = d.generation, target = ?d.target, "re-issue directive put in force");
-                xds.install_directive(d);
+                directives.install(d);
             }
             Ok(_) => {}
             Err(e) => {

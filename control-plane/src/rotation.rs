@@ -35,12 +35,12 @@
 
 use crate::ca::{Authority, IDLE, State};
 use crate::metrics::Metrics;
+use crate::reissue::{Directive, ReissueTarget, issued_after};
 use crate::store::{
     AuditEntry, AuditOutcome, CaStateRecord, Changes, LeaseKey, SidecarGate, Store, Topic,
 };
 use crate::tls::ServingTls;
-use crate::xds::view::{Directive, ReissueTarget};
-use crate::xds::{Xds, issued_after};
+use crate::xds::Xds;
 use anyhow::Context;
 use mesh_ca::rotation::{Effects, FleetView, Mode, Phase, Rotation, RotationError};
 use mesh_ca::{CertificateAuthority, TrustBundle};
@@ -266,7 +266,7 @@ impl Rotations {
             .filter(|d| d.rotation.effects().directive.is_some())
             .and_then(|d| d.directive.clone())
         {
-            wiring.xds.install_directive(d);
+            wiring.xds.directives().install(d);
         }
         let changes = wiring.changes.subscribe(Topic::Ca);
         let rotations = Self {
@@ -604,7 +604,7 @@ impl Rotations {
             } else {
                 "ca-rotation"
             };
-            let directive = w.xds.new_directive(
+            let directive = w.xds.directives().new_directive(
                 ReissueTarget::All,
                 reissue_before,
                 issued_after(now(), backdate),
@@ -665,7 +665,7 @@ impl Rotations {
         if data.rotation.effects().directive.is_some()
             && let Some((_, d)) = &data.directive
         {
-            w.xds.install_directive(d.clone());
+            w.xds.directives().install(d.clone());
         }
         Ok(())
     }
@@ -675,7 +675,7 @@ impl Rotations {
     async fn fleet_view(&self, r: &Rotation) -> anyhow::Result<FleetView> {
         let w = &self.inner.w;
         let at = now();
-        let alive_since = at - crate::server::REPLICA_TTL.as_secs() as i64;
+        let alive_since = crate::replicas::alive_since(at);
         let mut fleet = FleetView::default();
         match r.phase {
             Phase::Prepare | Phase::Finalize => {

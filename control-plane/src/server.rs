@@ -8,10 +8,9 @@ use crate::identity::IdentityService;
 use crate::metrics::Metrics;
 use crate::model::MeshOptions;
 use crate::source::Documents;
-use crate::store::{Registration, Store, Topic};
+use crate::store::{Store, Topic};
 use crate::tls::ServingTls;
 use crate::xds::Xds;
-use crate::xds::view::LiveEndpoint;
 use anyhow::Context;
 use mesh_proto::v1::discovery_server::DiscoveryServer;
 use std::future::Future;
@@ -43,7 +42,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let store = Store::open(&config.database_url).await?;
     // Listening before anything is read: a change committed after a read is never missed.
     let changes = store.changes();
-    let replica = replica_name();
+    let replica = crate::replicas::name();
     let restored = Authority::bootstrap(&config, &store).await?;
     let authority = restored.authority;
     let rotation = crate::rotation::restore(&authority, &restored.record)?;
@@ -75,19 +74,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
     );
     xds.follow(documents.subscribe());
-    remember_endpoints(&xds, &store).await;
-    tokio::spawn(follow_endpoints(
+    crate::replicas::remember_endpoints(&xds, &store).await;
+    tokio::spawn(crate::replicas::follow_endpoints(
         xds.clone(),
         store.clone(),
         changes.subscribe(Topic::Sidecars),
     ));
-    let heartbeat = tokio::spawn(heartbeat(store.clone(), replica.clone()));
+    let heartbeat = tokio::spawn(crate::replicas::heartbeat(store.clone(), replica.clone()));
     // Forced re-issues ordered before a restart (in force before anything is served), or on
     // another replica.
-    crate::reissue::load(&store, &xds).await;
+    crate::reissue::load(&store, xds.directives()).await;
     crate::reissue::follow(
         store.clone(),
-        xds.clone(),
+        xds.directives().clone(),
         changes.subscribe(crate::reissue::TOPIC),
         crate::rotation::RESYNC,
         stop_rx.clone(),
@@ -128,7 +127,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         authority: authority.clone(),
         metrics: metrics.clone(),
         documents: documents.clone(),
-        xds: xds.clone(),
+        xds: xds.view(),
+        directives: xds.directives().clone(),
         rotations,
         admin_token: Arc::from(admin_token.as_str()),
         viewer_token: Arc::from(viewer_token.as_str()),
@@ -225,131 +225,6 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     file.rewind()?;
     writeln!(file, "{}", std::process::id())?;
     Ok(file)
-}
-
-/// How often a replica records that it is alive ([`Store::heartbeat`]).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// The sidecars of a replica whose heartbeat is older than this no longer count as connected
-/// (it died without closing their streams); they count again once they reconnect elsewhere.
-pub const REPLICA_TTL: Duration = Duration::from_secs(15);
-
-/// How long a replica must have been silent before another one closes the streams it left
-/// recorded as open. Much longer than [`REPLICA_TTL`] (which already stops them counting): a
-/// replica that is only slow must not find its live streams closed behind its back.
-const REAP_AFTER: Duration = Duration::from_secs(300);
-
-/// Records that this replica is alive, every [`HEARTBEAT`], until aborted; and closes the
-/// streams that replicas which died (no heartbeat for [`REAP_AFTER`]) left recorded as open,
-/// so that no later start takes their sidecars for known endpoints.
-async fn heartbeat(store: Store, replica: String) {
-    loop {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if let Err(e) = store.heartbeat(&replica, now).await {
-            tracing::warn!(error = %e, "recording this replica's heartbeat");
-        }
-        match store
-            .reap_replicas(now - REAP_AFTER.as_secs() as i64, now)
-            .await
-        {
-            Ok(0) => {}
-            Ok(closed) => tracing::info!(
-                streams = closed,
-                "closed the streams of replicas that stopped without closing them"
-            ),
-            Err(e) => tracing::warn!(error = %e, "closing the streams of dead replicas"),
-        }
-        tokio::time::sleep(HEARTBEAT).await;
-    }
-}
-
-/// How long a restarted meshd serves the endpoints it knew before, waiting for their sidecars
-/// to reconnect (their reconnect backoff is capped at 30 s).
-pub const WARMUP: Duration = Duration::from_secs(60);
-/// Sidecars that disconnected this recently before a start count as known endpoints (a
-/// graceful shutdown records the disconnections of every stream it ends).
-const RECENT_DISCONNECT: i64 = 120;
-
-/// Records the sidecars' streams in the store from now on, and serves the endpoints the store
-/// knew as connected during [`WARMUP`].
-async fn remember_endpoints(xds: &Xds, store: &Store) {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let _ = store.prune_registrations(now - 24 * 3600).await;
-    match store.recent_registrations(now - RECENT_DISCONNECT).await {
-        Ok(known) => {
-            let endpoints = known.into_iter().filter_map(endpoint).collect();
-            xds.remember(endpoints, WARMUP);
-        }
-        Err(e) => tracing::warn!(error = %e, "reading the sidecars known before this start"),
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    xds.record_registrations(tx);
-    let store = store.clone();
-    tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while rx.recv_many(&mut batch, 512).await > 0 {
-            if let Err(e) = store.record_registrations(&batch).await {
-                tracing::warn!(error = %e, "recording sidecar registrations");
-            }
-            batch.clear();
-        }
-    });
-}
-
-/// A stored registration as an endpoint of its service (`None` for a sidecar of no service).
-fn endpoint(r: Registration) -> Option<(String, LiveEndpoint)> {
-    if r.service.is_empty() {
-        return None;
-    }
-    let endpoint = LiveEndpoint {
-        namespace: r.namespace,
-        service: r.service,
-        labels: serde_json::from_str(&r.labels).unwrap_or_default(),
-        address: r.inbound_address,
-        identity: r.identity,
-    };
-    Some((r.id, endpoint))
-}
-
-/// The shortest time between two reads of the other replicas' sidecars: with a busy fleet,
-/// notifications come faster than that.
-const ENDPOINTS_MIN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Serves the sidecars connected to the other live replicas as endpoints too, read from the
-/// store whenever a stream opens or closes somewhere (NOTIFY), at least every
-/// [`crate::rotation::RESYNC`], at most every [`ENDPOINTS_MIN_INTERVAL`]. With SQLite there is
-/// one replica and no other sidecars.
-async fn follow_endpoints(xds: Xds, store: Store, mut changes: tokio::sync::watch::Receiver<u64>) {
-    if store.backend() == crate::store::Backend::Sqlite {
-        return;
-    }
-    loop {
-        let alive_since =
-            time::OffsetDateTime::now_utc().unix_timestamp() - REPLICA_TTL.as_secs() as i64;
-        match store.connected_sidecars(alive_since).await {
-            Ok(fleet) => xds.set_remote(
-                fleet
-                    .into_iter()
-                    .map(|s| s.registration)
-                    .filter(|r| r.replica != xds.replica())
-                    .filter_map(endpoint)
-                    .collect(),
-            ),
-            Err(e) => tracing::warn!(error = %e, "reading the other replicas' sidecars"),
-        }
-        tokio::time::sleep(ENDPOINTS_MIN_INTERVAL).await;
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(crate::rotation::RESYNC) => {}
-        }
-    }
-}
-
-/// This replica's name: the host name (a pod name in Kubernetes) and the process id.
-fn replica_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "meshd".into());
-    format!("{host}-{}", std::process::id())
 }
 
 /// Reads the token `<data-dir>/<file>` ([`ADMIN_TOKEN_FILE`], [`VIEWER_TOKEN_FILE`]), creating

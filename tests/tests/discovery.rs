@@ -446,4 +446,11 @@ async fn a_sidecar_document_limits_a_workload_to_the_services_it_reaches() {
             && format!("{refused:#}").contains("expected NAMESPACE/SERVICE"),
         "{refused:#}"
     );
+    // Every snapshot of those scopes passed the consistency check (a failed one is not
+    // published: the pushes above would have been missing).
+    let metrics = meshd.admin_get_text("/metrics").await;
+    assert!(
+        metrics.contains("meshd_inconsistent_snapshots_total 0"),
+        "{metrics}"
+    );
 }

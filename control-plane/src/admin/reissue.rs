@@ -3,8 +3,8 @@
 //! `GET /api/v1/reissue` shows each directive's progress.
 
 use super::{AdminState, ApiError, ApiResult, Caller};
+use crate::reissue::{Directive, ReissueTarget};
 use crate::store::{AuditEntry, AuditOutcome};
-use crate::xds::view::{Directive, ReissueTarget};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -62,8 +62,15 @@ pub async fn create(
     }
     let backdate = state.authority.signer().policy().backdate;
     let reason = req.reason.unwrap_or_else(|| "operator request".into());
-    let directive =
-        crate::reissue::order(&state.store, &state.xds, target, window, backdate, &reason).await?;
+    let directive = crate::reissue::order(
+        &state.store,
+        &state.directives,
+        target,
+        window,
+        backdate,
+        &reason,
+    )
+    .await?;
     state
         .store
         .audit(&AuditEntry {

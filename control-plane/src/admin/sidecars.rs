@@ -191,8 +191,8 @@ pub(super) async fn list(
     let elsewhere = match state.store.backend() {
         crate::store::Backend::Sqlite => 0,
         _ => {
-            let alive_since = time::OffsetDateTime::now_utc().unix_timestamp()
-                - crate::server::REPLICA_TTL.as_secs() as i64;
+            let alive_since =
+                crate::replicas::alive_since(time::OffsetDateTime::now_utc().unix_timestamp());
             state
                 .store
                 .connected_elsewhere(state.xds.replica(), alive_since)

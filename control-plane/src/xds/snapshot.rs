@@ -98,6 +98,50 @@ impl Snapshot {
         short_hash(&input)
     }
 
+    /// Every reference resolves (go-control-plane's `Consistent()`): each listener's route
+    /// table and default cluster, and each route's backends, are resources of this snapshot. A
+    /// sidecar would NACK what fails this, so it is never published.
+    pub fn check_consistent(&self) -> Result<(), String> {
+        let has = |ty: ResourceType, name: &str| self.get(ty, name).is_some();
+        for r in self.resources(ResourceType::Listener) {
+            let Some(Body::Listener(l)) = &r.body else {
+                continue;
+            };
+            // "*": every route table of the scope (the outbound listener).
+            let named = !l.route_table.is_empty() && l.route_table != "*";
+            if named && !has(ResourceType::RouteTable, &l.route_table) {
+                return Err(format!(
+                    "listener {:?} names route table {:?}, which the scope does not hold",
+                    l.name, l.route_table
+                ));
+            }
+            if !l.default_cluster.is_empty() && !has(ResourceType::Cluster, &l.default_cluster) {
+                return Err(format!(
+                    "listener {:?} names default cluster {:?}, which the scope does not hold",
+                    l.name, l.default_cluster
+                ));
+            }
+        }
+        for r in self.resources(ResourceType::RouteTable) {
+            let Some(Body::RouteTable(t)) = &r.body else {
+                continue;
+            };
+            for route in t.virtual_hosts.iter().flat_map(|h| &h.routes) {
+                if let Some(b) = route
+                    .backends
+                    .iter()
+                    .find(|b| !has(ResourceType::Cluster, &b.cluster))
+                {
+                    return Err(format!(
+                        "route table {:?}, route {:?}: cluster {:?} is not in the scope",
+                        t.name, route.name, b.cluster
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether both hold exactly the same resources (ignoring `changed_at`).
     pub fn same_content(&self, other: &Snapshot) -> bool {
         ResourceType::ALL
@@ -163,5 +207,51 @@ mod tests {
             ..Default::default()
         }));
         assert_ne!(a.type_version(ResourceType::TlsPolicy), "");
+    }
+
+    #[test]
+    fn a_reference_that_does_not_resolve_is_inconsistent() {
+        use mesh_proto::v1::{Listener, Route, RouteTable, VirtualHost, WeightedCluster};
+        let mut snap = Snapshot::new(Instant::now());
+        snap.insert(Body::Listener(Listener {
+            name: "outbound".into(),
+            route_table: "outbound".into(),
+            ..Default::default()
+        }));
+        let err = snap.check_consistent().unwrap_err();
+        assert!(err.contains("route table \"outbound\""), "{err}");
+        snap.insert(Body::Listener(Listener {
+            name: "outbound".into(),
+            route_table: "*".into(),
+            ..Default::default()
+        }));
+        assert_eq!(snap.check_consistent(), Ok(()), "* is every route table");
+        snap.insert(Body::Listener(Listener {
+            name: "outbound".into(),
+            route_table: "outbound".into(),
+            ..Default::default()
+        }));
+        snap.insert(Body::RouteTable(RouteTable {
+            name: "outbound".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "b".into(),
+                domains: vec!["b".into()],
+                routes: vec![Route {
+                    name: "all".into(),
+                    backends: vec![WeightedCluster {
+                        cluster: "b.default:80".into(),
+                        weight: 100,
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }));
+        let err = snap.check_consistent().unwrap_err();
+        assert!(err.contains("cluster \"b.default:80\""), "{err}");
+        snap.insert(Body::Cluster(Cluster {
+            name: "b.default:80".into(),
+            ..Default::default()
+        }));
+        assert_eq!(snap.check_consistent(), Ok(()));
     }
 }

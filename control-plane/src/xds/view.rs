@@ -4,6 +4,7 @@
 
 use super::snapshot::{Snapshot, versioned};
 use crate::model::{self, Mesh, WorkloadRef};
+use crate::reissue::Directive;
 use mesh_proto::ResourceType;
 use mesh_proto::v1::Resource;
 use mesh_proto::v1::resource::Body;
@@ -68,45 +69,6 @@ pub struct Inputs<'a> {
     pub bundle: &'a mesh_ca::TrustBundle,
     pub endpoints: &'a [LiveEndpoint],
     pub directives: &'a [Directive],
-}
-
-/// Which workloads a re-issue directive is for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReissueTarget {
-    All,
-    Namespace(String),
-    /// A service's workloads: namespace and service name.
-    Workload {
-        namespace: String,
-        service: String,
-    },
-}
-
-impl ReissueTarget {
-    pub fn matches(&self, namespace: &str, service: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Namespace(ns) => ns == namespace,
-            Self::Workload {
-                namespace: ns,
-                service: svc,
-            } => ns == namespace && svc == service,
-        }
-    }
-}
-
-/// "Re-issue your certificate": forced re-issue (after a key compromise) or a CA rotation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Directive {
-    /// Never reused (unix milliseconds at creation, so also across replicas and restarts).
-    pub generation: u64,
-    pub target: ReissueTarget,
-    /// Re-issue before this instant (unix seconds); each sidecar picks a moment in the window.
-    pub reissue_before: i64,
-    /// A certificate whose notBefore is at or after this already satisfies the directive.
-    pub issued_before: i64,
-    pub reason: String,
 }
 
 /// The name of the one IdentityDirective a sidecar holds.

@@ -6,8 +6,16 @@
 //! ([`super::Xds`]'s push loop). Whatever the source of the change (`meshctl tls set`,
 //! `meshctl apply`, a config directory), it goes the same way.
 
+use super::snapshot::Snapshot;
+use super::view::ScopeKey;
+use mesh_proto::ResourceType;
+use mesh_proto::v1::resource::Body;
 use mesh_proto::v1::{self as pb};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How often a bridged TLS policy change looks for its last ACKs.
+pub const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// How long the interim policy waits for the last sidecar's ACK before the change goes ahead
 /// anyway (a sidecar that NACKs or hangs must not hold the fleet's policy forever).
@@ -54,6 +62,113 @@ fn versions(p: &pb::TlsPolicy) -> (pb::TlsVersion, pb::TlsVersion) {
         or(p.min_version, pb::TlsVersion::Tls12),
         or(p.max_version, pb::TlsVersion::Tls13),
     )
+}
+
+/// A TLS policy change in flight through an interim policy.
+#[derive(Default)]
+pub struct Bridge {
+    /// The scopes whose change is bridged: the policy their sidecars ran before, and the change.
+    scopes: HashMap<ScopeKey, Bridged>,
+    since: Option<Instant>,
+    /// Every sidecar of those scopes ACKed the interim: the next push makes the changes.
+    release: bool,
+}
+
+struct Bridged {
+    from: pb::TlsPolicy,
+    to: pb::TlsPolicy,
+    interim: pb::TlsPolicy,
+}
+
+/// The TlsPolicy of a snapshot (a sidecar holds at most one).
+fn tls_of(snapshot: &Snapshot) -> Option<pb::TlsPolicy> {
+    match snapshot
+        .resources(ResourceType::TlsPolicy)
+        .next()?
+        .body
+        .as_ref()?
+    {
+        Body::TlsPolicy(p) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+// === impl Bridge ===
+
+impl Bridge {
+    /// Makes `next` (the new snapshot of `scope`, whose sidecars were sent `published`) safe to
+    /// push: when its TlsPolicy shares nothing with what the sidecars run, the interim policy
+    /// replaces it until the bridge is released. Returns whether a new bridge started.
+    pub fn apply(
+        &mut self,
+        scope: &ScopeKey,
+        published: Option<&Snapshot>,
+        next: &mut Snapshot,
+    ) -> bool {
+        let from = match self.scopes.get(scope) {
+            Some(b) => Some(b.from.clone()),
+            None => published.and_then(tls_of),
+        };
+        let to = tls_of(next);
+        let interim = match (&from, &to) {
+            (Some(from), Some(to)) => interim(from, to),
+            // A scope new to this meshd during a bridge: the interim of the same change.
+            (None, Some(to)) => self
+                .scopes
+                .values()
+                .find(|b| &b.to == to)
+                .map(|b| b.interim.clone()),
+            _ => None,
+        };
+        let (Some(interim), Some(to)) = (interim, to) else {
+            self.scopes.remove(scope);
+            return false;
+        };
+        next.insert(Body::TlsPolicy(interim.clone()));
+        let from = from.unwrap_or_else(|| interim.clone());
+        self.scopes
+            .insert(scope.clone(), Bridged { from, to, interim });
+        let started = self.since.is_none();
+        self.since.get_or_insert_with(Instant::now);
+        started
+    }
+
+    /// Before a rebuild: ends a released bridge, and forgets scopes that no longer exist.
+    pub fn prepare(&mut self, exists: impl Fn(&ScopeKey) -> bool) {
+        if std::mem::take(&mut self.release) {
+            self.scopes.clear();
+            self.since = None;
+        }
+        self.scopes.retain(|k, _| exists(k));
+    }
+
+    /// After a rebuild: a bridge of no scope is over.
+    pub fn finish(&mut self) {
+        if self.scopes.is_empty() {
+            self.since = None;
+        }
+    }
+
+    /// How many scopes are bridged.
+    pub fn scope_count(&self) -> usize {
+        self.scopes.len()
+    }
+
+    /// Whether a change waits for ACKs of its interim policy.
+    pub fn waiting(&self) -> bool {
+        !self.scopes.is_empty() && !self.release
+    }
+
+    /// Since when the bridge runs, and its scopes; `None` when no change is bridged.
+    pub fn bridged(&self) -> Option<(Instant, impl Iterator<Item = &ScopeKey>)> {
+        let since = self.since.filter(|_| !self.scopes.is_empty())?;
+        Some((since, self.scopes.keys()))
+    }
+
+    /// Every sidecar ACKed the interim (or [`MAX_WAIT`] passed): the next push makes the change.
+    pub fn release(&mut self) {
+        self.release = true;
+    }
 }
 
 #[cfg(test)]
