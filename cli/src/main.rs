@@ -342,8 +342,9 @@ fn main() -> ExitCode {
         Err(f) => {
             // One line per problem (meshd reports every invalid field at once); `note!` escapes
             // what meshd or a document put in the message.
+            // A value quoted whole by a library's message is cut to 100 characters too.
             for line in f.message.lines() {
-                note!("meshctl: {line}");
+                note!("meshctl: {}", mesh_client::documents::shorten_quoted(line));
             }
             ExitCode::from(f.code)
         }

@@ -213,18 +213,27 @@ fn read_files(paths: Vec<PathBuf>) -> (Vec<Document>, Origin, bool) {
     let mut origin = Origin::new();
     let mut failed = false;
     for path in paths {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
             Err(e) => {
                 failed = true;
                 tracing::warn!("config-dir {}: cannot read: {e}", path.display());
                 continue;
             }
         };
+        // Where a byte is not UTF-8 (line, column, byte index), as the admin API says it.
+        let text = match mesh_client::documents::utf8(&bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                failed = true;
+                tracing::warn!("config-dir {}: {e}", path.display());
+                continue;
+            }
+        };
         let parsed = if is_json(&path) {
-            Document::parse_json(&text).map(|d| vec![d])
+            Document::parse_json(text).map(|d| vec![d])
         } else {
-            Document::parse_yaml(&text)
+            Document::parse_yaml(text)
         };
         match parsed {
             Ok(parsed) => {

@@ -641,13 +641,18 @@ function renderCa(ca) {
     h('td', { 'data-label': 'Signing', text: r.active ? 'yes' : '' }))));
 }
 
+// As typed in documents and by `meshctl tls set` (`1.3`), not as rustls names it (`TLSv1_3`).
+function tlsVersion(v) {
+  return ({ TLSv1_3: '1.3', TLSv1_2: '1.2' })[v] || v;
+}
+
 async function loadInventory() {
   try {
     const inv = await api('/api/v1/tls');
     $('tls-reporting').textContent = `${inv.reporting} of ${inv.sidecars} sidecars report what they negotiate.`;
     $('tls-inventory').tBodies[0].replaceChildren(...(inv.negotiated || []).map((n) => h('tr', {},
       h('td', { 'data-label': 'Direction', text: n.direction }),
-      h('td', { 'data-label': 'Version', text: n.version }),
+      h('td', { 'data-label': 'Version', text: tlsVersion(n.version) }),
       h('td', { class: 'mono', 'data-label': 'Cipher suite', text: n.cipher_suite }),
       h('td', { 'data-label': 'Group', text: n.group }),
       h('td', { 'data-label': 'Open', text: String(n.open_connections) }),
