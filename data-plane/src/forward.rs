@@ -25,9 +25,9 @@ pub const MAX_RETRY_BUFFER: u64 = 64 * 1024;
 /// Where a request goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
-    /// To the local application at this address: plain HTTP/1.1, or HTTP/2 with prior
-    /// knowledge when the calling application spoke HTTP/2 (`h2`).
-    Inbound { app: SocketAddr, h2: bool },
+    /// To the local application at this address, in the version its cluster says it speaks
+    /// (the Service port's `appProtocol`; HTTP/1.1 by default), whatever the caller spoke.
+    Inbound { app: SocketAddr },
     /// To the chosen cluster's endpoints.
     Outbound,
 }
@@ -177,7 +177,8 @@ impl Forwarder {
                 );
             }
             let outcome = match direction {
-                Direction::Inbound { app, h2 } => {
+                Direction::Inbound { app } => {
+                    let h2 = cluster.app_http2;
                     let req = plain_request(&parts, authority, app, &path, req_body, h2);
                     self.try_once(retry.per_try_timeout, self.upstreams.send_plain(req, h2))
                         .await
@@ -202,7 +203,7 @@ impl Forwarder {
                             self.try_once(retry.per_try_timeout, send).await
                         }
                         UpstreamTls::Disabled => {
-                            let h2 = parts.version == Version::HTTP_2;
+                            let h2 = cluster.app_http2;
                             let req = plain_request(
                                 &parts,
                                 authority,
@@ -350,8 +351,6 @@ fn plain_request(
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    // Only for the mesh hop.
-    req.headers_mut().remove(&crate::http_util::APP_PROTOCOL);
     if h2 {
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(http::header::HOST);

@@ -15,10 +15,10 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// Whatever arrives under this name from outside is removed first.
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-mesh-peer-identity");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// Set by the outbound sidecar on the mesh hop (which is always HTTP/2): the HTTP version the
-/// application spoke, `h2` or `http/1.1`, so that the inbound sidecar talks to its application
-/// in the same version and gRPC stays HTTP/2 end to end. Removed before the application.
-pub const APP_PROTOCOL: HeaderName = HeaderName::from_static("x-mesh-app-protocol");
+/// A header older sidecars sent on the mesh hop to choose the version the receiving sidecar
+/// spoke to its application. That is the Service port's `appProtocol` now, never a header:
+/// removed wherever it is seen (from the application, and before the application).
+pub const LEGACY_APP_PROTOCOL: HeaderName = HeaderName::from_static("x-mesh-app-protocol");
 /// Names the sidecar that produced an error response, so a client can tell it from the app's.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("x-mesh-proxy-error");
 

@@ -9,7 +9,7 @@
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
-    APP_PROTOCOL, Body, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
+    Body, LEGACY_APP_PROTOCOL, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -293,12 +293,10 @@ impl Inbound {
             }
         }
         let (mut parts, body) = req.into_parts();
-        // The version the calling application spoke (our outbound side says so on the mesh
-        // hop, which is always HTTP/2); without the header, the version this request came in.
-        let h2 = match parts.headers.remove(&APP_PROTOCOL) {
-            Some(v) => v == "h2",
-            None => parts.version == http::Version::HTTP_2,
-        };
+        // The version toward the application is its cluster's (the Service port's
+        // `appProtocol`): nothing a caller sends chooses it. An older sidecar's header is
+        // dropped here, before the application.
+        parts.headers.remove(&LEGACY_APP_PROTOCOL);
         parts.headers.remove(&PEER_IDENTITY);
         if let Some(v) = &peer.header {
             parts.headers.insert(PEER_IDENTITY, v.clone());
@@ -309,10 +307,7 @@ impl Inbound {
             .forward(
                 snap,
                 route,
-                Direction::Inbound {
-                    app: self.app_addr,
-                    h2,
-                },
+                Direction::Inbound { app: self.app_addr },
                 &host,
                 parts,
                 body,

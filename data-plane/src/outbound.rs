@@ -6,12 +6,12 @@
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
-    APP_PROTOCOL, Body, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
+    Body, LEGACY_APP_PROTOCOL, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
 };
 use crate::metrics::Metrics;
 use crate::resources::{Protocol, RequestView};
 use crate::xds::store::{Snapshot, Store};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -142,12 +142,8 @@ impl Outbound {
         // The application cannot speak for the mesh: the receiving sidecar sets this header
         // from our certificate.
         parts.headers.remove(&PEER_IDENTITY);
-        let app_protocol = if parts.version == http::Version::HTTP_2 {
-            HeaderValue::from_static("h2")
-        } else {
-            HeaderValue::from_static("http/1.1")
-        };
-        parts.headers.insert(APP_PROTOCOL, app_protocol);
+        // Nor choose how the other side talks to its application.
+        parts.headers.remove(&LEGACY_APP_PROTOCOL);
         ensure_traceparent(&mut parts.headers);
         let (resp, cluster) = self
             .forwarder

@@ -476,6 +476,18 @@ async fn grpc_stays_http2_end_to_end_with_its_trailers() {
     let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
         .await
         .unwrap();
+    // B's app speaks gRPC: its Service port says so (the caller's version never decides).
+    meshd
+        .apply(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: b, namespace: default}
+spec:
+  ports: [{name: grpc, port: 80, protocol: http, appProtocol: grpc}]
+  selector: {app: b}
+"#,
+        )
+        .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_app = listener.local_addr().unwrap();
     tokio::spawn(
@@ -669,5 +681,103 @@ async fn a_kubernetes_serviceaccount_token_gets_the_identity_kubernetes_vouches_
     assert!(
         !certs.to_string().contains("/sa/c\""),
         "no certificate for the account Kubernetes named: {certs}"
+    );
+}
+
+/// Callers that are not a mesh-proxy, speaking HTTP/2 to an HTTP/1.1 app: real Envoy with a
+/// mesh certificate straight to B's inbound, and curl with HTTP/2 prior knowledge on A's
+/// outbound listener. B's app gets HTTP/1.1 (its Service port's `appProtocol`, default http),
+/// whatever a caller sends in `x-mesh-app-protocol`, and sees the Envoy workload's identity.
+#[tokio::test]
+async fn http2_callers_that_are_not_mesh_proxies_reach_an_http1_app() {
+    use mesh_tests::peers::{Envoy, curl};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let envoy_id = "spiffe://cluster.local/ns/default/sa/envoy";
+    let envoy =
+        Envoy::mesh_client(&meshd, &dir.path().join("envoy"), envoy_id, b.inbound_addr).unwrap();
+    let url = format!("http://{}/from-envoy", envoy.listen);
+    let answer = mesh_tests::wait::until(
+        "Envoy to answer through B's inbound",
+        Duration::from_secs(60),
+        || async {
+            let out = curl(&[
+                "-H",
+                "x-mesh-app-protocol: h2",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .await;
+            out.stdout.ends_with("\n200").then_some(out)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nenvoy log:\n{}\nB's log:\n{}",
+            envoy.process.log(),
+            b.log()
+        )
+    });
+    let body = answer.stdout.trim_end_matches("\n200");
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/from-envoy");
+    assert_eq!(
+        echo["headers"]["x-mesh-peer-identity"], envoy_id,
+        "B's app sees the Envoy workload's verified identity: {echo}"
+    );
+    assert!(
+        echo["headers"].get("x-mesh-app-protocol").is_none(),
+        "the header never reaches the app: {echo}"
+    );
+
+    // curl speaking h2c (prior knowledge) to A's outbound listener, addressed to `b`.
+    a.get_until("b", "/", 200).await;
+    let connect_to = format!("b:80:{}:{}", a.outbound_addr.ip(), a.outbound_addr.port());
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--connect-to",
+        &connect_to,
+        "-H",
+        "x-mesh-app-protocol: h2",
+        "-w",
+        "\n%{http_code} %{http_version}",
+        "http://b/h2c",
+    ])
+    .await;
+    assert!(out.stdout.ends_with("\n200 2"), "{out}\n{}", b.log());
+    let body = out.stdout.rsplit_once('\n').unwrap().0;
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/h2c");
+    assert_eq!(echo["headers"]["x-mesh-peer-identity"], A, "{echo}");
+    assert!(
+        echo["headers"].get("x-mesh-app-protocol").is_none(),
+        "{echo}"
     );
 }
