@@ -6,6 +6,7 @@
 //! then the application gets the request with `x-mesh-peer-identity` set to the verified ID
 //! (anything the caller sent under that name is removed first).
 
+use crate::conn::{Activity, Expiry, Gate, Watched, guarded};
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
@@ -33,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Inbound {
+    pub gate: Arc<Gate>,
     pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub forwarder: Arc<Forwarder>,
@@ -57,9 +59,16 @@ impl Inbound {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, remote)) => {
+                        let Some(admitted) = self.gate.admit() else {
+                            tracing::debug!(%remote, "inbound connection closed: --max-connections reached");
+                            continue;
+                        };
                         let this = self.clone();
                         let drain = drain.clone();
-                        tokio::spawn(async move { this.connection(tcp, remote, drain).await });
+                        tokio::spawn(async move {
+                            this.connection(tcp, remote, drain).await;
+                            drop(admitted);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!("inbound accept: {e}");
@@ -76,6 +85,9 @@ impl Inbound {
             tracing::debug!(%remote, "inbound connection closed: not ready");
             return;
         }
+        let activity = self.gate.activity();
+        // The handshake is part of the time a client gets to send its first request head.
+        let handshake_timeout = HANDSHAKE_TIMEOUT.min(self.gate.limits.header_read_timeout);
         let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let _ = tcp.set_nodelay(true);
         let snap = self.store.snapshot();
@@ -89,10 +101,14 @@ impl Inbound {
             TlsMode::Disabled => false,
             TlsMode::Permissive => {
                 let mut first = [0u8; 1];
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                match tokio::time::timeout(handshake_timeout, tcp.peek(&mut first)).await {
                     // 0x16: a TLS handshake record.
                     Ok(Ok(1)) => first[0] == 0x16,
-                    _ => return,
+                    Ok(_) => return,
+                    Err(_) => {
+                        self.gate.timed_out(Expiry::HeaderRead);
+                        return;
+                    }
                 }
             }
         };
@@ -102,7 +118,9 @@ impl Inbound {
                 header: None,
                 label: Arc::from(""),
             };
-            return self.serve_io(tcp, peer, listener, port, drain).await;
+            return self
+                .serve_io(tcp, peer, listener, port, drain, activity)
+                .await;
         }
         let Some(config) = snap.server_config.clone() else {
             tracing::warn!(%remote, "inbound connection closed: no TLS configuration");
@@ -110,7 +128,7 @@ impl Inbound {
         };
         drop(snap);
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        let stream = match tokio::time::timeout(handshake_timeout, accept).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.metrics.handshake("inbound", false);
@@ -119,6 +137,7 @@ impl Inbound {
             }
             Err(_) => {
                 self.metrics.handshake("inbound", false);
+                self.gate.timed_out(Expiry::HeaderRead);
                 tracing::debug!(%remote, "inbound TLS handshake timed out");
                 return;
             }
@@ -138,7 +157,8 @@ impl Inbound {
             label: Arc::from(id.as_ref().map(|i| i.to_string()).unwrap_or_default()),
             id,
         };
-        self.serve_io(stream, peer, listener, port, drain).await;
+        self.serve_io(stream, peer, listener, port, drain, activity)
+            .await;
     }
 
     async fn serve_io<IO>(
@@ -148,17 +168,24 @@ impl Inbound {
         listener: Arc<Listener>,
         port: u16,
         drain: drain::Watch,
+        activity: Arc<Activity>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if listener.protocol == Protocol::Tcp {
             return self.tcp(io, peer, port).await;
         }
+        let peer_label = peer.label.clone();
         let this = self.clone();
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, &peer, port).await) }
+            let guard = requests.begin();
+            async move {
+                let resp = this.handle(req, &peer, port).await;
+                Ok::<_, Infallible>(resp.map(|b| guarded(b, guard)))
+            }
         });
         // The TLS policy this connection was set up under: when a newer one arrives, the
         // connection gets the new policy's grace period, then is closed gracefully (GOAWAY, or
@@ -167,10 +194,14 @@ impl Inbound {
         let generation = epochs.borrow_and_update().generation;
         let mut deadline: Option<tokio::time::Instant> = None;
         let builder = auto::Builder::new(TokioExecutor::new());
+        let limits = self.gate.limits;
+        let io = Watched::new(io, activity.clone());
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
         let mut following = true;
+        // After an idle close starts: the client gets this long to go before it is cut off.
+        let mut hard_stop: Option<tokio::time::Instant> = None;
         loop {
             let expiry = deadline.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
@@ -178,6 +209,19 @@ impl Inbound {
                     if let Err(e) = r {
                         tracing::debug!("inbound connection: {e}");
                     }
+                    return;
+                }
+                why = activity.expired(&limits), if !closing => {
+                    self.gate.timed_out(why);
+                    tracing::debug!(peer = %peer_label, "inbound connection closed: {why:?} timeout");
+                    if why == Expiry::HeaderRead {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    hard_stop = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                _ = tokio::time::sleep_until(hard_stop.unwrap_or_else(tokio::time::Instant::now)), if hard_stop.is_some() => {
                     return;
                 }
                 _ = drain.signaled(), if !closing => {

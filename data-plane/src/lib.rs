@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod conn;
 pub mod drain;
 pub mod dump;
 pub mod forward;
@@ -139,6 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     let (trigger, watch) = drain::new();
     let inbound = Arc::new(inbound::Inbound {
+        gate: conn::Gate::new("inbound", config.limits, metrics.clone()),
         store: store.clone(),
         readiness: readiness.clone(),
         forwarder: forwarder.clone(),
@@ -146,6 +148,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         app_addr: config.app_addr,
     });
     let outbound = Arc::new(outbound::Outbound {
+        gate: conn::Gate::new("outbound", config.limits, metrics.clone()),
         store: store.clone(),
         forwarder,
         metrics: metrics.clone(),

@@ -3,6 +3,7 @@
 //! ("*": every route table held), the first matching route picks the backends, and the request
 //! leaves over mesh mTLS (see [`crate::forward`]).
 
+use crate::conn::{Expiry, Gate, Watched, guarded};
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 pub struct Outbound {
+    pub gate: Arc<Gate>,
     pub store: Arc<Store>,
     pub forwarder: Arc<Forwarder>,
     pub metrics: Metrics,
@@ -35,9 +37,16 @@ impl Outbound {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => {
+                        let Some(admitted) = self.gate.admit() else {
+                            tracing::debug!("outbound connection closed: --max-connections reached");
+                            continue;
+                        };
                         let this = self.clone();
                         let drain = drain.clone();
-                        tokio::spawn(async move { this.connection(tcp, drain).await });
+                        tokio::spawn(async move {
+                            this.connection(tcp, drain).await;
+                            drop(admitted);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!("outbound accept: {e}");
@@ -59,18 +68,34 @@ impl Outbound {
             tracing::warn!(listener = %l.name, "outbound TCP listeners are not supported; connection closed");
             return;
         }
+        let activity = self.gate.activity();
+        let limits = self.gate.limits;
         let this = self.clone();
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
+            let guard = requests.begin();
+            async move {
+                let resp = this.handle(req).await;
+                Ok::<_, Infallible>(resp.map(|b| guarded(b, guard)))
+            }
         });
         let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(tcp), service);
+        let io = Watched::new(tcp, activity.clone());
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!("outbound connection: {e}");
+                }
+            }
+            why = activity.expired(&limits) => {
+                self.gate.timed_out(why);
+                tracing::debug!("outbound connection closed: {why:?} timeout");
+                if why == Expiry::Idle {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }
             }
             _ = drain.signaled() => {

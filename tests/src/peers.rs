@@ -167,3 +167,80 @@ pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A Python client of a sidecar's inbound listener with a mesh certificate, trying what slow,
+/// silent and idle clients do; prints JSON `{case: seconds until the server closed, or null}`.
+/// Arguments: host port cert key ca-bundle case...
+pub const PY_INBOUND_TIMEOUTS: &str = r#"
+import json, socket, ssl, sys, time
+import h2.config, h2.connection, h2.events
+host, port, cert, key, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+cases = sys.argv[6:]
+
+def tls(alpn):
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols([alpn])
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=15))
+    assert s.selected_alpn_protocol() == alpn, s.selected_alpn_protocol()
+    return s
+
+def closed_after(s, start, trickle=None, limit=15.0):
+    s.settimeout(0.3)
+    while time.monotonic() - start < limit:
+        try:
+            if not s.recv(65536):
+                return time.monotonic() - start
+        except socket.timeout:
+            pass
+        except OSError:
+            return time.monotonic() - start
+        if trickle is not None:
+            try:
+                s.sendall(trickle)
+            except OSError:
+                return time.monotonic() - start
+    return None
+
+def h2conn(s):
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    return c
+
+out = {}
+for case in cases:
+    start = time.monotonic()
+    if case == "silent-tls":
+        out[case] = closed_after(tls("http/1.1"), start)
+    elif case == "partial-h1":
+        s = tls("http/1.1")
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: b\r\n")
+        out[case] = closed_after(s, start, trickle=b"X-Slow: 1\r\n")
+    elif case == "h2-no-preface":
+        out[case] = closed_after(tls("h2"), start)
+    elif case == "h2-no-request":
+        s = tls("h2")
+        h2conn(s)
+        out[case] = closed_after(s, start)
+    elif case == "h2-idle":
+        s = tls("h2")
+        c = h2conn(s)
+        c.send_headers(1, [(":method", "GET"), (":path", "/idle"), (":authority", "b"), (":scheme", "https")], end_stream=True)
+        s.sendall(c.data_to_send())
+        status, done = None, False
+        while not done:
+            data = s.recv(65536)
+            if not data:
+                break
+            for e in c.receive_data(data):
+                if isinstance(e, h2.events.ResponseReceived):
+                    status = dict(e.headers).get(b":status")
+                if isinstance(e, h2.events.StreamEnded):
+                    done = True
+            s.sendall(c.data_to_send())
+        assert status == b"200", status
+        out[case] = closed_after(s, time.monotonic())
+print(json.dumps(out))
+"#;
