@@ -223,6 +223,10 @@ impl Forwarder {
                             self.metrics.overflow(&cluster.name);
                             None
                         }
+                        Try::Failed(UpstreamError::HeadersTooLarge { .. }) => {
+                            self.metrics.header_list_too_large("outbound");
+                            None
+                        }
                         Try::Failed(_) | Try::TimedOut => Some(true),
                     };
                     if let Some(failed) = failed {
@@ -245,6 +249,8 @@ impl Forwarder {
                     }
                     // Retrying into a full cluster only adds load.
                     Try::Failed(UpstreamError::Overflow(_)) => false,
+                    // Every endpoint would refuse them the same.
+                    Try::Failed(UpstreamError::HeadersTooLarge { .. }) => false,
                     Try::TimedOut => idempotent,
                 };
             if retry_it {
@@ -301,6 +307,9 @@ fn respond(outcome: Try, cluster: &Cluster) -> Response<Body> {
         }
         Try::Failed(UpstreamError::Overflow(e)) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, &e)
+        }
+        Try::Failed(e @ UpstreamError::HeadersTooLarge { .. }) => {
+            error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &e.to_string())
         }
         Try::TimedOut => error_response(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
     }

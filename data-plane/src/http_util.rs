@@ -98,6 +98,41 @@ pub fn host_of<B>(req: &http::Request<B>) -> Option<String> {
         .map(|h| h.to_ascii_lowercase())
 }
 
+/// The HTTP/2 header-list size every mesh-proxy listener accepts (SETTINGS_MAX_HEADER_LIST_SIZE,
+/// as Envoy's default 60 KiB), and the limit assumed for a mesh peer until its own SETTINGS
+/// arrive.
+pub const MAX_HEADER_LIST_SIZE: u32 = 60 * 1024;
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113 §6.5.2: name + value +
+/// 32 per field, pseudo-headers included).
+pub fn header_list_size<B>(req: &http::Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let uri = req.uri();
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let scheme = uri.scheme_str().map_or(4, str::len);
+    fields
+        + (":method".len() + req.method().as_str().len() + 32)
+        + (":scheme".len() + scheme + 32)
+        + (":authority".len() + authority + 32)
+        + (":path".len() + path + 32)
+}
+
+/// The same for a response's headers (`:status` included).
+pub fn response_header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum::<usize>()
+        + ":status".len()
+        + 3
+        + 32
+}
+
 /// Methods that may be sent twice with the same effect (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(

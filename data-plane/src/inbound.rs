@@ -10,7 +10,8 @@ use crate::conn::{Activity, Expiry, Gate, Watched, guarded};
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
-    Body, LEGACY_APP_PROTOCOL, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
+    Body, LEGACY_APP_PROTOCOL, MAX_HEADER_LIST_SIZE, PEER_IDENTITY, ensure_traceparent,
+    error_response, host_of, response_header_list_size,
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -193,7 +194,10 @@ impl Inbound {
         let mut epochs = self.store.tls_epochs();
         let generation = epochs.borrow_and_update().generation;
         let mut deadline: Option<tokio::time::Instant> = None;
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE);
         let limits = self.gate.limits;
         let io = Watched::new(io, activity.clone());
         let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -346,6 +350,7 @@ impl Inbound {
             parts.headers.insert(PEER_IDENTITY, v.clone());
         }
         ensure_traceparent(&mut parts.headers);
+        let over_http2 = parts.version == http::Version::HTTP_2;
         let (resp, _) = self
             .forwarder
             .forward(
@@ -357,6 +362,19 @@ impl Inbound {
                 body,
             )
             .await;
+        // Headers the caller's HTTP/2 side would refuse would cost it the whole connection.
+        let size = response_header_list_size(resp.headers());
+        if over_http2 && size > MAX_HEADER_LIST_SIZE as usize {
+            self.metrics.header_list_too_large("inbound");
+            let why = format!(
+                "the application's response headers are {size} bytes; the mesh accepts at \
+                 most {MAX_HEADER_LIST_SIZE}"
+            );
+            return (
+                error_response(StatusCode::BAD_GATEWAY, &why),
+                route.name.clone(),
+            );
+        }
         (resp, route.name.clone())
     }
 

@@ -80,7 +80,10 @@ impl Outbound {
                 Ok::<_, Infallible>(resp.map(|b| guarded(b, guard)))
             }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE);
         let io = Watched::new(tcp, activity.clone());
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);

@@ -648,3 +648,111 @@ async fn slow_silent_and_idle_clients_are_closed_and_each_listener_is_bounded() 
     assert!(in_timeouts("header_read") >= 4.0, "{metrics}");
     assert!(in_timeouts("idle") >= 1.0, "{metrics}");
 }
+
+/// Sends one HTTP/1.1 request on a raw socket to `addr` and reads its response head and
+/// body (`connection: close`); returns the raw text.
+async fn raw_request(addr: std::net::SocketAddr, head: &str) -> String {
+    mesh_tests::peers::raw_exchange(addr, head.as_bytes(), Duration::from_secs(30)).await
+}
+
+/// Issue 12 item 13: request headers larger than the next hop accepts are a 431 from A, and
+/// the shared A→B HTTP/2 connection carries on: a request in flight on it finishes, later
+/// ones reuse it (no new handshake).
+#[tokio::test]
+async fn oversized_request_headers_are_431_at_a_and_the_shared_connection_survives() {
+    use mesh_tests::peers::{metric, status_of};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let (app_a, app_b) = (
+        EchoApp::start("a").await.unwrap(),
+        EchoApp::start("b").await.unwrap(),
+    );
+    let _b = sidecar(&meshd, &gate, dir.path(), B, &app_b, &[]).await;
+    let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &[]).await;
+    a.get_until("b", "/", 200).await;
+    let handshakes = |m: &str| {
+        metric(
+            m,
+            "mesh_proxy_tls_handshakes",
+            &["direction=\"outbound\"", "result=\"ok\""],
+        )
+    };
+    let (_, metrics) = a.admin("/metrics").await;
+    let before = handshakes(&metrics);
+    assert_eq!(before, 1.0, "{metrics}");
+
+    // A slow request in flight on the shared connection meanwhile.
+    app_b.set_delay(Duration::from_secs(3));
+    let addr = a.outbound_addr;
+    let slow = tokio::spawn(async move {
+        raw_request(
+            addr,
+            "GET /slow HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    wait::until(
+        "the slow request to reach B's app",
+        Duration::from_secs(20),
+        || async { (app_b.requests() >= 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    let one_big = format!(
+        "GET /big HTTP/1.1\r\nHost: b\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "x".repeat(64 * 1024)
+    );
+    let many: String = (0..60)
+        .map(|i| format!("X-Many-{i}: {}\r\n", "y".repeat(1024)))
+        .collect();
+    let many = format!("GET /many HTTP/1.1\r\nHost: b\r\n{many}Connection: close\r\n\r\n");
+    for (what, request) in [
+        ("one 64 KiB header", &one_big),
+        ("60 headers of 1 KiB", &many),
+    ] {
+        let answer = raw_request(a.outbound_addr, request).await;
+        assert_eq!(status_of(&answer), 431, "{what}: {answer:.300}");
+        assert!(
+            answer.to_ascii_lowercase().contains("x-mesh-proxy-error"),
+            "{what}: A's own answer: {answer:.300}"
+        );
+    }
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        status_of(&slow),
+        200,
+        "the request in flight finished: {slow:.300}"
+    );
+    app_b.set_delay(Duration::ZERO);
+
+    // Headers within the limit (40 KiB, more than HTTP/2's common 16 KiB) go through.
+    let fine: String = (0..40)
+        .map(|i| format!("X-Fine-{i}: {}\r\n", "z".repeat(1000)))
+        .collect();
+    let answer = raw_request(
+        a.outbound_addr,
+        &format!("GET /fine HTTP/1.1\r\nHost: b\r\n{fine}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer:.300}");
+    assert!(answer.contains("x-fine-39"), "B's app got them all");
+    get_ok_n(&a, 3).await;
+    let (_, metrics) = a.admin("/metrics").await;
+    assert_eq!(
+        handshakes(&metrics),
+        before,
+        "still the one A→B connection: {metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "mesh_proxy_header_list_too_large",
+            &["direction=\"outbound\""]
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
