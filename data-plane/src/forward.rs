@@ -39,7 +39,7 @@ pub struct Forwarder {
 
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<ClientBody>),
 }
 
 impl ReqBody {
@@ -53,6 +53,44 @@ impl ReqBody {
     fn replayable(&self) -> bool {
         matches!(self, Self::Buffered(_))
     }
+}
+
+/// The client's request body, noting why it failed when it does (a malformed chunked framing,
+/// a body cut short): the request then gets a 400 naming it, not the 502 of an upstream reset.
+struct ClientBody {
+    inner: Incoming,
+    failed: Arc<std::sync::OnceLock<String>>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &r {
+            let _ = self.failed.set(crate::error_chain(e));
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn bad_body(why: &str) -> Response<Body> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &format!("malformed request body: {why}"),
+    )
 }
 
 /// Decrements a counter when dropped.
@@ -146,9 +184,29 @@ impl Forwarder {
         }
         let _cluster_load = InFlight::new(&cluster.in_flight);
 
+        if let Some(coding) = crate::http_util::foreign_transfer_coding(&parts.headers) {
+            return (
+                error_response(
+                    StatusCode::NOT_IMPLEMENTED,
+                    &format!(
+                        "transfer coding {coding:?} is not supported (only chunked); send it as \
+                         Content-Encoding instead"
+                    ),
+                ),
+                cluster_name,
+            );
+        }
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let body = ClientBody {
+            inner: body,
+            failed: failed.clone(),
+        };
         let retry = route.retry.clone().unwrap_or_default();
         let mut body = if retry.attempts > 0 {
-            buffer(body).await
+            match buffer(body).await {
+                Ok(b) => b,
+                Err(why) => return (bad_body(&why), cluster_name),
+            }
         } else {
             ReqBody::Streaming(Some(body))
         };
@@ -259,6 +317,10 @@ impl Forwarder {
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying");
                 continue;
             }
+            // The client's own body broke the exchange: its fault, said as such.
+            if let (Try::Failed(_), Some(why)) = (&outcome, failed.get()) {
+                return (bad_body(why), cluster_name);
+            }
             return (respond(outcome, cluster), cluster_name);
         }
     }
@@ -285,6 +347,15 @@ impl Forwarder {
 fn respond(outcome: Try, cluster: &Cluster) -> Response<Body> {
     match outcome {
         Try::Response(r) => {
+            if let Some(coding) = crate::http_util::foreign_transfer_coding(r.headers()) {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "the upstream answered with transfer coding {coding:?}, which cannot be \
+                         forwarded (only chunked)"
+                    ),
+                );
+            }
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // Our own connection to the client decides its version, not the upstream's.
@@ -315,18 +386,18 @@ fn respond(outcome: Try, cluster: &Cluster) -> Response<Body> {
     }
 }
 
-/// Keeps a small body in memory for retries; a large or streaming one is passed through.
-async fn buffer(body: Incoming) -> ReqBody {
+/// Keeps a small body in memory for retries; a large or streaming one is passed through. An
+/// error is the client's body failing (malformed, or cut short).
+async fn buffer(body: ClientBody) -> Result<ReqBody, String> {
     if body.is_end_stream() {
-        return ReqBody::Buffered(Bytes::new());
+        return Ok(ReqBody::Buffered(Bytes::new()));
     }
     match body.size_hint().upper() {
         Some(n) if n <= MAX_RETRY_BUFFER => match body.collect().await {
-            Ok(collected) => ReqBody::Buffered(collected.to_bytes()),
-            // The client went away mid-body: nothing can be sent.
-            Err(_) => ReqBody::Streaming(None),
+            Ok(collected) => Ok(ReqBody::Buffered(collected.to_bytes())),
+            Err(e) => Err(crate::error_chain(&e)),
         },
-        _ => ReqBody::Streaming(Some(body)),
+        _ => Ok(ReqBody::Streaming(Some(body))),
     }
 }
 

@@ -87,6 +87,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// The first transfer coding other than `chunked` that a message declares (`gzip` of
+/// `Transfer-Encoding: gzip, chunked`). The sidecar re-frames bodies (HTTP/2 has no transfer
+/// codings), so it cannot carry one: such a request is refused with 501 rather than its coding
+/// silently dropped.
+pub fn foreign_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .find(|c| !c.is_empty() && c != "chunked")
+}
+
 /// The request's host, lower case, with the port if it had one: `Host`, else the URI's
 /// authority (HTTP/2 `:authority`).
 pub fn host_of<B>(req: &http::Request<B>) -> Option<String> {

@@ -781,3 +781,69 @@ async fn http2_callers_that_are_not_mesh_proxies_reach_an_http1_app() {
         "{echo}"
     );
 }
+
+/// Issue 12 item 14, with raw sockets on A's outbound listener: a malformed chunked body is the
+/// client's fault (400 from A, not an "upstream reset" 502), and a transfer coding the sidecar
+/// cannot carry across the HTTP/2 hop is refused with 501, never silently dropped.
+#[tokio::test]
+async fn malformed_chunked_bodies_are_400_and_foreign_transfer_codings_501() {
+    use mesh_tests::peers::{raw_exchange, status_of};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let _b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.get_until("b", "/", 200).await;
+    let head = "POST /chunked HTTP/1.1\r\nHost: b\r\nConnection: close\r\n";
+    let send = |te: &str, body: &str| {
+        let request = format!("{head}Transfer-Encoding: {te}\r\n\r\n{body}");
+        async move { raw_exchange(a.outbound_addr, request.as_bytes(), Duration::from_secs(30)).await }
+    };
+
+    // Well-formed: the body arrives whole.
+    let ok = send("chunked", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    assert!(ok.contains("\"body\":\"hello world\""), "{ok}");
+
+    for (what, body) in [
+        ("a bare LF in the framing", "5\nhello\r\n0\r\n\r\n"),
+        ("a size that is not hex", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("a chunk longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
+        (
+            "a size that overflows",
+            "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let answer = send("chunked", body).await;
+        assert_eq!(status_of(&answer), 400, "{what}: {answer}");
+        assert!(
+            answer.contains("malformed request body"),
+            "{what}: says why: {answer}"
+        );
+    }
+
+    let before = app_b.requests();
+    let answer = send("gzip, chunked", "5\r\nhello\r\n0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 501, "{answer}");
+    assert!(answer.contains("gzip"), "{answer}");
+    assert_eq!(app_b.requests(), before, "nothing reached B's app");
+}
