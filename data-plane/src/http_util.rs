@@ -100,14 +100,23 @@ pub fn foreign_transfer_coding(headers: &HeaderMap) -> Option<String> {
         .find(|c| !c.is_empty() && c != "chunked")
 }
 
-/// The request's host, lower case, with the port if it had one: `Host`, else the URI's
-/// authority (HTTP/2 `:authority`).
+/// The request's host, lower case, with the port if it had one: the URI's authority when it
+/// has one (HTTP/2 `:authority`; an absolute-form HTTP/1.1 request line, which RFC 9112
+/// §3.2.2 says wins over `Host`), else `Host`. The forwarded request carries this one host;
+/// a conflicting `Host` is replaced.
 pub fn host_of<B>(req: &http::Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+    req.uri()
+        .authority()
+        // Userinfo (`user@host`) is no part of the host.
+        .and_then(|a| a.as_str().rsplit('@').next())
+        .filter(|a| !a.is_empty())
         .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .map(|h| h.to_ascii_lowercase())
 }
 
@@ -213,6 +222,24 @@ mod tests {
         h.insert(TRACEPARENT, "garbage".parse().unwrap());
         ensure_traceparent(&mut h);
         assert_ne!(h.get(&TRACEPARENT).unwrap(), "garbage");
+    }
+
+    #[test]
+    fn the_authority_of_the_request_target_wins_over_host() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(host_of(&req("/x", Some("B:80"))).unwrap(), "b:80");
+        assert_eq!(host_of(&req("http://svc/x", Some("other"))).unwrap(), "svc");
+        assert_eq!(
+            host_of(&req("http://u:p@svc:8080/x", None)).unwrap(),
+            "svc:8080"
+        );
+        assert!(host_of(&req("/x", None)).is_none());
     }
 
     #[test]

@@ -244,3 +244,37 @@ for case in cases:
         out[case] = closed_after(s, time.monotonic())
 print(json.dumps(out))
 "#;
+
+/// One HTTP/2 request with Python's `h2` over mesh mTLS: prints JSON `{status, body}`.
+/// Arguments: host port cert key ca-bundle path, then header pairs `name=value` (pseudo-headers
+/// included, in order).
+pub const PY_H2_REQUEST: &str = r#"
+import json, socket, ssl, sys
+import h2.config, h2.connection, h2.events
+host, port, cert, key, ca, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+headers = [tuple(h.split("=", 1)) for h in sys.argv[7:]]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+ctx.load_cert_chain(cert, key)
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=20))
+c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+c.initiate_connection()
+c.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":path", path)] + headers, end_stream=True)
+s.sendall(c.data_to_send())
+status, body, done = None, b"", False
+while not done:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            status = int(dict(e.headers)[b":status"])
+        elif isinstance(e, h2.events.DataReceived):
+            body += e.data
+            c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)):
+            done = True
+    s.sendall(c.data_to_send())
+print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")}))
+"#;

@@ -847,3 +847,86 @@ async fn malformed_chunked_bodies_are_400_and_foreign_transfer_codings_501() {
     assert!(answer.contains("gzip"), "{answer}");
     assert_eq!(app_b.requests(), before, "nothing reached B's app");
 }
+
+/// Issue 12 item 3: an absolute-form request (`GET http://b/ HTTP/1.1`, as an HTTP proxy
+/// client sends it; curl `-x`) is routed by the URL's authority, not by a conflicting `Host`;
+/// on the inbound side an HTTP/2 `:authority` wins over a `host` header (Python `h2`). The app
+/// sees the one host that was routed.
+#[tokio::test]
+async fn the_request_target_authority_wins_over_a_conflicting_host() {
+    use mesh_tests::peers::{PY_H2_REQUEST, curl, python, raw_exchange, status_of};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.get_until("b", "/", 200).await;
+
+    // Raw socket: absolute form with a Host naming something else.
+    let answer = raw_exchange(
+        a.outbound_addr,
+        b"GET http://b/absolute?q=1 HTTP/1.1\r\nHost: nobody\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/absolute?q=1", "{echo}");
+    assert_eq!(
+        echo["headers"]["host"], "b",
+        "the conflicting Host was replaced: {echo}"
+    );
+
+    // curl through A's outbound as its HTTP proxy.
+    let proxy = format!("http://{}", a.outbound_addr);
+    let out = curl(&["-x", &proxy, "http://b.default/via-proxy"]).await;
+    assert!(out.ok(), "{out}");
+    let echo: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/via-proxy");
+    assert_eq!(echo["headers"]["host"], "b.default", "{echo}");
+
+    // Inbound: HTTP/2 with `:authority: b` and a `host: evil.example` header.
+    let (cert, key) = mesh_tests::proxy::issue_cert(
+        &meshd,
+        "spiffe://cluster.local/ns/default/sa/ops",
+        &dir.path().join("ops"),
+    );
+    let args = vec![
+        b.inbound_addr.ip().to_string(),
+        b.inbound_addr.port().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+        meshd.data_dir.join("ca-bundle.pem").display().to_string(),
+        "/h2-authority".into(),
+        ":authority=b".into(),
+        "host=evil.example".into(),
+    ];
+    let out = python(&["h2"], PY_H2_REQUEST, &args, Duration::from_secs(60)).await;
+    assert!(out.ok(), "{out}\nB:\n{}", b.log());
+    let answer: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    let echo: serde_json::Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echo["headers"]["host"], "b", "{echo}");
+}
