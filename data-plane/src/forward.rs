@@ -144,6 +144,100 @@ impl Forwarder {
         }
     }
 
+    /// An HTTP/1.1 upgrade along `route`, on a connection of its own (see
+    /// [`crate::upgrade`]); no retries.
+    pub async fn upgrade(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        direction: Direction,
+        authority: &str,
+        parts: Parts,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> (Response<Body>, String) {
+        use crate::upgrade::{forward, not_implemented};
+        let cluster_name = route.pick_backend().to_string();
+        let Some(cluster) = snap
+            .clusters
+            .get(&cluster_name)
+            .filter(|c| c.protocol == Protocol::Http)
+        else {
+            return (
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("cluster {cluster_name} is not known (yet)"),
+                ),
+                cluster_name,
+            );
+        };
+        let plain_to = |addr: SocketAddr| async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))
+        };
+        let h2_app = || {
+            not_implemented(
+                "the upstream speaks HTTP/2 (its appProtocol): an HTTP/1.1 upgrade cannot reach it",
+            )
+        };
+        let connect_error = |e: String| {
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream connect error ({}): {e}", cluster.name),
+            )
+        };
+        let result = match direction {
+            Direction::Inbound { app } => {
+                if cluster.app_http2 {
+                    return (h2_app(), cluster_name);
+                }
+                match plain_to(app).await {
+                    Ok(tcp) => forward(tcp, &parts, authority, client, ()).await,
+                    Err(e) => return (connect_error(e), cluster_name),
+                }
+            }
+            Direction::Outbound => {
+                let Some(i) = cluster.pick(&[], Instant::now()) else {
+                    return (
+                        error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("no healthy endpoints in cluster {}", cluster.name),
+                        ),
+                        cluster_name,
+                    );
+                };
+                let endpoint = &cluster.endpoints[i];
+                match cluster.upstream_tls {
+                    UpstreamTls::Mutual => {
+                        match self
+                            .upstreams
+                            .connect_upgrade(snap, cluster, endpoint)
+                            .await
+                        {
+                            Ok((tls, open)) => forward(tls, &parts, authority, client, open).await,
+                            Err(e) => return (connect_error(e.to_string()), cluster_name),
+                        }
+                    }
+                    UpstreamTls::Disabled if cluster.app_http2 => return (h2_app(), cluster_name),
+                    UpstreamTls::Disabled => match plain_to(endpoint.address).await {
+                        Ok(tcp) => forward(tcp, &parts, authority, client, ()).await,
+                        Err(e) => return (connect_error(e), cluster_name),
+                    },
+                }
+            }
+        };
+        match result {
+            Ok(resp) => (resp, cluster_name),
+            Err(e) => (
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upgrade failed ({}): {e}", cluster.name),
+                ),
+                cluster_name,
+            ),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn forward_inner(
         &self,

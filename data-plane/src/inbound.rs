@@ -200,7 +200,7 @@ impl Inbound {
             .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE);
         let limits = self.gate.limits;
         let io = Watched::new(io, activity.clone());
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
         let mut following = true;
@@ -269,10 +269,17 @@ impl Inbound {
     async fn route(
         &self,
         snap: &Snapshot,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Peer,
         port: u16,
     ) -> (Response<Body>, String) {
+        if req.method() == http::Method::CONNECT {
+            return (
+                crate::upgrade::not_implemented("CONNECT tunnels are not supported"),
+                String::new(),
+            );
+        }
+        let client_upgrade = crate::upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let Some(listener) = &snap.inbound else {
             return (
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "no inbound listener"),
@@ -351,6 +358,14 @@ impl Inbound {
         }
         ensure_traceparent(&mut parts.headers);
         let over_http2 = parts.version == http::Version::HTTP_2;
+        if let Some(client) = client_upgrade {
+            let direction = Direction::Inbound { app: self.app_addr };
+            let (resp, _) = self
+                .forwarder
+                .upgrade(snap, route, direction, &host, parts, client)
+                .await;
+            return (resp, route.name.clone());
+        }
         let (resp, _) = self
             .forwarder
             .forward(

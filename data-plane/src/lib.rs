@@ -26,6 +26,7 @@ pub mod outbound;
 pub mod readiness;
 pub mod resources;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod xds;
 

@@ -85,7 +85,7 @@ impl Outbound {
             .http2()
             .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE);
         let io = Watched::new(tcp, activity.clone());
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
@@ -125,8 +125,16 @@ impl Outbound {
     async fn route(
         &self,
         snap: &Snapshot,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> (Response<Body>, String, String) {
+        if req.method() == http::Method::CONNECT {
+            return (
+                crate::upgrade::not_implemented("CONNECT tunnels are not supported"),
+                String::new(),
+                String::new(),
+            );
+        }
+        let client_upgrade = crate::upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let Some(listener) = &snap.outbound else {
             return (
                 error_response(
@@ -173,6 +181,14 @@ impl Outbound {
         // Nor choose how the other side talks to its application.
         parts.headers.remove(&LEGACY_APP_PROTOCOL);
         ensure_traceparent(&mut parts.headers);
+        if let Some(client) = client_upgrade {
+            drop(body);
+            let (resp, cluster) = self
+                .forwarder
+                .upgrade(snap, route, Direction::Outbound, &host, parts, client)
+                .await;
+            return (resp, route.name.clone(), cluster);
+        }
         let (resp, cluster) = self
             .forwarder
             .forward(snap, route, Direction::Outbound, &host, parts, body)

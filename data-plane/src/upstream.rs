@@ -76,6 +76,8 @@ struct Pooled {
     peer_limit: Arc<AtomicU32>,
 }
 
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
 pub struct Upstreams {
@@ -225,32 +227,69 @@ impl Upstreams {
         ))
     }
 
+    /// mTLS to `endpoint`, offering `alpn`, checking its identity; the connection counts as
+    /// open (TLS inventory) while the guard lives.
+    async fn tls_connect(
+        &self,
+        snap: &Snapshot,
+        endpoint: &Endpoint,
+        alpn: &[u8],
+    ) -> Result<(TlsStream, crate::metrics::OpenConnection), UpstreamError> {
+        let config = crate::tls::client_config(
+            &snap.tls,
+            self.identity.cert.clone(),
+            self.identity.anchors.clone(),
+            &endpoint.expected,
+            alpn,
+        )
+        .map_err(|e| UpstreamError::Connect(format!("TLS configuration: {e}")))?;
+        let addr = endpoint.address;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await;
+        self.metrics.handshake("outbound", tls.is_ok());
+        let tls = tls.map_err(|e| UpstreamError::Connect(format!("{addr}: TLS: {e}")))?;
+        let open = self.metrics.negotiated("outbound", tls.get_ref().1);
+        Ok((tls, open))
+    }
+
+    /// A connection of its own to `endpoint` for an HTTP/1.1 upgrade (mTLS, ALPN http/1.1),
+    /// within the cluster's connect timeout.
+    pub async fn connect_upgrade(
+        &self,
+        snap: &Snapshot,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+    ) -> Result<(TlsStream, crate::metrics::OpenConnection), UpstreamError> {
+        let addr = endpoint.address;
+        tokio::time::timeout(
+            cluster.connect_timeout,
+            self.tls_connect(snap, endpoint, b"http/1.1"),
+        )
+        .await
+        .map_err(|_| {
+            UpstreamError::Connect(format!(
+                "{addr}: no connection within {:?}",
+                cluster.connect_timeout
+            ))
+        })?
+        .inspect_err(|_| self.metrics.upstream_failure(&cluster.name))
+    }
+
     async fn connect(
         &self,
         snap: &Snapshot,
         cluster: &Cluster,
         endpoint: &Endpoint,
     ) -> Result<Pooled, UpstreamError> {
-        let config = crate::tls::client_config(
-            &snap.tls,
-            self.identity.cert.clone(),
-            self.identity.anchors.clone(),
-            &endpoint.expected,
-        )
-        .map_err(|e| UpstreamError::Connect(format!("TLS configuration: {e}")))?;
         let addr = endpoint.address;
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await;
-            self.metrics.handshake("outbound", tls.is_ok());
-            let tls = tls.map_err(|e| UpstreamError::Connect(format!("{addr}: TLS: {e}")))?;
-            let open = self.metrics.negotiated("outbound", tls.get_ref().1);
+            let (tls, open) = self.tls_connect(snap, endpoint, b"h2").await?;
             let peer_limit = Arc::new(AtomicU32::new(0));
             let tls = SettingsSniffer::new(tls, peer_limit.clone());
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())

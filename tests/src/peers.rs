@@ -278,3 +278,53 @@ while not done:
     s.sendall(c.data_to_send())
 print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")}))
 "#;
+
+/// A WebSocket echo server (Python `websockets`) on 127.0.0.1, for the upgrade tests: prints
+/// `listening <port>`, then answers each message `m` with `<x-mesh-peer-identity>|m`.
+pub const PY_WS_SERVER: &str = r#"
+import sys
+from websockets.sync.server import serve
+def handler(ws):
+    peer = ws.request.headers.get("x-mesh-peer-identity", "")
+    for message in ws:
+        ws.send(f"{peer}|{message}")
+with serve(handler, "127.0.0.1", 0) as server:
+    print("listening", server.socket.getsockname()[1], flush=True)
+    server.serve_forever()
+"#;
+
+/// A WebSocket client (Python `websockets`) connecting to `ws://<host><path>` through the
+/// listener at `addr` (an outbound listener); sends each message and prints JSON of the
+/// answers. Arguments: addr-ip addr-port host path message...
+pub const PY_WS_CLIENT: &str = r#"
+import json, socket, sys
+from websockets.sync.client import connect
+ip, port, host, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+sock = socket.create_connection((ip, port), timeout=20)
+with connect(f"ws://{host}{path}", sock=sock, open_timeout=20) as ws:
+    answers = []
+    for m in sys.argv[5:]:
+        ws.send(m)
+        answers.append(ws.recv(timeout=20))
+print(json.dumps(answers))
+"#;
+
+/// [`PY_WS_SERVER`] as a background process; the port it listens on.
+pub async fn websocket_server(dir: &Path) -> anyhow::Result<(Process, SocketAddr)> {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", PY_WS_SERVER]);
+    let process = Process::spawn("websocket-server", cmd, dir.join("ws-server.log"))?;
+    let port = crate::wait::until(
+        "the Python websockets server to listen (pip install websockets)",
+        Duration::from_secs(30),
+        || async {
+            process
+                .log()
+                .lines()
+                .find_map(|l| l.strip_prefix("listening ")?.trim().parse::<u16>().ok())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; its log:\n{}", process.log()))?;
+    Ok((process, SocketAddr::from(([127, 0, 0, 1], port))))
+}

@@ -930,3 +930,77 @@ async fn the_request_target_authority_wins_over_a_conflicting_host() {
     let echo: serde_json::Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
     assert_eq!(echo["headers"]["host"], "b", "{echo}");
 }
+
+/// Issue 12 item 4: a real WebSocket client (Python `websockets`) through A's outbound reaches
+/// a real WebSocket server behind B: the upgrade is carried end to end (on an HTTP/1.1
+/// connection of its own between the sidecars), messages flow both ways, and B's server sees
+/// A's verified identity. A `CONNECT` tunnel is refused with 501, not turned into a request.
+#[tokio::test]
+async fn websocket_upgrades_pass_through_both_sidecars() {
+    use mesh_tests::peers::{PY_WS_CLIENT, python, raw_exchange, status_of, websocket_server};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let (_server, ws_app) = websocket_server(dir.path()).await.unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        ws_app,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.wait_config("A to know B's endpoint", |d| {
+        Proxy::resources(d, "Cluster").iter().any(|c| {
+            c["name"] == "b.default:80"
+                && c["resource"]["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| !e.is_empty())
+        })
+    })
+    .await;
+
+    let args: Vec<String> = [
+        a.outbound_addr.ip().to_string(),
+        a.outbound_addr.port().to_string(),
+        "b".into(),
+        "/chat".into(),
+        "hello".into(),
+        "world".into(),
+    ]
+    .into();
+    let out = python(
+        &["websockets"],
+        PY_WS_CLIENT,
+        &args,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.ok(), "{out}\nA:\n{}\nB:\n{}", a.log(), b.log());
+    let answers: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(
+        answers,
+        serde_json::json!([format!("{A}|hello"), format!("{A}|world")]),
+        "messages both ways, and the server saw A's identity"
+    );
+
+    let answer = raw_exchange(
+        a.outbound_addr,
+        b"CONNECT b:80 HTTP/1.1\r\nHost: b:80\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 501, "{answer}");
+}
