@@ -111,7 +111,7 @@ impl Drop for InFlight<'_> {
 
 /// What one try ended with.
 enum Try {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     Failed(UpstreamError),
     TimedOut,
 }
@@ -332,8 +332,14 @@ impl Forwarder {
                 Direction::Inbound { app } => {
                     let h2 = cluster.app_http2;
                     let req = plain_request(&parts, authority, app, &path, req_body, h2);
-                    self.try_once(retry.per_try_timeout, self.upstreams.send_plain(req, h2))
-                        .await
+                    if h2 {
+                        self.try_once(retry.per_try_timeout, self.upstreams.send_plain(req, h2))
+                            .await
+                    } else {
+                        // HTTP/1.1 to the app: pooled and capped (--max-app-connections).
+                        self.try_once(retry.per_try_timeout, self.upstreams.send_app(app, req))
+                            .await
+                    }
                 }
                 Direction::Outbound => {
                     let Some(i) = cluster.pick(&tried, now) else {
@@ -422,7 +428,7 @@ impl Forwarder {
     async fn try_once(
         &self,
         per_try: Option<Duration>,
-        send: impl Future<Output = Result<Response<Incoming>, UpstreamError>>,
+        send: impl Future<Output = Result<Response<Body>, UpstreamError>>,
     ) -> Try {
         let result = match per_try {
             None => send.await,

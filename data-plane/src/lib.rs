@@ -12,6 +12,7 @@
 //!   [`drain`].
 
 pub mod admin;
+pub mod app_pool;
 pub mod backoff;
 pub mod config;
 pub mod conn;
@@ -134,7 +135,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!("cannot restore the stored configuration: {e:#}"),
     }
 
-    let upstreams = upstream::Upstreams::new(identity.clone(), metrics.clone());
+    let app_pool = app_pool::AppPool::new(
+        config.max_app_connections,
+        config.app_queue_timeout,
+        config
+            .limits
+            .idle_timeout
+            .min(std::time::Duration::from_secs(90)),
+        metrics.clone(),
+    );
+    let upstreams = upstream::Upstreams::new(identity.clone(), metrics.clone(), app_pool);
     let forwarder = Arc::new(forward::Forwarder {
         upstreams,
         metrics: metrics.clone(),

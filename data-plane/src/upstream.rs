@@ -15,7 +15,6 @@ use crate::metrics::Metrics;
 use crate::resources::{Cluster, Endpoint};
 use crate::xds::store::Snapshot;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -87,12 +86,18 @@ pub struct Upstreams {
     mesh: Mutex<(u64, HashMap<MeshKey, Slot>)>,
     plain: Client<HttpConnector, Body>,
     plain_h2: Client<HttpConnector, Body>,
+    /// HTTP/1.1 to the local application, capped.
+    app: Arc<crate::app_pool::AppPool>,
 }
 
 // === impl Upstreams ===
 
 impl Upstreams {
-    pub fn new(identity: Arc<Identity>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        identity: Arc<Identity>,
+        metrics: Metrics,
+        app: Arc<crate::app_pool::AppPool>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -112,6 +117,7 @@ impl Upstreams {
             mesh: Mutex::new((0, HashMap::new())),
             plain,
             plain_h2,
+            app,
         })
     }
 
@@ -121,16 +127,30 @@ impl Upstreams {
         &self,
         req: Request<Body>,
         h2: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let client = if h2 { &self.plain_h2 } else { &self.plain };
-        client.request(req).await.map_err(|e| {
+        let resp = client.request(req).await.map_err(|e| {
             let text = crate::error_chain(&e);
             if e.is_connect() {
                 UpstreamError::Connect(text)
             } else {
                 UpstreamError::Reset(text)
             }
-        })
+        })?;
+        Ok(resp.map(crate::http_util::boxed))
+    }
+
+    /// HTTP/1.1 to the local application at `addr`, through the capped pool; `req`'s URI may
+    /// be absolute (only its path is sent).
+    pub async fn send_app(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        self.app.send(addr, req).await
     }
 
     /// HTTP/2 over mesh mTLS to `endpoint` of `cluster`.
@@ -140,7 +160,7 @@ impl Upstreams {
         cluster: &Cluster,
         endpoint: &Endpoint,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let key = MeshKey {
             addr: endpoint.address,
             expected: endpoint.expected_key.clone(),
@@ -209,7 +229,7 @@ impl Upstreams {
                 return Err(UpstreamError::HeadersTooLarge { size, limit });
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(crate::http_util::boxed)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if round == 0 => {
                         *slot.lock().await = None;

@@ -328,3 +328,63 @@ pub async fn websocket_server(dir: &Path) -> anyhow::Result<(Process, SocketAddr
     .map_err(|e| anyhow::anyhow!("{e}; its log:\n{}", process.log()))?;
     Ok((process, SocketAddr::from(([127, 0, 0, 1], port))))
 }
+
+/// Many concurrent HTTP/2 streams with Python's `h2` over mesh mTLS: `conns` connections with
+/// `streams` GETs of `path` each, all in flight at once; prints JSON `{status: count}` (a
+/// reset stream counts as "reset"). Arguments: host port cert key ca-bundle conns streams path.
+pub const PY_H2_MANY: &str = r#"
+import collections, json, selectors, socket, ssl, sys
+import h2.config, h2.connection, h2.events, h2.settings
+host, port, cert, key, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+conns, streams, path = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+ctx.load_cert_chain(cert, key)
+ctx.set_alpn_protocols(["h2"])
+sel = selectors.DefaultSelector()
+counts = collections.Counter()
+pending = 0
+for _ in range(conns):
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=60))
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    c.increment_flow_control_window(1 << 24)
+    for i in range(streams):
+        c.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "https"), (":path", f"{path}/{i}"), (":authority", "b")], end_stream=True)
+        pending += 1
+    s.sendall(c.data_to_send())
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ, (c, {}))
+while pending > 0:
+    events = sel.select(timeout=60)
+    if not events:
+        break
+    for k, _ in events:
+        s, (c, status) = k.fileobj, k.data
+        try:
+            data = s.recv(1 << 20)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            continue
+        if not data:
+            sel.unregister(s)
+            continue
+        for e in c.receive_data(data):
+            if isinstance(e, h2.events.ResponseReceived):
+                status[e.stream_id] = dict(e.headers)[b":status"].decode()
+            elif isinstance(e, h2.events.DataReceived):
+                c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            elif isinstance(e, h2.events.StreamEnded):
+                counts[status.get(e.stream_id, "none")] += 1
+                pending -= 1
+            elif isinstance(e, h2.events.StreamReset):
+                counts["reset"] += 1
+                pending -= 1
+        out = c.data_to_send()
+        if out:
+            s.setblocking(True)
+            s.sendall(out)
+            s.setblocking(False)
+counts["unanswered"] += pending
+print(json.dumps(counts))
+"#;

@@ -756,3 +756,92 @@ async fn oversized_request_headers_are_431_at_a_and_the_shared_connection_surviv
         "{metrics}"
     );
 }
+
+/// Issue 12 item 12: 3 peers × 200 concurrent HTTP/2 streams (Python `h2`) into B's inbound
+/// reach an HTTP/1.1 app over at most `--max-app-connections` connections, queued rather than
+/// one connection each; beyond `--app-queue-timeout` a request is a 503; after the burst the
+/// idle app connections are closed.
+#[tokio::test]
+async fn inbound_http2_streams_share_a_capped_pool_of_app_connections() {
+    use mesh_tests::peers::{PY_H2_MANY, metric, python};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, true).await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = sidecar(
+        &meshd,
+        &gate,
+        dir.path(),
+        B,
+        &app_b,
+        &[
+            "--max-app-connections",
+            "16",
+            "--app-queue-timeout",
+            "8s",
+            "--idle-timeout",
+            "3s",
+        ],
+    )
+    .await;
+    let (cert, key) = mesh_tests::proxy::issue_cert(
+        &meshd,
+        "spiffe://cluster.local/ns/default/sa/ops",
+        &dir.path().join("ops"),
+    );
+    let many = |conns: usize, streams: usize| {
+        vec![
+            b.inbound_addr.ip().to_string(),
+            b.inbound_addr.port().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            meshd.data_dir.join("ca-bundle.pem").display().to_string(),
+            conns.to_string(),
+            streams.to_string(),
+            "/burst".into(),
+        ]
+    };
+
+    app_b.set_delay(Duration::from_millis(30));
+    let out = python(&["h2"], PY_H2_MANY, &many(3, 200), Duration::from_secs(180)).await;
+    assert!(out.ok(), "{out}\nB:\n{}", b.log());
+    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(counts["200"], 600, "every stream answered: {counts}");
+    assert!(
+        app_b.peak_connections() <= 16,
+        "the app saw {} connections at once",
+        app_b.peak_connections()
+    );
+    assert_eq!(app_b.requests(), 600);
+
+    // Beyond the queue's patience: 16 slow requests hold every connection, the 17th is a 503.
+    app_b.set_delay(Duration::from_secs(10));
+    let out = python(&["h2"], PY_H2_MANY, &many(1, 17), Duration::from_secs(120)).await;
+    assert!(out.ok(), "{out}");
+    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(counts["200"], 16, "{counts}");
+    assert_eq!(counts["503"], 1, "{counts}");
+    assert!(app_b.peak_connections() <= 16);
+    app_b.set_delay(Duration::ZERO);
+
+    // The burst's connections do not stay: idle ones are closed.
+    wait::until(
+        "the idle app connections to close",
+        Duration::from_secs(30),
+        || async { (app_b.open_connections() == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let (_, metrics) = b.admin("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "mesh_proxy_app_connections", &[]),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "mesh_proxy_app_queue_overflows", &[]) >= 1.0,
+        "{metrics}"
+    );
+}
