@@ -618,6 +618,26 @@ async fn slow_silent_and_idle_clients_are_closed_and_each_listener_is_bounded() 
         );
     }
 
+    // The inbound listener is bounded before any TLS: 40 silent TCP connections fill it, the
+    // next is closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(
+            tokio::net::TcpStream::connect(b.inbound_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut extra = tokio::net::TcpStream::connect(b.inbound_addr)
+        .await
+        .unwrap();
+    let refused = closed_within(&mut extra, Duration::from_millis(1500)).await;
+    assert!(
+        refused.is_some(),
+        "the 41st inbound connection was not refused"
+    );
+    drop(silent);
+
     // Every one of them was counted.
     let (_, metrics) = a.admin("/metrics").await;
     let out_timeouts = |kind: &str| {
@@ -646,6 +666,14 @@ async fn slow_silent_and_idle_clients_are_closed_and_each_listener_is_bounded() 
         )
     };
     assert!(in_timeouts("header_read") >= 4.0, "{metrics}");
+    assert!(
+        metric(
+            &metrics,
+            "mesh_proxy_connections_refused",
+            &["direction=\"inbound\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
     assert!(in_timeouts("idle") >= 1.0, "{metrics}");
 }
 
@@ -815,6 +843,20 @@ async fn inbound_http2_streams_share_a_capped_pool_of_app_connections() {
         app_b.peak_connections()
     );
     assert_eq!(app_b.requests(), 600);
+
+    // The same burst again reuses what the first one took: memory does not keep growing.
+    let rss = || mesh_tests::bench::proc_status_kib(b.process.pid(), "VmRSS:");
+    let after_one = rss();
+    let out = python(&["h2"], PY_H2_MANY, &many(3, 200), Duration::from_secs(180)).await;
+    assert!(out.ok(), "{out}");
+    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(counts["200"], 600, "{counts}");
+    assert!(app_b.peak_connections() <= 16);
+    let after_two = rss();
+    assert!(
+        after_two <= after_one + 4 * 1024,
+        "RSS grew from {after_one} KiB to {after_two} KiB over a second identical burst"
+    );
 
     // Beyond the queue's patience: 16 slow requests hold every connection, the 17th is a 503.
     app_b.set_delay(Duration::from_secs(10));
