@@ -15,9 +15,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Whether `req` asks to switch protocols (HTTP/1.1 `Upgrade` with `Connection: upgrade`).
+/// `Upgrade: h2c` (what `curl --http2` offers on plain HTTP; RFC 9113 deprecates it) is not:
+/// it is an optional offer, declined by answering the request in HTTP/1.1.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
+        && req.headers().get(UPGRADE).is_some_and(|u| {
+            !u.to_str()
+                .unwrap_or_default()
+                .split(',')
+                .all(|p| p.trim().eq_ignore_ascii_case("h2c"))
+        })
         && connection_has_upgrade(req.headers())
 }
 
@@ -127,6 +134,12 @@ mod tests {
         };
         assert!(is_upgrade(&req("keep-alive, Upgrade")));
         assert!(!is_upgrade(&req("keep-alive")));
+        let h2c = Request::builder()
+            .header("upgrade", "h2c")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&h2c), "an h2c offer is declined, not tunnelled");
         let mut headers = req("Upgrade, x-private").headers().clone();
         headers.insert("x-private", "1".parse().unwrap());
         keep_upgrade(&mut headers);

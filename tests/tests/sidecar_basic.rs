@@ -841,6 +841,19 @@ async fn malformed_chunked_bodies_are_400_and_foreign_transfer_codings_501() {
         );
     }
 
+    // curl's `--http2` on plain HTTP offers `Upgrade: h2c`: declined, answered in HTTP/1.1.
+    let connect_to = format!("b:80:{}:{}", a.outbound_addr.ip(), a.outbound_addr.port());
+    let out = mesh_tests::peers::curl(&[
+        "--http2",
+        "--connect-to",
+        &connect_to,
+        "-w",
+        "\n%{http_code} %{http_version}",
+        "http://b/h2c-offer",
+    ])
+    .await;
+    assert!(out.stdout.ends_with("\n200 1.1"), "{out}");
+
     let before = app_b.requests();
     let answer = send("gzip, chunked", "5\r\nhello\r\n0\r\n\r\n").await;
     assert_eq!(status_of(&answer), 501, "{answer}");
