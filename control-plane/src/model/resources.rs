@@ -72,6 +72,18 @@ pub enum AppProtocol {
 }
 
 impl AppProtocol {
+    /// Without an `appProtocol`, Istio's port naming convention (`<protocol>[-<suffix>]`):
+    /// `grpc`, `grpc-*` (not `grpc-web`, which is HTTP/1.1), `http2`, `http2-*`, `h2c`,
+    /// `h2c-*` are HTTP/2; any other name is HTTP/1.1.
+    pub fn from_port_name(name: &str) -> Self {
+        let family = name.split('-').next().unwrap_or_default();
+        match family {
+            "grpc" if !name.starts_with("grpc-web") => Self::Grpc,
+            "http2" | "h2c" => Self::Http2,
+            _ => Self::Http,
+        }
+    }
+
     /// Whether the application is spoken to in HTTP/2.
     pub fn is_http2(self) -> bool {
         matches!(self, Self::Http2 | Self::Grpc)

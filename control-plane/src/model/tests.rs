@@ -1202,6 +1202,18 @@ fn services_carry_what_clusters_need_with_defaults_filled_in() {
     let ratings = mesh.service("shop", "ratings").unwrap();
     assert_eq!(ratings.port(8080).unwrap().app_protocol, AppProtocol::Grpc);
     assert!(ratings.port(8080).unwrap().app_protocol.is_http2());
+    // Without one, Istio's port names say it.
+    for (name, want) in [
+        ("grpc", AppProtocol::Grpc),
+        ("grpc-api", AppProtocol::Grpc),
+        ("grpc-web", AppProtocol::Http),
+        ("http2-x", AppProtocol::Http2),
+        ("h2c", AppProtocol::Http2),
+        ("http", AppProtocol::Http),
+        ("web", AppProtocol::Http),
+    ] {
+        assert_eq!(AppProtocol::from_port_name(name), want, "{name}");
+    }
     assert_eq!(reviews.endpoints.len(), 2);
     assert_eq!(
         reviews.endpoints[0].address,

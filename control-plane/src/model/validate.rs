@@ -15,9 +15,9 @@ use super::document::{Document, Metadata, Spec};
 use super::error::Report;
 use super::names;
 use super::resources::{
-    Action, AuthorizationPolicy, AuthzRule, Backend, CipherSuite, CircuitBreaker, Endpoint,
-    HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, ObjectRef, Operation,
-    OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, Protocol,
+    Action, AppProtocol, AuthorizationPolicy, AuthzRule, Backend, CipherSuite, CircuitBreaker,
+    Endpoint, HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, ObjectRef,
+    Operation, OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, Protocol,
     RateLimitPolicy, RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule,
     Selector, Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy, TlsVersion,
     UpstreamTls,
@@ -159,7 +159,9 @@ pub(crate) fn service(r: &mut Report, m: &Metadata, s: &ServiceSpec) -> Option<S
             port,
             target_port,
             protocol: p.protocol,
-            app_protocol: p.app_protocol.unwrap_or_default(),
+            app_protocol: p
+                .app_protocol
+                .unwrap_or_else(|| AppProtocol::from_port_name(&p.name)),
             inbound_tls: p.inbound_tls,
         });
     }
