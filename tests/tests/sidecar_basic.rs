@@ -498,7 +498,7 @@ spec:
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let app_a = EchoApp::start("a").await.unwrap();
-    let _b = Proxy::start(
+    let b = Proxy::start(
         &meshd,
         &dir.path().join("b"),
         B,
@@ -507,6 +507,12 @@ spec:
     )
     .await
     .unwrap();
+    b.wait_config("B's app cluster to speak HTTP/2", |d| {
+        Proxy::resources(d, "Cluster").iter().any(|c| {
+            c["name"] == "inbound|app" && c["resource"]["app_protocol"] == "APP_PROTOCOL_HTTP2"
+        })
+    })
+    .await;
     let a = Proxy::start(
         &meshd,
         &dir.path().join("a"),
