@@ -30,12 +30,12 @@ pub use document::{Document, DocumentKey, Kind, Metadata, Spec};
 pub use error::{ModelError, ModelErrors};
 pub use mesh::{Mesh, MeshOptions, WorkloadRef};
 pub use resources::{
-    Action, AuthorizationPolicy, AuthzRule, Backend, CipherSuite, CircuitBreaker, Endpoint,
-    HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, LbPolicy, ObjectRef,
-    Operation, OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, Protocol,
-    RateLimitPolicy, RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule,
-    Selector, Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy, TlsVersion,
-    UpstreamTls, rollout_bucket,
+    Action, AppProtocol, AuthorizationPolicy, AuthzRule, Backend, CipherSuite, CircuitBreaker,
+    Endpoint, HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, LbPolicy,
+    ObjectRef, Operation, OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal,
+    Protocol, RateLimitPolicy, RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch,
+    RouteRule, Selector, Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy,
+    TlsVersion, UpstreamTls, rollout_bucket,
 };
 
 /// The `apiVersion` of every mesh document.

@@ -27,6 +27,11 @@ pub const ENV_STATE_DIR: &str = "MESH_PROXY_STATE_DIR";
 pub const ENV_WORKER_THREADS: &str = "MESH_PROXY_WORKER_THREADS";
 pub const ENV_CERT_TTL: &str = "MESH_PROXY_CERT_TTL";
 pub const ENV_DRAIN_GRACE: &str = "MESH_PROXY_DRAIN_GRACE";
+pub const ENV_HEADER_READ_TIMEOUT: &str = "MESH_PROXY_HEADER_READ_TIMEOUT";
+pub const ENV_IDLE_TIMEOUT: &str = "MESH_PROXY_IDLE_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "MESH_PROXY_MAX_CONNECTIONS";
+pub const ENV_MAX_APP_CONNECTIONS: &str = "MESH_PROXY_MAX_APP_CONNECTIONS";
+pub const ENV_APP_QUEUE_TIMEOUT: &str = "MESH_PROXY_APP_QUEUE_TIMEOUT";
 
 /// The command line.
 #[derive(Debug, Clone, Parser)]
@@ -131,6 +136,26 @@ pub struct Args {
     pub report_interval: String,
     #[arg(long, env = ENV_DRAIN_GRACE, default_value = "5s")]
     pub drain_grace: String,
+    /// How long a client of the inbound or outbound listener may take from connecting (TLS
+    /// handshake included) to a complete request head, and on HTTP/1.1 from the first byte of
+    /// each later request to its complete head. Slow or silent clients are closed.
+    #[arg(long, env = ENV_HEADER_READ_TIMEOUT, default_value = "10s")]
+    pub header_read_timeout: String,
+    /// How long a connection of the inbound or outbound listener may stay open with no request
+    /// in flight (HTTP/2: closed with GOAWAY).
+    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value = "5m")]
+    pub idle_timeout: String,
+    /// The most connections open at once on each of the inbound and outbound listeners; more
+    /// are closed at accept.
+    #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// The most HTTP/1.1 connections to the local application at once, however many inbound
+    /// requests (HTTP/2 streams) arrive; the others wait for a free one.
+    #[arg(long, env = ENV_MAX_APP_CONNECTIONS, default_value_t = 100)]
+    pub max_app_connections: usize,
+    /// How long an inbound request waits for a free application connection before a 503.
+    #[arg(long, env = ENV_APP_QUEUE_TIMEOUT, default_value = "5s")]
+    pub app_queue_timeout: String,
 }
 
 /// The validated configuration.
@@ -155,6 +180,10 @@ pub struct Config {
     pub cert_ttl: Duration,
     pub drain_grace: Duration,
     pub report_interval: Duration,
+    /// The limits of each of the inbound and outbound listeners.
+    pub limits: crate::conn::Limits,
+    pub max_app_connections: usize,
+    pub app_queue_timeout: Duration,
 }
 
 fn addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -324,7 +353,28 @@ impl Config {
                 }
             }
         }
+        let positive = |flag: &str, value: &str| -> anyhow::Result<Duration> {
+            let d = duration(flag, value)?;
+            if d.is_zero() {
+                bail!("--{flag} must be more than 0");
+            }
+            Ok(d)
+        };
+        let limits = crate::conn::Limits {
+            header_read_timeout: positive("header-read-timeout", &args.header_read_timeout)?,
+            idle_timeout: positive("idle-timeout", &args.idle_timeout)?,
+            max_connections: args.max_connections,
+        };
+        if args.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if args.max_app_connections == 0 {
+            bail!("--max-app-connections must be at least 1");
+        }
         Ok(Self {
+            limits,
+            max_app_connections: args.max_app_connections,
+            app_queue_timeout: positive("app-queue-timeout", &args.app_queue_timeout)?,
             control_planes: args.control_plane,
             ca_bundle,
             bootstrap,

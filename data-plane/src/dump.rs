@@ -64,6 +64,7 @@ pub fn body(b: &Body) -> Value {
             "connect_timeout_ms": c.connect_timeout_ms,
             "expected_identities": c.expected_identities,
             "upstream_tls": enum_name(c.upstream_tls, |t: pb::cluster::UpstreamTls| t.as_str_name()),
+            "app_protocol": enum_name(c.app_protocol, |t: pb::AppProtocol| t.as_str_name()),
         }),
         Body::AuthorizationPolicy(p) => json!({
             "name": p.name,

@@ -25,9 +25,9 @@ pub const MAX_RETRY_BUFFER: u64 = 64 * 1024;
 /// Where a request goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
-    /// To the local application at this address: plain HTTP/1.1, or HTTP/2 with prior
-    /// knowledge when the calling application spoke HTTP/2 (`h2`).
-    Inbound { app: SocketAddr, h2: bool },
+    /// To the local application at this address, in the version its cluster says it speaks
+    /// (the Service port's `appProtocol`; HTTP/1.1 by default), whatever the caller spoke.
+    Inbound { app: SocketAddr },
     /// To the chosen cluster's endpoints.
     Outbound,
 }
@@ -39,7 +39,7 @@ pub struct Forwarder {
 
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<ClientBody>),
 }
 
 impl ReqBody {
@@ -53,6 +53,44 @@ impl ReqBody {
     fn replayable(&self) -> bool {
         matches!(self, Self::Buffered(_))
     }
+}
+
+/// The client's request body, noting why it failed when it does (a malformed chunked framing,
+/// a body cut short): the request then gets a 400 naming it, not the 502 of an upstream reset.
+struct ClientBody {
+    inner: Incoming,
+    failed: Arc<std::sync::OnceLock<String>>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &r {
+            let _ = self.failed.set(crate::error_chain(e));
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn bad_body(why: &str) -> Response<Body> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &format!("malformed request body: {why}"),
+    )
 }
 
 /// Decrements a counter when dropped.
@@ -73,7 +111,7 @@ impl Drop for InFlight<'_> {
 
 /// What one try ended with.
 enum Try {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     Failed(UpstreamError),
     TimedOut,
 }
@@ -103,6 +141,100 @@ impl Forwarder {
                     String::new(),
                 ),
             },
+        }
+    }
+
+    /// An HTTP/1.1 upgrade along `route`, on a connection of its own (see
+    /// [`crate::upgrade`]); no retries.
+    pub async fn upgrade(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        direction: Direction,
+        authority: &str,
+        parts: Parts,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> (Response<Body>, String) {
+        use crate::upgrade::{forward, not_implemented};
+        let cluster_name = route.pick_backend().to_string();
+        let Some(cluster) = snap
+            .clusters
+            .get(&cluster_name)
+            .filter(|c| c.protocol == Protocol::Http)
+        else {
+            return (
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("cluster {cluster_name} is not known (yet)"),
+                ),
+                cluster_name,
+            );
+        };
+        let plain_to = |addr: SocketAddr| async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))
+        };
+        let h2_app = || {
+            not_implemented(
+                "the upstream speaks HTTP/2 (its appProtocol): an HTTP/1.1 upgrade cannot reach it",
+            )
+        };
+        let connect_error = |e: String| {
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream connect error ({}): {e}", cluster.name),
+            )
+        };
+        let result = match direction {
+            Direction::Inbound { app } => {
+                if cluster.app_http2 {
+                    return (h2_app(), cluster_name);
+                }
+                match plain_to(app).await {
+                    Ok(tcp) => forward(tcp, &parts, authority, client, ()).await,
+                    Err(e) => return (connect_error(e), cluster_name),
+                }
+            }
+            Direction::Outbound => {
+                let Some(i) = cluster.pick(&[], Instant::now()) else {
+                    return (
+                        error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("no healthy endpoints in cluster {}", cluster.name),
+                        ),
+                        cluster_name,
+                    );
+                };
+                let endpoint = &cluster.endpoints[i];
+                match cluster.upstream_tls {
+                    UpstreamTls::Mutual => {
+                        match self
+                            .upstreams
+                            .connect_upgrade(snap, cluster, endpoint)
+                            .await
+                        {
+                            Ok((tls, open)) => forward(tls, &parts, authority, client, open).await,
+                            Err(e) => return (connect_error(e.to_string()), cluster_name),
+                        }
+                    }
+                    UpstreamTls::Disabled if cluster.app_http2 => return (h2_app(), cluster_name),
+                    UpstreamTls::Disabled => match plain_to(endpoint.address).await {
+                        Ok(tcp) => forward(tcp, &parts, authority, client, ()).await,
+                        Err(e) => return (connect_error(e), cluster_name),
+                    },
+                }
+            }
+        };
+        match result {
+            Ok(resp) => (resp, cluster_name),
+            Err(e) => (
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upgrade failed ({}): {e}", cluster.name),
+                ),
+                cluster_name,
+            ),
         }
     }
 
@@ -146,9 +278,29 @@ impl Forwarder {
         }
         let _cluster_load = InFlight::new(&cluster.in_flight);
 
+        if let Some(coding) = crate::http_util::foreign_transfer_coding(&parts.headers) {
+            return (
+                error_response(
+                    StatusCode::NOT_IMPLEMENTED,
+                    &format!(
+                        "transfer coding {coding:?} is not supported (only chunked); send it as \
+                         Content-Encoding instead"
+                    ),
+                ),
+                cluster_name,
+            );
+        }
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let body = ClientBody {
+            inner: body,
+            failed: failed.clone(),
+        };
         let retry = route.retry.clone().unwrap_or_default();
         let mut body = if retry.attempts > 0 {
-            buffer(body).await
+            match buffer(body).await {
+                Ok(b) => b,
+                Err(why) => return (bad_body(&why), cluster_name),
+            }
         } else {
             ReqBody::Streaming(Some(body))
         };
@@ -177,10 +329,17 @@ impl Forwarder {
                 );
             }
             let outcome = match direction {
-                Direction::Inbound { app, h2 } => {
+                Direction::Inbound { app } => {
+                    let h2 = cluster.app_http2;
                     let req = plain_request(&parts, authority, app, &path, req_body, h2);
-                    self.try_once(retry.per_try_timeout, self.upstreams.send_plain(req, h2))
-                        .await
+                    if h2 {
+                        self.try_once(retry.per_try_timeout, self.upstreams.send_plain(req, h2))
+                            .await
+                    } else {
+                        // HTTP/1.1 to the app: pooled and capped (--max-app-connections).
+                        self.try_once(retry.per_try_timeout, self.upstreams.send_app(app, req))
+                            .await
+                    }
                 }
                 Direction::Outbound => {
                     let Some(i) = cluster.pick(&tried, now) else {
@@ -202,7 +361,7 @@ impl Forwarder {
                             self.try_once(retry.per_try_timeout, send).await
                         }
                         UpstreamTls::Disabled => {
-                            let h2 = parts.version == Version::HTTP_2;
+                            let h2 = cluster.app_http2;
                             let req = plain_request(
                                 &parts,
                                 authority,
@@ -220,6 +379,10 @@ impl Forwarder {
                         // The endpoint was never tried: nothing to learn about its health.
                         Try::Failed(UpstreamError::Overflow(_)) => {
                             self.metrics.overflow(&cluster.name);
+                            None
+                        }
+                        Try::Failed(UpstreamError::HeadersTooLarge { .. }) => {
+                            self.metrics.header_list_too_large("outbound");
                             None
                         }
                         Try::Failed(_) | Try::TimedOut => Some(true),
@@ -244,6 +407,8 @@ impl Forwarder {
                     }
                     // Retrying into a full cluster only adds load.
                     Try::Failed(UpstreamError::Overflow(_)) => false,
+                    // Every endpoint would refuse them the same.
+                    Try::Failed(UpstreamError::HeadersTooLarge { .. }) => false,
                     Try::TimedOut => idempotent,
                 };
             if retry_it {
@@ -252,6 +417,10 @@ impl Forwarder {
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying");
                 continue;
             }
+            // The client's own body broke the exchange: its fault, said as such.
+            if let (Try::Failed(_), Some(why)) = (&outcome, failed.get()) {
+                return (bad_body(why), cluster_name);
+            }
             return (respond(outcome, cluster), cluster_name);
         }
     }
@@ -259,7 +428,7 @@ impl Forwarder {
     async fn try_once(
         &self,
         per_try: Option<Duration>,
-        send: impl Future<Output = Result<Response<Incoming>, UpstreamError>>,
+        send: impl Future<Output = Result<Response<Body>, UpstreamError>>,
     ) -> Try {
         let result = match per_try {
             None => send.await,
@@ -278,6 +447,15 @@ impl Forwarder {
 fn respond(outcome: Try, cluster: &Cluster) -> Response<Body> {
     match outcome {
         Try::Response(r) => {
+            if let Some(coding) = crate::http_util::foreign_transfer_coding(r.headers()) {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "the upstream answered with transfer coding {coding:?}, which cannot be \
+                         forwarded (only chunked)"
+                    ),
+                );
+            }
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // Our own connection to the client decides its version, not the upstream's.
@@ -301,22 +479,25 @@ fn respond(outcome: Try, cluster: &Cluster) -> Response<Body> {
         Try::Failed(UpstreamError::Overflow(e)) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, &e)
         }
+        Try::Failed(e @ UpstreamError::HeadersTooLarge { .. }) => {
+            error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &e.to_string())
+        }
         Try::TimedOut => error_response(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
     }
 }
 
-/// Keeps a small body in memory for retries; a large or streaming one is passed through.
-async fn buffer(body: Incoming) -> ReqBody {
+/// Keeps a small body in memory for retries; a large or streaming one is passed through. An
+/// error is the client's body failing (malformed, or cut short).
+async fn buffer(body: ClientBody) -> Result<ReqBody, String> {
     if body.is_end_stream() {
-        return ReqBody::Buffered(Bytes::new());
+        return Ok(ReqBody::Buffered(Bytes::new()));
     }
     match body.size_hint().upper() {
         Some(n) if n <= MAX_RETRY_BUFFER => match body.collect().await {
-            Ok(collected) => ReqBody::Buffered(collected.to_bytes()),
-            // The client went away mid-body: nothing can be sent.
-            Err(_) => ReqBody::Streaming(None),
+            Ok(collected) => Ok(ReqBody::Buffered(collected.to_bytes())),
+            Err(e) => Err(crate::error_chain(&e)),
         },
-        _ => ReqBody::Streaming(Some(body)),
+        _ => Ok(ReqBody::Streaming(Some(body))),
     }
 }
 
@@ -350,8 +531,6 @@ fn plain_request(
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    // Only for the mesh hop.
-    req.headers_mut().remove(&crate::http_util::APP_PROTOCOL);
     if h2 {
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(http::header::HOST);

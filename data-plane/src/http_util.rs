@@ -15,10 +15,10 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// Whatever arrives under this name from outside is removed first.
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-mesh-peer-identity");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// Set by the outbound sidecar on the mesh hop (which is always HTTP/2): the HTTP version the
-/// application spoke, `h2` or `http/1.1`, so that the inbound sidecar talks to its application
-/// in the same version and gRPC stays HTTP/2 end to end. Removed before the application.
-pub const APP_PROTOCOL: HeaderName = HeaderName::from_static("x-mesh-app-protocol");
+/// A header older sidecars sent on the mesh hop to choose the version the receiving sidecar
+/// spoke to its application. That is the Service port's `appProtocol` now, never a header:
+/// removed wherever it is seen (from the application, and before the application).
+pub const LEGACY_APP_PROTOCOL: HeaderName = HeaderName::from_static("x-mesh-app-protocol");
 /// Names the sidecar that produced an error response, so a client can tell it from the app's.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("x-mesh-proxy-error");
 
@@ -87,15 +87,72 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// The request's host, lower case, with the port if it had one: `Host`, else the URI's
-/// authority (HTTP/2 `:authority`).
+/// The first transfer coding other than `chunked` that a message declares (`gzip` of
+/// `Transfer-Encoding: gzip, chunked`). The sidecar re-frames bodies (HTTP/2 has no transfer
+/// codings), so it cannot carry one: such a request is refused with 501 rather than its coding
+/// silently dropped.
+pub fn foreign_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .find(|c| !c.is_empty() && c != "chunked")
+}
+
+/// The request's host, lower case, with the port if it had one: the URI's authority when it
+/// has one (HTTP/2 `:authority`; an absolute-form HTTP/1.1 request line, which RFC 9112
+/// §3.2.2 says wins over `Host`), else `Host`. The forwarded request carries this one host;
+/// a conflicting `Host` is replaced.
 pub fn host_of<B>(req: &http::Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+    req.uri()
+        .authority()
+        // Userinfo (`user@host`) is no part of the host.
+        .and_then(|a| a.as_str().rsplit('@').next())
+        .filter(|a| !a.is_empty())
         .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .map(|h| h.to_ascii_lowercase())
+}
+
+/// The HTTP/2 header-list size every mesh-proxy listener accepts (SETTINGS_MAX_HEADER_LIST_SIZE,
+/// as Envoy's default 60 KiB), and the limit assumed for a mesh peer until its own SETTINGS
+/// arrive.
+pub const MAX_HEADER_LIST_SIZE: u32 = 60 * 1024;
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113 §6.5.2: name + value +
+/// 32 per field, pseudo-headers included).
+pub fn header_list_size<B>(req: &http::Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let uri = req.uri();
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let scheme = uri.scheme_str().map_or(4, str::len);
+    fields
+        + (":method".len() + req.method().as_str().len() + 32)
+        + (":scheme".len() + scheme + 32)
+        + (":authority".len() + authority + 32)
+        + (":path".len() + path + 32)
+}
+
+/// The same for a response's headers (`:status` included).
+pub fn response_header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum::<usize>()
+        + ":status".len()
+        + 3
+        + 32
 }
 
 /// Methods that may be sent twice with the same effect (RFC 9110 §9.2.2).
@@ -165,6 +222,24 @@ mod tests {
         h.insert(TRACEPARENT, "garbage".parse().unwrap());
         ensure_traceparent(&mut h);
         assert_ne!(h.get(&TRACEPARENT).unwrap(), "garbage");
+    }
+
+    #[test]
+    fn the_authority_of_the_request_target_wins_over_host() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(host_of(&req("/x", Some("B:80"))).unwrap(), "b:80");
+        assert_eq!(host_of(&req("http://svc/x", Some("other"))).unwrap(), "svc");
+        assert_eq!(
+            host_of(&req("http://u:p@svc:8080/x", None)).unwrap(),
+            "svc:8080"
+        );
+        assert!(host_of(&req("/x", None)).is_none());
     }
 
     #[test]

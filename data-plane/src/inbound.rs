@@ -6,10 +6,12 @@
 //! then the application gets the request with `x-mesh-peer-identity` set to the verified ID
 //! (anything the caller sent under that name is removed first).
 
+use crate::conn::{Activity, Expiry, Gate, Watched, guarded};
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
-    APP_PROTOCOL, Body, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
+    Body, LEGACY_APP_PROTOCOL, MAX_HEADER_LIST_SIZE, PEER_IDENTITY, ensure_traceparent,
+    error_response, host_of, response_header_list_size,
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -33,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Inbound {
+    pub gate: Arc<Gate>,
     pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub forwarder: Arc<Forwarder>,
@@ -57,9 +60,16 @@ impl Inbound {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, remote)) => {
+                        let Some(admitted) = self.gate.admit() else {
+                            tracing::debug!(%remote, "inbound connection closed: --max-connections reached");
+                            continue;
+                        };
                         let this = self.clone();
                         let drain = drain.clone();
-                        tokio::spawn(async move { this.connection(tcp, remote, drain).await });
+                        tokio::spawn(async move {
+                            this.connection(tcp, remote, drain).await;
+                            drop(admitted);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!("inbound accept: {e}");
@@ -76,6 +86,9 @@ impl Inbound {
             tracing::debug!(%remote, "inbound connection closed: not ready");
             return;
         }
+        let activity = self.gate.activity();
+        // The handshake is part of the time a client gets to send its first request head.
+        let handshake_timeout = HANDSHAKE_TIMEOUT.min(self.gate.limits.header_read_timeout);
         let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let _ = tcp.set_nodelay(true);
         let snap = self.store.snapshot();
@@ -89,10 +102,14 @@ impl Inbound {
             TlsMode::Disabled => false,
             TlsMode::Permissive => {
                 let mut first = [0u8; 1];
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                match tokio::time::timeout(handshake_timeout, tcp.peek(&mut first)).await {
                     // 0x16: a TLS handshake record.
                     Ok(Ok(1)) => first[0] == 0x16,
-                    _ => return,
+                    Ok(_) => return,
+                    Err(_) => {
+                        self.gate.timed_out(Expiry::HeaderRead);
+                        return;
+                    }
                 }
             }
         };
@@ -102,7 +119,9 @@ impl Inbound {
                 header: None,
                 label: Arc::from(""),
             };
-            return self.serve_io(tcp, peer, listener, port, drain).await;
+            return self
+                .serve_io(tcp, peer, listener, port, drain, activity)
+                .await;
         }
         let Some(config) = snap.server_config.clone() else {
             tracing::warn!(%remote, "inbound connection closed: no TLS configuration");
@@ -110,7 +129,7 @@ impl Inbound {
         };
         drop(snap);
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        let stream = match tokio::time::timeout(handshake_timeout, accept).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.metrics.handshake("inbound", false);
@@ -119,6 +138,7 @@ impl Inbound {
             }
             Err(_) => {
                 self.metrics.handshake("inbound", false);
+                self.gate.timed_out(Expiry::HeaderRead);
                 tracing::debug!(%remote, "inbound TLS handshake timed out");
                 return;
             }
@@ -138,7 +158,8 @@ impl Inbound {
             label: Arc::from(id.as_ref().map(|i| i.to_string()).unwrap_or_default()),
             id,
         };
-        self.serve_io(stream, peer, listener, port, drain).await;
+        self.serve_io(stream, peer, listener, port, drain, activity)
+            .await;
     }
 
     async fn serve_io<IO>(
@@ -148,17 +169,24 @@ impl Inbound {
         listener: Arc<Listener>,
         port: u16,
         drain: drain::Watch,
+        activity: Arc<Activity>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if listener.protocol == Protocol::Tcp {
             return self.tcp(io, peer, port).await;
         }
+        let peer_label = peer.label.clone();
         let this = self.clone();
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, &peer, port).await) }
+            let guard = requests.begin();
+            async move {
+                let resp = this.handle(req, &peer, port).await;
+                Ok::<_, Infallible>(resp.map(|b| guarded(b, guard)))
+            }
         });
         // The TLS policy this connection was set up under: when a newer one arrives, the
         // connection gets the new policy's grace period, then is closed gracefully (GOAWAY, or
@@ -166,11 +194,18 @@ impl Inbound {
         let mut epochs = self.store.tls_epochs();
         let generation = epochs.borrow_and_update().generation;
         let mut deadline: Option<tokio::time::Instant> = None;
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE);
+        let limits = self.gate.limits;
+        let io = Watched::new(io, activity.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
         let mut following = true;
+        // After an idle close starts: the client gets this long to go before it is cut off.
+        let mut hard_stop: Option<tokio::time::Instant> = None;
         loop {
             let expiry = deadline.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
@@ -178,6 +213,19 @@ impl Inbound {
                     if let Err(e) = r {
                         tracing::debug!("inbound connection: {e}");
                     }
+                    return;
+                }
+                why = activity.expired(&limits), if !closing => {
+                    self.gate.timed_out(why);
+                    tracing::debug!(peer = %peer_label, "inbound connection closed: {why:?} timeout");
+                    if why == Expiry::HeaderRead {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    hard_stop = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                _ = tokio::time::sleep_until(hard_stop.unwrap_or_else(tokio::time::Instant::now)), if hard_stop.is_some() => {
                     return;
                 }
                 _ = drain.signaled(), if !closing => {
@@ -221,10 +269,17 @@ impl Inbound {
     async fn route(
         &self,
         snap: &Snapshot,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Peer,
         port: u16,
     ) -> (Response<Body>, String) {
+        if req.method() == http::Method::CONNECT {
+            return (
+                crate::upgrade::not_implemented("CONNECT tunnels are not supported"),
+                String::new(),
+            );
+        }
+        let client_upgrade = crate::upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let Some(listener) = &snap.inbound else {
             return (
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "no inbound listener"),
@@ -293,31 +348,48 @@ impl Inbound {
             }
         }
         let (mut parts, body) = req.into_parts();
-        // The version the calling application spoke (our outbound side says so on the mesh
-        // hop, which is always HTTP/2); without the header, the version this request came in.
-        let h2 = match parts.headers.remove(&APP_PROTOCOL) {
-            Some(v) => v == "h2",
-            None => parts.version == http::Version::HTTP_2,
-        };
+        // The version toward the application is its cluster's (the Service port's
+        // `appProtocol`): nothing a caller sends chooses it. An older sidecar's header is
+        // dropped here, before the application.
+        parts.headers.remove(&LEGACY_APP_PROTOCOL);
         parts.headers.remove(&PEER_IDENTITY);
         if let Some(v) = &peer.header {
             parts.headers.insert(PEER_IDENTITY, v.clone());
         }
         ensure_traceparent(&mut parts.headers);
+        let over_http2 = parts.version == http::Version::HTTP_2;
+        if let Some(client) = client_upgrade {
+            let direction = Direction::Inbound { app: self.app_addr };
+            let (resp, _) = self
+                .forwarder
+                .upgrade(snap, route, direction, &host, parts, client)
+                .await;
+            return (resp, route.name.clone());
+        }
         let (resp, _) = self
             .forwarder
             .forward(
                 snap,
                 route,
-                Direction::Inbound {
-                    app: self.app_addr,
-                    h2,
-                },
+                Direction::Inbound { app: self.app_addr },
                 &host,
                 parts,
                 body,
             )
             .await;
+        // Headers the caller's HTTP/2 side would refuse would cost it the whole connection.
+        let size = response_header_list_size(resp.headers());
+        if over_http2 && size > MAX_HEADER_LIST_SIZE as usize {
+            self.metrics.header_list_too_large("inbound");
+            let why = format!(
+                "the application's response headers are {size} bytes; the mesh accepts at \
+                 most {MAX_HEADER_LIST_SIZE}"
+            );
+            return (
+                error_response(StatusCode::BAD_GATEWAY, &why),
+                route.name.clone(),
+            );
+        }
         (resp, route.name.clone())
     }
 

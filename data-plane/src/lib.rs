@@ -12,8 +12,10 @@
 //!   [`drain`].
 
 pub mod admin;
+pub mod app_pool;
 pub mod backoff;
 pub mod config;
+pub mod conn;
 pub mod drain;
 pub mod dump;
 pub mod forward;
@@ -25,6 +27,7 @@ pub mod outbound;
 pub mod readiness;
 pub mod resources;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod xds;
 
@@ -133,13 +136,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!("cannot restore the stored configuration: {e:#}"),
     }
 
-    let upstreams = upstream::Upstreams::new(identity.clone(), metrics.clone());
+    let app_pool = app_pool::AppPool::new(
+        config.max_app_connections,
+        config.app_queue_timeout,
+        config
+            .limits
+            .idle_timeout
+            .min(std::time::Duration::from_secs(90)),
+        metrics.clone(),
+    );
+    let upstreams = upstream::Upstreams::new(identity.clone(), metrics.clone(), app_pool);
     let forwarder = Arc::new(forward::Forwarder {
         upstreams,
         metrics: metrics.clone(),
     });
     let (trigger, watch) = drain::new();
     let inbound = Arc::new(inbound::Inbound {
+        gate: conn::Gate::new("inbound", config.limits, metrics.clone()),
         store: store.clone(),
         readiness: readiness.clone(),
         forwarder: forwarder.clone(),
@@ -147,6 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         app_addr: config.app_addr,
     });
     let outbound = Arc::new(outbound::Outbound {
+        gate: conn::Gate::new("outbound", config.limits, metrics.clone()),
         store: store.clone(),
         forwarder,
         metrics: metrics.clone(),

@@ -26,6 +26,24 @@ pub struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    pub direction: &'static str,
+    /// `header_read` or `idle`.
+    pub kind: &'static str,
+}
+
+/// Held while a connection of a listener is open: counts it in `connections_open`.
+pub struct OpenGauge {
+    gauge: Gauge,
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub direction: &'static str,
     /// `ok` or `error`.
@@ -114,6 +132,12 @@ struct Inner {
     upstream_failures: Family<ClusterLabel, Counter>,
     retries: Family<ClusterLabel, Counter>,
     overflows: Family<ClusterLabel, Counter>,
+    connections_open: Family<DirectionLabel, Gauge>,
+    connections_refused: Family<DirectionLabel, Counter>,
+    connection_timeouts: Family<TimeoutLabels, Counter>,
+    app_connections: Gauge,
+    app_queue_overflows: Counter,
+    header_list_too_large: Family<DirectionLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -206,8 +230,52 @@ impl Metrics {
             "Requests failed fast by a circuit breaker, by cluster",
             overflows.clone(),
         );
+        let connections_open = Family::<DirectionLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open connections of the inbound and outbound listeners",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because the listener had --max-connections open",
+            connections_refused.clone(),
+        );
+        let connection_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "connection_timeouts",
+            "Connections closed by --header-read-timeout (kind header_read) or --idle-timeout \
+             (kind idle)",
+            connection_timeouts.clone(),
+        );
+        let app_connections = Gauge::default();
+        registry.register(
+            "app_connections",
+            "Open HTTP/1.1 connections to the local application (at most --max-app-connections)",
+            app_connections.clone(),
+        );
+        let app_queue_overflows = Counter::default();
+        registry.register(
+            "app_queue_overflows",
+            "Inbound requests answered 503 because no application connection was free within \
+             --app-queue-timeout",
+            app_queue_overflows.clone(),
+        );
+        let header_list_too_large = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "header_list_too_large",
+            "Requests answered 431 because their headers exceed what the next hop accepts",
+            header_list_too_large.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                connections_open,
+                connections_refused,
+                connection_timeouts,
+                app_connections,
+                app_queue_overflows,
+                header_list_too_large,
                 registry,
                 requests,
                 latency,
@@ -362,6 +430,48 @@ impl Metrics {
             .get_or_create(&ClusterLabel {
                 cluster: cluster.to_string(),
             })
+            .inc();
+    }
+
+    pub fn connection_open(&self, direction: &'static str) -> OpenGauge {
+        let gauge = self
+            .inner
+            .connections_open
+            .get_or_create(&DirectionLabel { direction })
+            .clone();
+        gauge.inc();
+        OpenGauge { gauge }
+    }
+
+    pub fn connection_refused(&self, direction: &'static str) {
+        self.inner
+            .connections_refused
+            .get_or_create(&DirectionLabel { direction })
+            .inc();
+    }
+
+    pub fn connection_timeout(&self, direction: &'static str, kind: &'static str) {
+        self.inner
+            .connection_timeouts
+            .get_or_create(&TimeoutLabels { direction, kind })
+            .inc();
+    }
+
+    /// Counts an open application connection until the guard is dropped.
+    pub fn app_connection(&self) -> OpenGauge {
+        let gauge = self.inner.app_connections.clone();
+        gauge.inc();
+        OpenGauge { gauge }
+    }
+
+    pub fn app_queue_overflow(&self) {
+        self.inner.app_queue_overflows.inc();
+    }
+
+    pub fn header_list_too_large(&self, direction: &'static str) {
+        self.inner
+            .header_list_too_large
+            .get_or_create(&DirectionLabel { direction })
             .inc();
     }
 

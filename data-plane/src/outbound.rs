@@ -3,15 +3,16 @@
 //! ("*": every route table held), the first matching route picks the backends, and the request
 //! leaves over mesh mTLS (see [`crate::forward`]).
 
+use crate::conn::{Expiry, Gate, Watched, guarded};
 use crate::drain;
 use crate::forward::{Direction, Forwarder};
 use crate::http_util::{
-    APP_PROTOCOL, Body, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
+    Body, LEGACY_APP_PROTOCOL, PEER_IDENTITY, ensure_traceparent, error_response, host_of,
 };
 use crate::metrics::Metrics;
 use crate::resources::{Protocol, RequestView};
 use crate::xds::store::{Snapshot, Store};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 pub struct Outbound {
+    pub gate: Arc<Gate>,
     pub store: Arc<Store>,
     pub forwarder: Arc<Forwarder>,
     pub metrics: Metrics,
@@ -35,9 +37,16 @@ impl Outbound {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => {
+                        let Some(admitted) = self.gate.admit() else {
+                            tracing::debug!("outbound connection closed: --max-connections reached");
+                            continue;
+                        };
                         let this = self.clone();
                         let drain = drain.clone();
-                        tokio::spawn(async move { this.connection(tcp, drain).await });
+                        tokio::spawn(async move {
+                            this.connection(tcp, drain).await;
+                            drop(admitted);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!("outbound accept: {e}");
@@ -59,18 +68,37 @@ impl Outbound {
             tracing::warn!(listener = %l.name, "outbound TCP listeners are not supported; connection closed");
             return;
         }
+        let activity = self.gate.activity();
+        let limits = self.gate.limits;
         let this = self.clone();
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
+            let guard = requests.begin();
+            async move {
+                let resp = this.handle(req).await;
+                Ok::<_, Infallible>(resp.map(|b| guarded(b, guard)))
+            }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(tcp), service);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE);
+        let io = Watched::new(tcp, activity.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!("outbound connection: {e}");
+                }
+            }
+            why = activity.expired(&limits) => {
+                self.gate.timed_out(why);
+                tracing::debug!("outbound connection closed: {why:?} timeout");
+                if why == Expiry::Idle {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }
             }
             _ = drain.signaled() => {
@@ -97,8 +125,16 @@ impl Outbound {
     async fn route(
         &self,
         snap: &Snapshot,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> (Response<Body>, String, String) {
+        if req.method() == http::Method::CONNECT {
+            return (
+                crate::upgrade::not_implemented("CONNECT tunnels are not supported"),
+                String::new(),
+                String::new(),
+            );
+        }
+        let client_upgrade = crate::upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let Some(listener) = &snap.outbound else {
             return (
                 error_response(
@@ -142,13 +178,17 @@ impl Outbound {
         // The application cannot speak for the mesh: the receiving sidecar sets this header
         // from our certificate.
         parts.headers.remove(&PEER_IDENTITY);
-        let app_protocol = if parts.version == http::Version::HTTP_2 {
-            HeaderValue::from_static("h2")
-        } else {
-            HeaderValue::from_static("http/1.1")
-        };
-        parts.headers.insert(APP_PROTOCOL, app_protocol);
+        // Nor choose how the other side talks to its application.
+        parts.headers.remove(&LEGACY_APP_PROTOCOL);
         ensure_traceparent(&mut parts.headers);
+        if let Some(client) = client_upgrade {
+            drop(body);
+            let (resp, cluster) = self
+                .forwarder
+                .upgrade(snap, route, Direction::Outbound, &host, parts, client)
+                .await;
+            return (resp, route.name.clone(), cluster);
+        }
         let (resp, cluster) = self
             .forwarder
             .forward(snap, route, Direction::Outbound, &host, parts, body)

@@ -541,6 +541,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub expected_identities: Vec<IdentityPattern>,
     pub upstream_tls: UpstreamTls,
+    /// With upstream TLS disabled: the endpoints speak HTTP/2 with prior knowledge (the
+    /// Service port's `appProtocol` http2/h2c/grpc), else HTTP/1.1. Never chosen by a caller.
+    pub app_http2: bool,
     /// Requests in flight to the whole cluster (circuit breaking).
     pub in_flight: AtomicUsize,
     /// Requests waiting for a connection to be set up (circuit breaking).
@@ -567,6 +570,10 @@ impl Cluster {
                 }
                 pb::cluster::UpstreamTls::Disabled => UpstreamTls::Disabled,
             };
+        let app_http2 = match enum_value::<pb::AppProtocol>("app_protocol", c.app_protocol)? {
+            pb::AppProtocol::Unspecified | pb::AppProtocol::Http1 => false,
+            pb::AppProtocol::Http2 => true,
+        };
         let expected_identities = c
             .expected_identities
             .iter()
@@ -637,6 +644,7 @@ impl Cluster {
             connect_timeout: millis(c.connect_timeout_ms).unwrap_or(Duration::from_secs(5)),
             expected_identities,
             upstream_tls,
+            app_http2,
             in_flight: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             connections: Default::default(),

@@ -30,13 +30,15 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client config for dialling one endpoint: presents our certificate, offers only h2, and
-/// accepts only a server whose SPIFFE ID matches one of `expected`.
+/// A client config for dialling one endpoint: presents our certificate, offers only `alpn`
+/// (`h2`; `http/1.1` for an upgrade's own connection), and accepts only a server whose SPIFFE
+/// ID matches one of `expected`.
 pub fn client_config(
     settings: &TlsSettings,
     cert: Arc<CertSlot>,
     anchors: Arc<TrustAnchors>,
     expected: &[IdentityPattern],
+    alpn: &[u8],
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(settings.provider())
         .with_protocol_versions(&settings.versions)?
@@ -47,7 +49,7 @@ pub fn client_config(
             algs: mesh_ca::tls::provider().signature_verification_algorithms,
         }))
         .with_client_cert_resolver(cert);
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -15,14 +15,13 @@ use crate::metrics::Metrics;
 use crate::resources::{Cluster, Endpoint};
 use crate::xds::store::Snapshot;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +35,12 @@ pub enum UpstreamError {
     /// response headers arrived.
     #[error("reset: {0}")]
     Reset(String),
+    /// The request's headers are larger than the upstream advertised it accepts
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE): nothing sent, the shared connection untouched.
+    #[error(
+        "the request headers are {size} bytes (HTTP/2 header-list size); the upstream accepts at most {limit}"
+    )]
+    HeadersTooLarge { size: usize, limit: u32 },
     /// A circuit breaker limit of the cluster is reached: failed fast, nothing sent.
     #[error("{0}")]
     Overflow(String),
@@ -63,7 +68,16 @@ struct MeshKey {
     expected: String,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+/// A pooled mesh connection, and the header-list size its server advertised (0: its SETTINGS
+/// have not arrived yet).
+struct Pooled {
+    sender: SendRequest<Body>,
+    peer_limit: Arc<AtomicU32>,
+}
+
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
 pub struct Upstreams {
     identity: Arc<Identity>,
@@ -72,12 +86,18 @@ pub struct Upstreams {
     mesh: Mutex<(u64, HashMap<MeshKey, Slot>)>,
     plain: Client<HttpConnector, Body>,
     plain_h2: Client<HttpConnector, Body>,
+    /// HTTP/1.1 to the local application, capped.
+    app: Arc<crate::app_pool::AppPool>,
 }
 
 // === impl Upstreams ===
 
 impl Upstreams {
-    pub fn new(identity: Arc<Identity>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        identity: Arc<Identity>,
+        metrics: Metrics,
+        app: Arc<crate::app_pool::AppPool>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -97,6 +117,7 @@ impl Upstreams {
             mesh: Mutex::new((0, HashMap::new())),
             plain,
             plain_h2,
+            app,
         })
     }
 
@@ -106,16 +127,30 @@ impl Upstreams {
         &self,
         req: Request<Body>,
         h2: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let client = if h2 { &self.plain_h2 } else { &self.plain };
-        client.request(req).await.map_err(|e| {
+        let resp = client.request(req).await.map_err(|e| {
             let text = crate::error_chain(&e);
             if e.is_connect() {
                 UpstreamError::Connect(text)
             } else {
                 UpstreamError::Reset(text)
             }
-        })
+        })?;
+        Ok(resp.map(crate::http_util::boxed))
+    }
+
+    /// HTTP/1.1 to the local application at `addr`, through the capped pool; `req`'s URI may
+    /// be absolute (only its path is sent).
+    pub async fn send_app(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        self.app.send(addr, req).await
     }
 
     /// HTTP/2 over mesh mTLS to `endpoint` of `cluster`.
@@ -125,7 +160,7 @@ impl Upstreams {
         cluster: &Cluster,
         endpoint: &Endpoint,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let key = MeshKey {
             addr: endpoint.address,
             expected: endpoint.expected_key.clone(),
@@ -144,7 +179,7 @@ impl Upstreams {
         // At most two rounds: a pooled connection that turns out closed before the request
         // was written is replaced once.
         for round in 0..2 {
-            let mut sender = {
+            let sender = {
                 let limits = cluster.circuit_breaker;
                 let (_pending, waiting) = Counted::new(&cluster.pending);
                 if let Some(cb) = limits
@@ -158,7 +193,7 @@ impl Upstreams {
                 }
                 let mut guard = slot.lock().await;
                 match guard.as_ref() {
-                    Some(s) if !s.is_closed() => s.clone(),
+                    Some(p) if !p.sender.is_closed() => (p.sender.clone(), p.peer_limit.clone()),
                     _ => {
                         if let Some(cb) = limits
                             && cb.max_connections > 0
@@ -170,19 +205,31 @@ impl Upstreams {
                                 cluster.name
                             )));
                         }
-                        let s = self
+                        let p = self
                             .connect(snap, cluster, endpoint)
                             .await
                             .inspect_err(|_| {
                                 self.metrics.upstream_failure(&cluster.name);
                             })?;
-                        *guard = Some(s.clone());
-                        s
+                        let pair = (p.sender.clone(), p.peer_limit.clone());
+                        *guard = Some(p);
+                        pair
                     }
                 }
             };
+            let (mut sender, peer_limit) = sender;
+            // A header list the server refuses would cost the shared connection (h2 answers
+            // an oversized block with GOAWAY): refuse this one request instead.
+            let limit = match peer_limit.load(Ordering::Relaxed) {
+                0 => crate::http_util::MAX_HEADER_LIST_SIZE,
+                n => n,
+            };
+            let size = crate::http_util::header_list_size(&req);
+            if size > limit as usize {
+                return Err(UpstreamError::HeadersTooLarge { size, limit });
+            }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(crate::http_util::boxed)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if round == 0 => {
                         *slot.lock().await = None;
@@ -200,36 +247,76 @@ impl Upstreams {
         ))
     }
 
-    async fn connect(
+    /// mTLS to `endpoint`, offering `alpn`, checking its identity; the connection counts as
+    /// open (TLS inventory) while the guard lives.
+    async fn tls_connect(
         &self,
         snap: &Snapshot,
-        cluster: &Cluster,
         endpoint: &Endpoint,
-    ) -> Result<SendRequest<Body>, UpstreamError> {
+        alpn: &[u8],
+    ) -> Result<(TlsStream, crate::metrics::OpenConnection), UpstreamError> {
         let config = crate::tls::client_config(
             &snap.tls,
             self.identity.cert.clone(),
             self.identity.anchors.clone(),
             &endpoint.expected,
+            alpn,
         )
         .map_err(|e| UpstreamError::Connect(format!("TLS configuration: {e}")))?;
         let addr = endpoint.address;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await;
+        self.metrics.handshake("outbound", tls.is_ok());
+        let tls = tls.map_err(|e| UpstreamError::Connect(format!("{addr}: TLS: {e}")))?;
+        let open = self.metrics.negotiated("outbound", tls.get_ref().1);
+        Ok((tls, open))
+    }
+
+    /// A connection of its own to `endpoint` for an HTTP/1.1 upgrade (mTLS, ALPN http/1.1),
+    /// within the cluster's connect timeout.
+    pub async fn connect_upgrade(
+        &self,
+        snap: &Snapshot,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+    ) -> Result<(TlsStream, crate::metrics::OpenConnection), UpstreamError> {
+        let addr = endpoint.address;
+        tokio::time::timeout(
+            cluster.connect_timeout,
+            self.tls_connect(snap, endpoint, b"http/1.1"),
+        )
+        .await
+        .map_err(|_| {
+            UpstreamError::Connect(format!(
+                "{addr}: no connection within {:?}",
+                cluster.connect_timeout
+            ))
+        })?
+        .inspect_err(|_| self.metrics.upstream_failure(&cluster.name))
+    }
+
+    async fn connect(
+        &self,
+        snap: &Snapshot,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+    ) -> Result<Pooled, UpstreamError> {
+        let addr = endpoint.address;
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await;
-            self.metrics.handshake("outbound", tls.is_ok());
-            let tls = tls.map_err(|e| UpstreamError::Connect(format!("{addr}: TLS: {e}")))?;
-            let open = self.metrics.negotiated("outbound", tls.get_ref().1);
+            let (tls, open) = self.tls_connect(snap, endpoint, b"h2").await?;
+            let peer_limit = Arc::new(AtomicU32::new(0));
+            let tls = SettingsSniffer::new(tls, peer_limit.clone());
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
+                .max_header_list_size(crate::http_util::MAX_HEADER_LIST_SIZE)
                 .handshake(TokioIo::new(tls))
                 .await
                 .map_err(|e| UpstreamError::Connect(format!("{addr}: HTTP/2: {e}")))?;
@@ -243,7 +330,7 @@ impl Upstreams {
                 connections.fetch_sub(1, Ordering::Relaxed);
                 drop(open);
             });
-            Ok(sender)
+            Ok(Pooled { sender, peer_limit })
         };
         tokio::time::timeout(cluster.connect_timeout, connect)
             .await
@@ -253,5 +340,140 @@ impl Upstreams {
                     cluster.connect_timeout
                 ))
             })?
+    }
+}
+
+/// Reads the server's first HTTP/2 frame (its SETTINGS, RFC 9113 §3.4) as it passes, to learn
+/// the SETTINGS_MAX_HEADER_LIST_SIZE it advertises (`u32::MAX`: none, unlimited). Everything
+/// is passed through untouched; after the first frame it only forwards.
+struct SettingsSniffer<IO> {
+    io: IO,
+    limit: Arc<AtomicU32>,
+    head: Vec<u8>,
+    done: bool,
+}
+
+/// More than any real first SETTINGS frame (a few 6-byte entries).
+const MAX_SNIFFED: usize = 9 + 6 * 64;
+
+impl<IO> SettingsSniffer<IO> {
+    fn new(io: IO, limit: Arc<AtomicU32>) -> Self {
+        Self {
+            io,
+            limit,
+            head: Vec::new(),
+            done: false,
+        }
+    }
+
+    fn sniff(&mut self, bytes: &[u8]) {
+        self.head.extend_from_slice(bytes);
+        if self.head.len() < 9 {
+            return;
+        }
+        let len = (usize::from(self.head[0]) << 16)
+            | (usize::from(self.head[1]) << 8)
+            | usize::from(self.head[2]);
+        let (kind, flags) = (self.head[3], self.head[4]);
+        // Not a SETTINGS frame, an ACK, or too big to be plausible: keep the default.
+        if kind != 0x4 || flags & 0x1 != 0 || 9 + len > MAX_SNIFFED {
+            self.finish(None);
+            return;
+        }
+        if self.head.len() < 9 + len {
+            return;
+        }
+        let limit = self.head[9..9 + len]
+            .chunks_exact(6)
+            .find(|e| u16::from_be_bytes([e[0], e[1]]) == 0x6)
+            .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+        self.finish(Some(limit.unwrap_or(u32::MAX)));
+    }
+
+    fn finish(&mut self, limit: Option<u32>) {
+        if let Some(l) = limit {
+            self.limit.store(l.max(1), Ordering::Relaxed);
+        }
+        self.done = true;
+        self.head = Vec::new();
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SettingsSniffer<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if !self.done
+            && let std::task::Poll::Ready(Ok(())) = r
+        {
+            let fresh = buf.filled()[before..].to_vec();
+            self.sniff(&fresh);
+        }
+        r
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SettingsSniffer<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_servers_first_settings_frame_gives_its_header_list_limit() {
+        let limit = Arc::new(AtomicU32::new(0));
+        let mut s = SettingsSniffer::new((), limit.clone());
+        // SETTINGS: MAX_CONCURRENT_STREAMS 100, MAX_HEADER_LIST_SIZE 16384; in two reads.
+        let frame = [
+            0, 0, 12, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 6, 0, 0, 0x40, 0,
+        ];
+        s.sniff(&frame[..5]);
+        assert_eq!(limit.load(Ordering::Relaxed), 0);
+        s.sniff(&frame[5..]);
+        assert_eq!(limit.load(Ordering::Relaxed), 16384);
+        // None advertised: unlimited.
+        let limit = Arc::new(AtomicU32::new(0));
+        let mut s = SettingsSniffer::new((), limit.clone());
+        s.sniff(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        assert_eq!(limit.load(Ordering::Relaxed), u32::MAX);
     }
 }

@@ -309,6 +309,7 @@ mod tests {
                 connect_timeout_ms: 2_000,
                 expected_identities: vec!["spiffe://cluster.local/ns/shop/sa/*".into()],
                 upstream_tls: cluster::UpstreamTls::Mutual.into(),
+                app_protocol: AppProtocol::Http2.into(),
             }),
             ResourceType::AuthorizationPolicy => Body::AuthorizationPolicy(AuthorizationPolicy {
                 name: "shop/allow-frontend".into(),

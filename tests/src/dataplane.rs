@@ -171,13 +171,13 @@ pub fn envoy_binary() -> anyhow::Result<PathBuf> {
     Ok(on_path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn tls_socket(kind: &str, cert: &Path, key: &Path, bundle: &Path, extra: &str) -> String {
+pub fn tls_socket(kind: &str, cert: &Path, key: &Path, bundle: &Path, extra: &str) -> String {
     format!(
         r#"
       transport_socket:
@@ -201,7 +201,7 @@ fn tls_socket(kind: &str, cert: &Path, key: &Path, bundle: &Path, extra: &str) -
     )
 }
 
-fn envoy_config(
+pub fn envoy_config(
     listen: u16,
     upstream: u16,
     tls_in: Option<String>,
@@ -252,7 +252,7 @@ fn envoy_config(
     )
 }
 
-fn start_envoy(envoy: &Path, dir: &Path, name: &str, config: &str) -> anyhow::Result<Process> {
+pub fn start_envoy(envoy: &Path, dir: &Path, name: &str, config: &str) -> anyhow::Result<Process> {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, config)?;
     let mut cmd = std::process::Command::new(envoy);

@@ -18,6 +18,10 @@ struct Switches {
     fail_next: AtomicU64,
     delay_ms: AtomicU64,
     requests: AtomicU64,
+    /// Connections open now, the most open at once, and all accepted.
+    open: AtomicU64,
+    peak: AtomicU64,
+    accepted: AtomicU64,
 }
 
 pub struct EchoApp {
@@ -38,7 +42,11 @@ impl EchoApp {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (sw, name) = (sw.clone(), name.clone());
                 tokio::spawn(async move {
+                    sw.accepted.fetch_add(1, Ordering::SeqCst);
+                    let now = sw.open.fetch_add(1, Ordering::SeqCst) + 1;
+                    sw.peak.fetch_max(now, Ordering::SeqCst);
                     let _ = serve(tcp, &name, &sw).await;
+                    sw.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -60,6 +68,16 @@ impl EchoApp {
         self.switches
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Connections open to the app now.
+    pub fn open_connections(&self) -> u64 {
+        self.switches.open.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open to the app at once.
+    pub fn peak_connections(&self) -> u64 {
+        self.switches.peak.load(Ordering::SeqCst)
     }
 
     /// Requests received so far (answered or failed).

@@ -9,6 +9,7 @@ pub mod echo;
 pub mod fleet;
 pub mod kube_api;
 pub mod meshd;
+pub mod peers;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

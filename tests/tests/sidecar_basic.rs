@@ -476,6 +476,18 @@ async fn grpc_stays_http2_end_to_end_with_its_trailers() {
     let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
         .await
         .unwrap();
+    // B's app speaks gRPC: its Service port says so (the caller's version never decides).
+    meshd
+        .apply(
+            r#"apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: b, namespace: default}
+spec:
+  ports: [{name: grpc, port: 80, protocol: http, appProtocol: grpc}]
+  selector: {app: b}
+"#,
+        )
+        .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_app = listener.local_addr().unwrap();
     tokio::spawn(
@@ -486,7 +498,7 @@ async fn grpc_stays_http2_end_to_end_with_its_trailers() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let app_a = EchoApp::start("a").await.unwrap();
-    let _b = Proxy::start(
+    let b = Proxy::start(
         &meshd,
         &dir.path().join("b"),
         B,
@@ -495,6 +507,12 @@ async fn grpc_stays_http2_end_to_end_with_its_trailers() {
     )
     .await
     .unwrap();
+    b.wait_config("B's app cluster to speak HTTP/2", |d| {
+        Proxy::resources(d, "Cluster").iter().any(|c| {
+            c["name"] == "inbound|app" && c["resource"]["app_protocol"] == "APP_PROTOCOL_HTTP2"
+        })
+    })
+    .await;
     let a = Proxy::start(
         &meshd,
         &dir.path().join("a"),
@@ -772,4 +790,338 @@ async fn mesh_proxy_says_ready_only_when_it_is_and_hints_at_the_wrong_flag() {
             .any(|l| l.starts_with("Admin") && l.trim_end().ends_with(&good.admin_addr.to_string())),
         "{stdout}"
     );
+}
+
+/// Callers that are not a mesh-proxy, speaking HTTP/2 to an HTTP/1.1 app: real Envoy with a
+/// mesh certificate straight to B's inbound, and curl with HTTP/2 prior knowledge on A's
+/// outbound listener. B's app gets HTTP/1.1 (its Service port's `appProtocol`, default http),
+/// whatever a caller sends in `x-mesh-app-protocol`, and sees the Envoy workload's identity.
+#[tokio::test]
+async fn http2_callers_that_are_not_mesh_proxies_reach_an_http1_app() {
+    use mesh_tests::peers::{Envoy, curl};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let envoy_id = "spiffe://cluster.local/ns/default/sa/envoy";
+    let envoy =
+        Envoy::mesh_client(&meshd, &dir.path().join("envoy"), envoy_id, b.inbound_addr).unwrap();
+    let url = format!("http://{}/from-envoy", envoy.listen);
+    let answer = mesh_tests::wait::until(
+        "Envoy to answer through B's inbound",
+        Duration::from_secs(60),
+        || async {
+            let out = curl(&[
+                "-H",
+                "x-mesh-app-protocol: h2",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .await;
+            out.stdout.ends_with("\n200").then_some(out)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nenvoy log:\n{}\nB's log:\n{}",
+            envoy.process.log(),
+            b.log()
+        )
+    });
+    let body = answer.stdout.trim_end_matches("\n200");
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/from-envoy");
+    assert_eq!(
+        echo["headers"]["x-mesh-peer-identity"], envoy_id,
+        "B's app sees the Envoy workload's verified identity: {echo}"
+    );
+    assert!(
+        echo["headers"].get("x-mesh-app-protocol").is_none(),
+        "the header never reaches the app: {echo}"
+    );
+
+    // curl speaking h2c (prior knowledge) to A's outbound listener, addressed to `b`.
+    a.get_until("b", "/", 200).await;
+    let connect_to = format!("b:80:{}:{}", a.outbound_addr.ip(), a.outbound_addr.port());
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--connect-to",
+        &connect_to,
+        "-H",
+        "x-mesh-app-protocol: h2",
+        "-w",
+        "\n%{http_code} %{http_version}",
+        "http://b/h2c",
+    ])
+    .await;
+    assert!(out.stdout.ends_with("\n200 2"), "{out}\n{}", b.log());
+    let body = out.stdout.rsplit_once('\n').unwrap().0;
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/h2c");
+    assert_eq!(echo["headers"]["x-mesh-peer-identity"], A, "{echo}");
+    assert!(
+        echo["headers"].get("x-mesh-app-protocol").is_none(),
+        "{echo}"
+    );
+}
+
+/// Issue 12 item 14, with raw sockets on A's outbound listener: a malformed chunked body is the
+/// client's fault (400 from A, not an "upstream reset" 502), and a transfer coding the sidecar
+/// cannot carry across the HTTP/2 hop is refused with 501, never silently dropped.
+#[tokio::test]
+async fn malformed_chunked_bodies_are_400_and_foreign_transfer_codings_501() {
+    use mesh_tests::peers::{raw_exchange, status_of};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let _b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.get_until("b", "/", 200).await;
+    let head = "POST /chunked HTTP/1.1\r\nHost: b\r\nConnection: close\r\n";
+    let send = |te: &str, body: &str| {
+        let request = format!("{head}Transfer-Encoding: {te}\r\n\r\n{body}");
+        async move { raw_exchange(a.outbound_addr, request.as_bytes(), Duration::from_secs(30)).await }
+    };
+
+    // Well-formed: the body arrives whole.
+    let ok = send("chunked", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    assert!(ok.contains("\"body\":\"hello world\""), "{ok}");
+
+    for (what, body) in [
+        ("a bare LF in the framing", "5\nhello\r\n0\r\n\r\n"),
+        ("a size that is not hex", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("a chunk longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
+        (
+            "a size that overflows",
+            "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let answer = send("chunked", body).await;
+        assert_eq!(status_of(&answer), 400, "{what}: {answer}");
+        assert!(
+            answer.contains("malformed request body"),
+            "{what}: says why: {answer}"
+        );
+    }
+
+    // curl's `--http2` on plain HTTP offers `Upgrade: h2c`: declined, answered in HTTP/1.1.
+    let connect_to = format!("b:80:{}:{}", a.outbound_addr.ip(), a.outbound_addr.port());
+    let out = mesh_tests::peers::curl(&[
+        "--http2",
+        "--connect-to",
+        &connect_to,
+        "-w",
+        "\n%{http_code} %{http_version}",
+        "http://b/h2c-offer",
+    ])
+    .await;
+    assert!(out.stdout.ends_with("\n200 1.1"), "{out}");
+
+    let before = app_b.requests();
+    let answer = send("gzip, chunked", "5\r\nhello\r\n0\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 501, "{answer}");
+    assert!(answer.contains("gzip"), "{answer}");
+    assert_eq!(app_b.requests(), before, "nothing reached B's app");
+}
+
+/// Issue 12 item 3: an absolute-form request (`GET http://b/ HTTP/1.1`, as an HTTP proxy
+/// client sends it; curl `-x`) is routed by the URL's authority, not by a conflicting `Host`;
+/// on the inbound side an HTTP/2 `:authority` wins over a `host` header (Python `h2`). The app
+/// sees the one host that was routed.
+#[tokio::test]
+async fn the_request_target_authority_wins_over_a_conflicting_host() {
+    use mesh_tests::peers::{PY_H2_REQUEST, curl, python, raw_exchange, status_of};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let app_b = EchoApp::start("b").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.get_until("b", "/", 200).await;
+
+    // Raw socket: absolute form with a Host naming something else.
+    let answer = raw_exchange(
+        a.outbound_addr,
+        b"GET http://b/absolute?q=1 HTTP/1.1\r\nHost: nobody\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/absolute?q=1", "{echo}");
+    assert_eq!(
+        echo["headers"]["host"], "b",
+        "the conflicting Host was replaced: {echo}"
+    );
+
+    // curl through A's outbound as its HTTP proxy.
+    let proxy = format!("http://{}", a.outbound_addr);
+    let out = curl(&["-x", &proxy, "http://b.default/via-proxy"]).await;
+    assert!(out.ok(), "{out}");
+    let echo: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(echo["id"], "b", "{echo}");
+    assert_eq!(echo["path"], "/via-proxy");
+    assert_eq!(echo["headers"]["host"], "b.default", "{echo}");
+
+    // Inbound: HTTP/2 with `:authority: b` and a `host: evil.example` header.
+    let (cert, key) = mesh_tests::proxy::issue_cert(
+        &meshd,
+        "spiffe://cluster.local/ns/default/sa/ops",
+        &dir.path().join("ops"),
+    );
+    let args = vec![
+        b.inbound_addr.ip().to_string(),
+        b.inbound_addr.port().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+        meshd.data_dir.join("ca-bundle.pem").display().to_string(),
+        "/h2-authority".into(),
+        ":authority=b".into(),
+        "host=evil.example".into(),
+    ];
+    let out = python(&["h2"], PY_H2_REQUEST, &args, Duration::from_secs(60)).await;
+    assert!(out.ok(), "{out}\nB:\n{}", b.log());
+    let answer: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    let echo: serde_json::Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echo["headers"]["host"], "b", "{echo}");
+}
+
+/// Issue 12 item 4: a real WebSocket client (Python `websockets`) through A's outbound reaches
+/// a real WebSocket server behind B: the upgrade is carried end to end (on an HTTP/1.1
+/// connection of its own between the sidecars), messages flow both ways, and B's server sees
+/// A's verified identity. A `CONNECT` tunnel is refused with 501, not turned into a request.
+#[tokio::test]
+async fn websocket_upgrades_pass_through_both_sidecars() {
+    use mesh_tests::peers::{PY_WS_CLIENT, python, raw_exchange, status_of, websocket_server};
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let (_server, ws_app) = websocket_server(dir.path()).await.unwrap();
+    let app_a = EchoApp::start("a").await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        ws_app,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let a = Proxy::start(
+        &meshd,
+        &dir.path().join("a"),
+        A,
+        app_a.addr,
+        &ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    a.wait_config("A to know B's endpoint", |d| {
+        Proxy::resources(d, "Cluster").iter().any(|c| {
+            c["name"] == "b.default:80"
+                && c["resource"]["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| !e.is_empty())
+        })
+    })
+    .await;
+
+    let args: Vec<String> = [
+        a.outbound_addr.ip().to_string(),
+        a.outbound_addr.port().to_string(),
+        "b".into(),
+        "/chat".into(),
+        "hello".into(),
+        "world".into(),
+    ]
+    .into();
+    let out = python(
+        &["websockets"],
+        PY_WS_CLIENT,
+        &args,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.ok(), "{out}\nA:\n{}\nB:\n{}", a.log(), b.log());
+    let answers: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(
+        answers,
+        serde_json::json!([format!("{A}|hello"), format!("{A}|world")]),
+        "messages both ways, and the server saw A's identity"
+    );
+
+    let answer = raw_exchange(
+        a.outbound_addr,
+        b"CONNECT b:80 HTTP/1.1\r\nHost: b:80\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 501, "{answer}");
 }

@@ -54,6 +54,42 @@ pub enum Protocol {
     Tcp,
 }
 
+/// What the application behind a service port speaks (Kubernetes' `appProtocol`): the
+/// version the sidecar talks to it in, whatever version the caller used. A peer cannot choose
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    #[serde(rename = "http")]
+    Http,
+    /// HTTP/2 with prior knowledge (cleartext h2c).
+    #[serde(rename = "http2", alias = "h2c")]
+    Http2,
+    /// gRPC: HTTP/2 with prior knowledge.
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl AppProtocol {
+    /// Without an `appProtocol`, Istio's port naming convention (`<protocol>[-<suffix>]`):
+    /// `grpc`, `grpc-*` (not `grpc-web`, which is HTTP/1.1), `http2`, `http2-*`, `h2c`,
+    /// `h2c-*` are HTTP/2; any other name is HTTP/1.1.
+    pub fn from_port_name(name: &str) -> Self {
+        let family = name.split('-').next().unwrap_or_default();
+        match family {
+            "grpc" if !name.starts_with("grpc-web") => Self::Grpc,
+            "http2" | "h2c" => Self::Http2,
+            _ => Self::Http,
+        }
+    }
+
+    /// Whether the application is spoken to in HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
+}
+
 /// How a client sidecar picks an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum LbPolicy {
@@ -295,6 +331,8 @@ pub struct ServicePort {
     /// The port of the application behind the inbound sidecar (default: `port`).
     pub target_port: u16,
     pub protocol: Protocol,
+    /// What the application speaks on this port (HTTP ports); default HTTP/1.1.
+    pub app_protocol: AppProtocol,
     /// The inbound TLS of this port. `None`: the workload's TlsPolicy decides.
     pub inbound_tls: Option<TlsMode>,
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use super::resources::{
-    Action, LbPolicy, Protocol, RateLimitScope, RetryOn, TlsMode, UpstreamTls,
+    Action, AppProtocol, LbPolicy, Protocol, RateLimitScope, RetryOn, TlsMode, UpstreamTls,
 };
 
 type Labels = BTreeMap<String, String>;
@@ -69,6 +69,12 @@ pub struct ServicePortSpec {
     pub target_port: Option<i64>,
     /// `http` or `tcp`; required, since guessing wrong breaks the traffic.
     pub protocol: Protocol,
+    /// What the application speaks: `http` (HTTP/1.1), `http2` (or `h2c`: HTTP/2 with prior
+    /// knowledge) or `grpc`. The sidecar speaks it to the application whatever version the
+    /// caller used. Default: from the port's name as Istio names ports (`grpc`, `grpc-*`,
+    /// `http2*`, `h2c*` → HTTP/2), else `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<AppProtocol>,
     /// STRICT, PERMISSIVE or DISABLED for this port; default: the workload's TlsPolicy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_tls: Option<TlsMode>,

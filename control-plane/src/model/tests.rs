@@ -35,7 +35,7 @@ apiVersion: mesh.meshd.dev/v1alpha1
 kind: Service
 metadata: {name: ratings, namespace: shop}
 spec:
-  ports: [{name: http, port: 8080, protocol: http}]
+  ports: [{name: grpc, port: 8080, protocol: http, appProtocol: grpc}]
   selector: {app: ratings}
 ---
 # An external database: plaintext, static endpoint, default namespace.
@@ -507,6 +507,20 @@ fn corpus() -> Vec<Case> {
             "Service shop/web",
             "spec.ports[0].protocol",
             "unknown variant `udp`, expected `http` or `tcp`",
+        ),
+        yaml(
+            "appProtocol not http/http2/h2c/grpc",
+            svc("ports: [{name: web, port: 80, protocol: http, appProtocol: h3}]"),
+            "Service shop/web",
+            "spec.ports[0].appProtocol",
+            "unknown variant `h3`, expected one of `http`, `h2c`, `http2`, `grpc`",
+        ),
+        yaml(
+            "appProtocol on a tcp port",
+            svc("ports: [{name: db, port: 5432, protocol: tcp, appProtocol: http2}]"),
+            "Service shop/web",
+            "spec.ports[0].appProtocol",
+            "only an http port has an appProtocol",
         ),
         yaml(
             "missing protocol",
@@ -1183,6 +1197,23 @@ fn services_carry_what_clusters_need_with_defaults_filled_in() {
         ("admin", 19090, Protocol::Tcp, Some(TlsMode::Disabled))
     );
     assert_eq!(reviews.port(9080).unwrap().target_port, 9080);
+    // What the app speaks: HTTP/1.1 unless the port says otherwise.
+    assert_eq!(reviews.port(9080).unwrap().app_protocol, AppProtocol::Http);
+    let ratings = mesh.service("shop", "ratings").unwrap();
+    assert_eq!(ratings.port(8080).unwrap().app_protocol, AppProtocol::Grpc);
+    assert!(ratings.port(8080).unwrap().app_protocol.is_http2());
+    // Without one, Istio's port names say it.
+    for (name, want) in [
+        ("grpc", AppProtocol::Grpc),
+        ("grpc-api", AppProtocol::Grpc),
+        ("grpc-web", AppProtocol::Http),
+        ("http2-x", AppProtocol::Http2),
+        ("h2c", AppProtocol::Http2),
+        ("http", AppProtocol::Http),
+        ("web", AppProtocol::Http),
+    ] {
+        assert_eq!(AppProtocol::from_port_name(name), want, "{name}");
+    }
     assert_eq!(reviews.endpoints.len(), 2);
     assert_eq!(
         reviews.endpoints[0].address,

@@ -15,11 +15,11 @@ use super::document::{Document, Metadata, Spec};
 use super::error::Report;
 use super::names;
 use super::resources::{
-    Action, AuthorizationPolicy, AuthzRule, Backend, CipherSuite, CircuitBreaker, Endpoint,
-    HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, ObjectRef, Operation,
-    OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, RateLimitPolicy,
-    RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule, Selector,
-    Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy, TlsVersion,
+    Action, AppProtocol, AuthorizationPolicy, AuthzRule, Backend, CipherSuite, CircuitBreaker,
+    Endpoint, HeaderCondition, HeaderMatch, HttpRoute, IdentityMatch, KeyExchangeGroup, ObjectRef,
+    Operation, OutlierDetection, ParentRef, PathMatch, PathPattern, Pattern, Principal, Protocol,
+    RateLimitPolicy, RateLimitScope, RateLimitTarget, RetryOn, RetryPolicy, RouteMatch, RouteRule,
+    Selector, Service, ServicePort, Sidecar, SidecarEgress, Source, TlsMode, TlsPolicy, TlsVersion,
     UpstreamTls,
 };
 use super::spec::{
@@ -144,6 +144,12 @@ pub(crate) fn service(r: &mut Report, m: &Metadata, s: &ServiceSpec) -> Option<S
                 format!("{port} is already spec.ports[{j}]"),
             );
         }
+        if p.protocol == Protocol::Tcp && p.app_protocol.is_some() {
+            r.error(
+                format!("{f}.appProtocol"),
+                "only an http port has an appProtocol (tcp is passed through as bytes)",
+            );
+        }
         let target_port = match p.target_port {
             Some(t) => self::port(r, &format!("{f}.targetPort"), t),
             None => port,
@@ -153,6 +159,9 @@ pub(crate) fn service(r: &mut Report, m: &Metadata, s: &ServiceSpec) -> Option<S
             port,
             target_port,
             protocol: p.protocol,
+            app_protocol: p
+                .app_protocol
+                .unwrap_or_else(|| AppProtocol::from_port_name(&p.name)),
             inbound_tls: p.inbound_tls,
         });
     }

@@ -87,6 +87,8 @@ struct ServiceView<'a> {
     namespace: &'a str,
     name: &'a str,
     ports: Vec<(u16, pb::Protocol)>,
+    /// What the application speaks on each port (same order as `ports`).
+    app_protocols: Vec<pb::AppProtocol>,
     doc: Option<&'a model::Service>,
 }
 
@@ -102,6 +104,15 @@ fn protocol(p: model::Protocol) -> pb::Protocol {
     }
 }
 
+/// HTTP/1.1 is the wire's default (UNSPECIFIED), which keeps its clusters' encoding as it was.
+fn app_protocol(p: model::AppProtocol) -> pb::AppProtocol {
+    if p.is_http2() {
+        pb::AppProtocol::Http2
+    } else {
+        pb::AppProtocol::Unspecified
+    }
+}
+
 fn services<'a>(inputs: &Inputs<'a>) -> Vec<ServiceView<'a>> {
     let mut out: Vec<ServiceView<'a>> = inputs
         .mesh
@@ -113,6 +124,11 @@ fn services<'a>(inputs: &Inputs<'a>) -> Vec<ServiceView<'a>> {
                 .ports
                 .iter()
                 .map(|p| (p.port, protocol(p.protocol)))
+                .collect(),
+            app_protocols: s
+                .ports
+                .iter()
+                .map(|p| app_protocol(p.app_protocol))
                 .collect(),
             doc: Some(s),
         })
@@ -126,6 +142,7 @@ fn services<'a>(inputs: &Inputs<'a>) -> Vec<ServiceView<'a>> {
             namespace: &e.namespace,
             name: &e.service,
             ports: vec![(IMPLICIT_PORT, pb::Protocol::Http)],
+            app_protocols: vec![pb::AppProtocol::Unspecified],
             doc: None,
         });
     }
@@ -328,12 +345,17 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
 
     // The workload's own side: inbound listener → local application, and the outbound
     // listener that routes by Host across every route table above.
-    let own_protocol = prepared
+    let own = prepared
         .services
         .iter()
-        .find(|s| s.namespace == scope.namespace && s.name == scope.service)
+        .find(|s| s.namespace == scope.namespace && s.name == scope.service);
+    let own_protocol = own
         .and_then(|s| s.ports.first().map(|p| p.1))
         .unwrap_or(pb::Protocol::Http);
+    // What the application speaks comes from its own Service port, never from the caller.
+    let own_app_protocol = own
+        .and_then(|s| s.app_protocols.first().copied())
+        .unwrap_or(pb::AppProtocol::Unspecified);
     if !scope.service.is_empty() {
         snap.insert(Body::Cluster(pb::Cluster {
             name: INBOUND_APP_CLUSTER.into(),
@@ -341,6 +363,7 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
             namespace: scope.namespace.clone(),
             protocol: own_protocol as i32,
             upstream_tls: pb::cluster::UpstreamTls::Disabled as i32,
+            app_protocol: own_app_protocol as i32,
             ..Default::default()
         }));
         if own_protocol == pb::Protocol::Http {
@@ -438,6 +461,13 @@ fn cluster(
         protocol: proto as i32,
         lb_policy: pb::cluster::LbPolicy::RoundRobin as i32,
         upstream_tls: pb::cluster::UpstreamTls::Mutual as i32,
+        app_protocol: svc
+            .ports
+            .iter()
+            .position(|p| p.0 == port)
+            .and_then(|i| svc.app_protocols.get(i))
+            .copied()
+            .unwrap_or(pb::AppProtocol::Unspecified) as i32,
         connect_timeout_ms: 5000,
         ..Default::default()
     };
