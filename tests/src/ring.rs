@@ -290,13 +290,21 @@ impl Traffic {
                             .send()
                             .await;
                         match r {
-                            Ok(r) if r.status() == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
                             Ok(r) => {
                                 let status = r.status();
-                                let body = r.text().await.unwrap_or_default();
-                                failed.push(format!("→{host}: {status} {body}"));
+                                match r.text().await {
+                                    // A 200 counts only from the service asked for: its echo
+                                    // app answers with its own id.
+                                    Ok(body)
+                                        if status == 200
+                                            && answered_by(&body).as_deref()
+                                                == Some(host.as_str()) =>
+                                    {
+                                        ok.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Ok(body) => failed.push(format!("→{host}: {status} {body}")),
+                                    Err(e) => failed.push(format!("→{host}: {status}, body: {e}")),
+                                }
                             }
                             Err(e) => failed.push(format!("→{host}: {e}")),
                         }
@@ -326,10 +334,13 @@ impl Traffic {
         .expect("the request loop runs");
     }
 
-    /// Lets 20 more requests through, stops the loop and asserts what every rotation test
-    /// promises: not one request failed (`logs` is shown if one did), and the loop really ran
-    /// (more than `at_least` requests).
+    /// Waits until more than `at_least` requests succeeded in all and 20 more went through,
+    /// stops the loop and asserts what every rotation test promises: not one request failed
+    /// (`logs` is shown if one did).
     pub async fn finish(self, at_least: u64, logs: impl FnOnce() -> String) {
+        if self.ok() <= at_least {
+            self.wait_more(at_least + 1 - self.ok()).await;
+        }
         self.wait_more(20).await;
         let (ok, failed) = self.stop().await;
         assert!(failed.is_empty(), "failed requests: {failed:?}\n{}", logs());
@@ -345,6 +356,12 @@ impl Traffic {
         }
         (self.ok.load(Ordering::Relaxed), failed)
     }
+}
+
+/// The id of the echo app that wrote `body` (its JSON `id`).
+fn answered_by(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["id"].as_str().map(str::to_string)
 }
 
 /// The SHA-256 fingerprints of the roots in `GET /api/v1/ca`'s answer, in its order.

@@ -35,7 +35,7 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
         &dir,
     );
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
-        let (ok, out) = openssl_s_client(
+        let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
             &[
                 "-showcerts",
@@ -46,8 +46,10 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
             ],
             &trusted_file,
         )
-        .await;
-        assert!(ok, "openssl s_client to sidecar {name}:\n{out}");
+        .await
+        .unwrap();
+        assert!(probe.ok(), "openssl s_client to sidecar {name}:\n{probe}");
+        let out = probe.output;
         let chain = pem_blocks(&out);
         assert!(!chain.is_empty(), "no certificate shown by {name}:\n{out}");
         let leaf = dir.join(format!("{name}-leaf.pem"));
@@ -273,6 +275,18 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
     const SUITE: &str = "TLS13_CHACHA20_POLY1305_SHA256";
+    let bundle = ring.dir.join("meshd/ca-bundle.pem");
+    let (cert, key) = issue_cert(
+        &ring.meshd,
+        "spiffe://cluster.local/ns/default/sa/checker",
+        &ring.dir,
+    );
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let inbound = ring.proxies[1].inbound_addr.to_string();
+    let tls12 = ["-tls1_2", "-cert", cert, "-key", key];
+    // The control: before the change, the very probe that must be refused later is served.
+    let probe = openssl_s_client(&inbound, &tls12, &bundle).await.unwrap();
+    assert!(probe.ok(), "TLS 1.2 is accepted by default:\n{probe}");
 
     // TLS 1.3 only, one cipher suite; connections of the old policy drain within 2 s.
     let (code, stdout, stderr) = meshctl(
@@ -294,18 +308,13 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         v == "TLSv1_3" && s == SUITE
     })
     .await;
-    let bundle = ring.dir.join("meshd/ca-bundle.pem");
-    let (cert, key) = issue_cert(
-        &ring.meshd,
-        "spiffe://cluster.local/ns/default/sa/checker",
-        &ring.dir,
+    let probe = openssl_s_client(&inbound, &tls12, &bundle).await.unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "TLS 1.2 must be refused:\n{probe}"
     );
-    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let inbound = ring.proxies[1].inbound_addr.to_string();
-    let (ok, out) =
-        openssl_s_client(&inbound, &["-tls1_2", "-cert", cert, "-key", key], &bundle).await;
-    assert!(!ok, "TLS 1.2 must be refused:\n{out}");
-    let (ok, out) = openssl_s_client(
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-tls1_3",
@@ -318,9 +327,18 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         ],
         &bundle,
     )
-    .await;
-    assert!(ok, "TLS 1.3 with the one suite is accepted:\n{out}");
-    let (ok, out) = openssl_s_client(
+    .await
+    .unwrap();
+    assert!(
+        probe.ok(),
+        "TLS 1.3 with the one suite is accepted:\n{probe}"
+    );
+    assert_eq!(
+        probe.negotiated,
+        Some(("TLSv1.3".into(), "TLS_CHACHA20_POLY1305_SHA256".into())),
+        "{probe}"
+    );
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-tls1_3",
@@ -333,8 +351,13 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         ],
         &bundle,
     )
-    .await;
-    assert!(!ok, "another TLS 1.3 suite is refused:\n{out}");
+    .await
+    .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("handshake_failure"),
+        "another TLS 1.3 suite is refused:\n{probe}"
+    );
     let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
     assert_eq!(code, Some(0));
     assert!(
@@ -501,12 +524,20 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
         "-key",
         key.to_str().unwrap(),
     ];
-    let (ok, out) = openssl_s_client(&inside[0].1, &tls12, &bundle).await;
-    assert!(!ok, "a sidecar in the stage refuses TLS 1.2:\n{out}");
-    let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
+    let probe = openssl_s_client(&inside[0].1, &tls12, &bundle)
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "a sidecar in the stage refuses TLS 1.2:\n{probe}"
+    );
+    let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
+        .await
+        .unwrap();
     assert!(
-        ok,
-        "a sidecar outside the stage still accepts TLS 1.2:\n{out}"
+        probe.ok(),
+        "a sidecar outside the stage still accepts TLS 1.2:\n{probe}"
     );
     let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
     assert_eq!(code, Some(0));
@@ -541,8 +572,14 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
         |v, s, _| v == "TLSv1_3" && s == SUITE,
     )
     .await;
-    let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
-    assert!(!ok, "once mesh-wide, TLS 1.2 is refused everywhere:\n{out}");
+    let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "once mesh-wide, TLS 1.2 is refused everywhere:\n{probe}"
+    );
 
     traffic.finish(100, || ring.logs()).await;
 }
@@ -726,7 +763,7 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
     );
     let root = pki.join("root.pem");
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
-        let (ok, out) = openssl_s_client(
+        let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
             &[
                 "-showcerts",
@@ -740,8 +777,10 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
             ],
             &root,
         )
-        .await;
-        assert!(ok, "sidecar {name}:\n{out}");
+        .await
+        .unwrap();
+        assert!(probe.ok(), "sidecar {name}:\n{probe}");
+        let out = probe.output;
         assert!(
             out.contains("CN=intermediate-2") || out.contains("CN = intermediate-2"),
             "{name}: {out}"

@@ -9,7 +9,9 @@
 use mesh_tests::echo::EchoApp;
 use mesh_tests::meshd::{Meshd, MeshdOptions};
 use mesh_tests::process::{binary, run};
-use mesh_tests::proxy::{Gate, Proxy, ProxyOptions, issue_cert, openssl_s_client};
+use mesh_tests::proxy::{
+    Gate, Proxy, ProxyOptions, issue_cert, openssl_s_client, raw_exchange, tls_alert_record,
+};
 use std::process::Command;
 use std::time::Duration;
 
@@ -158,39 +160,95 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
         .send()
         .await;
     assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+    // What comes back is one TLS alert: the listener speaks only TLS.
+    let answer = raw_exchange(b.inbound_addr, b"GET / HTTP/1.1\r\nhost: b\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        tls_alert_record(&answer).as_deref(),
+        Some("decode_error"),
+        "plain HTTP is answered with one TLS alert: {answer:?}"
+    );
 
-    // No client certificate: the handshake fails.
-    let (ok, text) = openssl_s_client(&inbound, &[], &bundle).await;
-    assert!(!ok, "no client cert was accepted:\n{text}");
-    assert!(text.to_lowercase().contains("alert"), "{text}");
+    // No client certificate: the server ends the handshake with certificate_required.
+    let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("certificate_required"),
+        "no client certificate: {probe}"
+    );
+    assert_eq!(probe.http_status, None, "{probe}");
 
-    // A certificate from another CA, with a plausible SPIFFE ID: refused.
+    // A leaf from another CA, with a plausible SPIFFE ID: refused as an unknown CA.
     let rogue = dir.path().join("rogue");
     std::fs::create_dir_all(&rogue).unwrap();
-    let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=rogue"])
-        .args(["-addext", &format!("subjectAltName=URI:{A}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(&rogue)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    openssl(
+        &[
+            &["req", "-x509", "-nodes", "-days", "1"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=rogue CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
     );
-    let (ok, text) = openssl_s_client(
+    openssl(
+        &[
+            &["req", "-nodes"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=rogue",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        rogue.join("leaf.ext"),
+        format!("basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:{A}\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-cert",
@@ -200,13 +258,19 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
         ],
         &bundle,
     )
-    .await;
-    assert!(!ok, "a certificate from another CA was accepted:\n{text}");
+    .await
+    .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("unknown_ca"),
+        "a certificate from another CA: {probe}"
+    );
+    assert_eq!(probe.http_status, None, "{probe}");
 
     // A mesh certificate from meshctl: accepted, and B's app sees that identity.
     let client_id = "spiffe://cluster.local/ns/default/sa/ops";
     let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops"));
-    let (ok, text) = openssl_s_client(
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-cert",
@@ -216,14 +280,15 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
         ],
         &bundle,
     )
-    .await;
+    .await
+    .unwrap();
     assert!(
-        ok,
-        "a mesh certificate was refused:\n{text}\nproxy log:\n{}",
+        probe.ok(),
+        "a mesh certificate was refused:\n{probe}\nproxy log:\n{}",
         b.log()
     );
-    assert!(text.contains(client_id), "{text}");
-    assert!(text.contains("/via-openssl"), "{text}");
+    assert!(probe.output.contains(client_id), "{probe}");
+    assert!(probe.output.contains("/via-openssl"), "{probe}");
 
     let (_, metrics) = b.admin("/metrics").await;
     assert!(
@@ -414,11 +479,15 @@ spec:
     let inbound = b.inbound_addr.to_string();
 
     // The bytes reach the app as they were sent: no identity header is added on TCP.
-    let (ok, text) = openssl_s_client(&inbound, &args, &bundle).await;
-    assert!(ok, "{text}\n{}", b.log());
-    assert!(!text.contains("x-mesh-peer-identity"), "{text}");
-    let (ok, _) = openssl_s_client(&inbound, &[], &bundle).await;
-    assert!(!ok, "still mesh mTLS only");
+    let probe = openssl_s_client(&inbound, &args, &bundle).await.unwrap();
+    assert!(probe.ok(), "{probe}\n{}", b.log());
+    assert!(!probe.output.contains("x-mesh-peer-identity"), "{probe}");
+    let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("certificate_required"),
+        "still mesh mTLS only: {probe}"
+    );
 
     // A DENY on the caller's identity closes its connections.
     meshd
@@ -437,9 +506,16 @@ spec:
         !Proxy::resources(d, "AuthorizationPolicy").is_empty()
     })
     .await;
+    // The same probe as above: the handshake completes (the caller is a valid mesh peer), then
+    // the connection is closed without a byte of the app's answer and without an alert.
     let before = app_b.requests();
-    let (ok, text) = openssl_s_client(&inbound, &args, &bundle).await;
-    assert!(!ok, "{text}");
+    let probe = openssl_s_client(&inbound, &args, &bundle).await.unwrap();
+    assert!(
+        probe.negotiated.is_some(),
+        "the handshake itself succeeds: {probe}"
+    );
+    assert_eq!(probe.alert, None, "{probe}");
+    assert_eq!(probe.http_status, None, "no answer from the app: {probe}");
     assert_eq!(app_b.requests(), before, "nothing reached the app");
 }
 

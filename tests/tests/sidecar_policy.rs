@@ -414,11 +414,16 @@ async fn a_tls_policy_change_applies_to_new_handshakes_and_fails_no_request() {
         let (inbound, bundle) = (inbound.clone(), bundle.clone());
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            openssl_s_client(&inbound, &args, &bundle).await
+            openssl_s_client(&inbound, &args, &bundle).await.unwrap()
         }
     };
-    let (ok, text) = s_client(with_cert("-tls1_2")).await;
-    assert!(ok, "TLS 1.2 is allowed by default:\n{text}");
+    let probe = s_client(with_cert("-tls1_2")).await;
+    assert!(probe.ok(), "TLS 1.2 is allowed by default:\n{probe}");
+    assert_eq!(
+        probe.negotiated.as_ref().map(|n| n.0.as_str()),
+        Some("TLSv1.2"),
+        "{probe}"
+    );
 
     let client = reqwest::Client::new();
     let steady = tokio::spawn({
@@ -462,11 +467,19 @@ spec:
         "no request failed while the policy changed: {statuses:?}"
     );
 
-    let (ok, text) = s_client(with_cert("-tls1_2")).await;
-    assert!(!ok, "TLS 1.2 is refused now:\n{text}");
-    let (ok, text) = s_client(with_cert("-tls1_3")).await;
-    assert!(ok, "{text}");
-    assert!(text.contains("TLS_AES_128_GCM_SHA256"), "{text}");
+    let probe = s_client(with_cert("-tls1_2")).await;
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "TLS 1.2 is refused now:\n{probe}"
+    );
+    let probe = s_client(with_cert("-tls1_3")).await;
+    assert!(probe.ok(), "{probe}");
+    assert_eq!(
+        probe.negotiated,
+        Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
+        "{probe}"
+    );
     // A's pooled connection was made under the old policy: a new one replaced it.
     let (_, metrics) = a.admin("/metrics").await;
     assert!(
