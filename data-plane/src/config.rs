@@ -27,6 +27,7 @@ pub const ENV_STATE_DIR: &str = "MESH_PROXY_STATE_DIR";
 pub const ENV_WORKER_THREADS: &str = "MESH_PROXY_WORKER_THREADS";
 pub const ENV_CERT_TTL: &str = "MESH_PROXY_CERT_TTL";
 pub const ENV_DRAIN_GRACE: &str = "MESH_PROXY_DRAIN_GRACE";
+pub const ENV_MAX_REQUESTS_PER_CONNECTION: &str = "MESH_PROXY_MAX_REQUESTS_PER_CONNECTION";
 
 /// The command line.
 #[derive(Debug, Clone, Parser)]
@@ -128,6 +129,12 @@ pub struct Args {
     pub report_interval: String,
     #[arg(long, env = ENV_DRAIN_GRACE, default_value = "5s")]
     pub drain_grace: String,
+    /// A pooled mesh connection to another sidecar carries at most this many requests, then a
+    /// new one is made (as Envoy's max_requests_per_connection); 0: no limit. A small value
+    /// spreads load over new endpoints sooner, and makes every certificate and trust change
+    /// meet new handshakes.
+    #[arg(long, env = ENV_MAX_REQUESTS_PER_CONNECTION, default_value_t = 0)]
+    pub max_requests_per_connection: u64,
 }
 
 /// The validated configuration.
@@ -152,6 +159,8 @@ pub struct Config {
     pub cert_ttl: Duration,
     pub drain_grace: Duration,
     pub report_interval: Duration,
+    /// 0: no limit.
+    pub max_requests_per_connection: u64,
 }
 
 fn addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -340,6 +349,7 @@ impl Config {
             cert_ttl,
             drain_grace: duration("drain-grace", &args.drain_grace)?,
             report_interval: duration("report-interval", &args.report_interval)?,
+            max_requests_per_connection: args.max_requests_per_connection,
         })
     }
 }

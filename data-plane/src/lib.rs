@@ -132,7 +132,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!("cannot restore the stored configuration: {e:#}"),
     }
 
+    metrics.watch_identity(identity.cert.clone(), identity.anchors.clone());
     let upstreams = upstream::Upstreams::new(identity.clone(), metrics.clone());
+    upstreams.set_max_requests_per_connection(config.max_requests_per_connection);
     let forwarder = Arc::new(forward::Forwarder {
         upstreams,
         metrics: metrics.clone(),

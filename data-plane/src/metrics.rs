@@ -42,6 +42,19 @@ pub struct NegotiatedLabels {
     pub group: String,
 }
 
+/// Who vouched for each side of a mesh handshake: a CA rotation shows here as handshakes
+/// between a sidecar holding a certificate of one CA and a peer holding one of the other.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub direction: &'static str,
+    /// The issuer (subject of the signing CA) of our certificate at the handshake.
+    pub local_issuer: String,
+    /// The issuer of the certificate the peer presented.
+    pub peer_issuer: String,
+    /// The subjects of the roots we trusted at the handshake, joined by `" | "`.
+    pub trusted: String,
+}
+
 /// Counts for one kind of negotiated connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NegotiatedCount {
@@ -106,6 +119,11 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     latency: Family<DirectionLabel, Histogram, fn() -> Histogram>,
     handshakes: Family<HandshakeLabels, Counter>,
+    handshakes_by_issuer: Family<IssuerLabels, Counter>,
+    /// Our certificate and trust anchors, for `handshakes_by_issuer`.
+    identity: std::sync::OnceLock<(Arc<mesh_ca::tls::CertSlot>, Arc<mesh_ca::tls::TrustAnchors>)>,
+    /// The issuer of the certificate last seen in the slot (by address), parsed once.
+    local_issuer: std::sync::Mutex<Option<(usize, String)>>,
     cert_expiry: Gauge,
     control_plane_connected: Gauge,
     config_updates: Family<ConfigLabels, Counter>,
@@ -114,6 +132,7 @@ struct Inner {
     upstream_failures: Family<ClusterLabel, Counter>,
     retries: Family<ClusterLabel, Counter>,
     overflows: Family<ClusterLabel, Counter>,
+    ejections: Family<ClusterLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -162,6 +181,13 @@ impl Metrics {
             "Mesh TLS handshakes by direction and result",
             handshakes.clone(),
         );
+        let handshakes_by_issuer = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes_by_issuer",
+            "Completed mesh TLS handshakes by direction, the issuer of our certificate and of \
+             the peer's, and the roots trusted",
+            handshakes_by_issuer.clone(),
+        );
         let cert_expiry = Gauge::default();
         registry.register(
             "certificate_expiry_seconds",
@@ -206,12 +232,21 @@ impl Metrics {
             "Requests failed fast by a circuit breaker, by cluster",
             overflows.clone(),
         );
+        let ejections = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster",
+            ejections.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
                 requests,
                 latency,
                 handshakes,
+                handshakes_by_issuer,
+                identity: std::sync::OnceLock::new(),
+                local_issuer: std::sync::Mutex::new(None),
                 tls_open,
                 tls_negotiated,
                 inventory: std::sync::Mutex::default(),
@@ -223,6 +258,7 @@ impl Metrics {
                 upstream_failures,
                 retries,
                 overflows,
+                ejections,
             }),
         }
     }
@@ -260,6 +296,56 @@ impl Metrics {
             .inc();
     }
 
+    /// Where our certificate and trust anchors live (set once at start), so that every
+    /// handshake is counted by issuer too.
+    pub fn watch_identity(
+        &self,
+        cert: Arc<mesh_ca::tls::CertSlot>,
+        anchors: Arc<mesh_ca::tls::TrustAnchors>,
+    ) {
+        let _ = self.inner.identity.set((cert, anchors));
+    }
+
+    /// The issuer of our current certificate ("" when none).
+    fn local_issuer(&self, cert: &mesh_ca::tls::CertSlot) -> String {
+        let Some(key) = cert.get() else {
+            return String::new();
+        };
+        let addr = Arc::as_ptr(&key) as usize;
+        let mut cached = self
+            .inner
+            .local_issuer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((a, issuer)) if *a == addr => issuer.clone(),
+            _ => {
+                let issuer = issuer_of(key.cert.first().map(|c| c.as_ref()));
+                *cached = Some((addr, issuer.clone()));
+                issuer
+            }
+        }
+    }
+
+    fn count_issuers(&self, direction: &'static str, conn: &rustls::CommonState) {
+        let Some((cert, anchors)) = self.inner.identity.get() else {
+            return;
+        };
+        let labels = IssuerLabels {
+            direction,
+            // Read right after the handshake: a renewal in between is a race of microseconds
+            // once per certificate, acceptable for a counter.
+            local_issuer: self.local_issuer(cert),
+            peer_issuer: issuer_of(
+                conn.peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref()),
+            ),
+            trusted: anchors.subjects().to_string(),
+        };
+        self.inner.handshakes_by_issuer.get_or_create(&labels).inc();
+    }
+
     /// Counts a finished handshake by what it negotiated; the connection counts as open until
     /// the returned guard is dropped.
     pub fn negotiated(
@@ -282,6 +368,7 @@ impl Metrics {
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default(),
         };
+        self.count_issuers(direction, conn);
         self.inner.tls_open.get_or_create(&labels).inc();
         self.inner.tls_negotiated.get_or_create(&labels).inc();
         let mut inventory = self
@@ -365,6 +452,15 @@ impl Metrics {
             .inc();
     }
 
+    pub fn outlier_ejection(&self, cluster: &str) {
+        self.inner
+            .ejections
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
     /// The text exposition; `cert_not_after` (Unix seconds) sets the expiry gauge first.
     pub fn render(&self, cert_not_after: Option<i64>) -> String {
         if let Some(not_after) = cert_not_after {
@@ -378,4 +474,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The issuer DN of a DER certificate ("" when absent or unreadable).
+fn issuer_of(der: Option<&[u8]>) -> String {
+    der.and_then(|d| mesh_ca::CertInfo::from_der(d).ok())
+        .map(|c| c.issuer)
+        .unwrap_or_default()
 }

@@ -63,7 +63,13 @@ struct MeshKey {
     expected: String,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+/// A pooled connection and how many requests it was given.
+struct Pooled {
+    sender: SendRequest<Body>,
+    sent: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
 pub struct Upstreams {
     identity: Arc<Identity>,
@@ -72,6 +78,8 @@ pub struct Upstreams {
     mesh: Mutex<(u64, HashMap<MeshKey, Slot>)>,
     plain: Client<HttpConnector, Body>,
     plain_h2: Client<HttpConnector, Body>,
+    /// `--max-requests-per-connection` (0: no limit).
+    max_requests: std::sync::atomic::AtomicU64,
 }
 
 // === impl Upstreams ===
@@ -97,7 +105,13 @@ impl Upstreams {
             mesh: Mutex::new((0, HashMap::new())),
             plain,
             plain_h2,
+            max_requests: Default::default(),
         })
+    }
+
+    /// A mesh connection is replaced after `n` requests (0: never).
+    pub fn set_max_requests_per_connection(&self, n: u64) {
+        self.max_requests.store(n, Ordering::Relaxed);
     }
 
     /// Plain HTTP/1.1, or HTTP/2 with prior knowledge (`h2`); `req`'s URI must be absolute
@@ -157,8 +171,14 @@ impl Upstreams {
                     )));
                 }
                 let mut guard = slot.lock().await;
-                match guard.as_ref() {
-                    Some(s) if !s.is_closed() => s.clone(),
+                let max = self.max_requests.load(Ordering::Relaxed);
+                match guard.as_mut() {
+                    Some(p) if !p.sender.is_closed() && (max == 0 || p.sent < max) => {
+                        p.sent += 1;
+                        p.sender.clone()
+                    }
+                    // Closed, or used up: a new connection replaces it (requests in flight on
+                    // the old one finish; hyper closes it once its last sender is gone).
                     _ => {
                         if let Some(cb) = limits
                             && cb.max_connections > 0
@@ -176,7 +196,10 @@ impl Upstreams {
                             .inspect_err(|_| {
                                 self.metrics.upstream_failure(&cluster.name);
                             })?;
-                        *guard = Some(s.clone());
+                        *guard = Some(Pooled {
+                            sender: s.clone(),
+                            sent: 1,
+                        });
                         s
                     }
                 }
