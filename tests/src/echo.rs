@@ -13,11 +13,23 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Default)]
 struct Switches {
     fail_next: AtomicU64,
     delay_ms: AtomicU64,
     requests: AtomicU64,
+    /// While true, every request received waits (counted, unanswered) until it turns false.
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Self {
+            fail_next: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            hold: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 pub struct EchoApp {
@@ -60,6 +72,13 @@ impl EchoApp {
         self.switches
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// While `on`, requests are received (and counted) but not answered; turning it off
+    /// answers every held request. A test holds a request in flight this way for exactly as
+    /// long as it needs, instead of for a fixed delay.
+    pub fn hold(&self, on: bool) {
+        self.switches.hold.send_replace(on);
     }
 
     /// Requests received so far (answered or failed).
@@ -134,6 +153,8 @@ async fn serve(tcp: TcpStream, id: &str, sw: &Switches) -> std::io::Result<()> {
             reader.read_exact(&mut body).await?;
         }
         sw.requests.fetch_add(1, Ordering::SeqCst);
+        let mut hold = sw.hold.subscribe();
+        let _ = hold.wait_for(|held| !held).await;
         let delay = sw.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::proxy::{issue_cert, openssl_s_client};
-use mesh_tests::ring::{NAMES, Ring, openssl_verify, pem_blocks, root_fingerprints};
+use mesh_tests::ring::{
+    NAMES, Ring, RotationCas, openssl_verify, pem_blocks, root_fingerprints, show_handshakes, total,
+};
 use std::time::Duration;
 
 /// How long a whole rotation may take in a test (debug build, loaded 2-core machine).
@@ -75,11 +77,13 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
     let old_root = root_fingerprints(&ring.meshd.admin_get("/api/v1/ca").await);
     assert_eq!(old_root.len(), 1);
 
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
+    let handshakes_before = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
-        &["ca", "rotate", "--window", "3s", "--wait", "-o", "json"],
+        &["ca", "rotate", "--window", "6s", "--wait", "-o", "json"],
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
@@ -91,6 +95,24 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
     }
     let last: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(last["phase"], "done", "{last}");
+    // New sidecar-to-sidecar handshakes all along (each sidecar reconnects every few requests):
+    // old certificates under both roots (prepare), old and new holders with each other both
+    // ways (switch), then new certificates under the new root alone (finalize and after).
+    let (_, roots_after) = ring.ca_subjects().await;
+    let all_roots: Vec<String> = before.1.iter().chain(&roots_after).cloned().collect();
+    let cas = RotationCas::new_root(&before, &all_roots);
+    let seen = ring
+        .wait_handshakes(
+            "handshakes of every phase",
+            &handshakes_before,
+            ROTATION_DEADLINE,
+            |h| cas.prepare_seen(h) && cas.switch_seen(h) && cas.finalize_seen(h),
+        )
+        .await;
+    eprintln!(
+        "handshakes during the rotation:\n{}",
+        show_handshakes(&total(&seen))
+    );
     traffic.finish(100, String::new).await;
 
     // The bundle holds only the new root, and meshd's bundle file says so too.
@@ -123,11 +145,13 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let ring = Ring::start(dir.path(), &[], &[]).await;
     let old_bundle = ring.meshd.bundle_pem();
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
 
+    let at_prepare = ring.handshakes().await;
     let (code, stdout, stderr) =
-        meshctl(&ring, &["ca", "rotate", "--manual", "--window", "4s"]).await;
+        meshctl(&ring, &["ca", "rotate", "--manual", "--window", "8s"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     ring.wait_rotation("prepare's gate", ROTATION_DEADLINE, |r| {
         r["waiting_for"]
@@ -135,17 +159,34 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
             .is_some_and(|w| w.contains("rotate next"))
     })
     .await;
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
+    ring.wait_handshakes(
+        "prepare: old certificates under both roots",
+        &at_prepare,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h),
+    )
+    .await;
+    let at_switch = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "next"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("switch"), "{stdout}");
-    // Some sidecars re-issue from the new CA…
+    // Some sidecars re-issue from the new CA, and meet the others both ways…
     let during = ring
         .wait_rotation("a first re-issue", ROTATION_DEADLINE, |r| {
             r["progress"]["done"].as_u64().unwrap_or(0) >= 1
         })
         .await;
     let new_bundle_roots = during["new_root"].as_str().unwrap().to_string();
+    ring.wait_handshakes(
+        "switch: old and new certificates meet both ways",
+        &at_switch,
+        ROTATION_DEADLINE,
+        |h| cas.switch_seen(h),
+    )
+    .await;
     // …then the operator changes their mind.
+    let at_rollback = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "rollback"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("rolling-back"), "{stdout}");
@@ -155,9 +196,25 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
             .is_some_and(|w| w.contains("rotate next"))
     })
     .await;
+    // Rolling back: every sidecar is on an old certificate again, both roots still trusted.
+    ring.wait_handshakes(
+        "rolling back: old certificates under both roots",
+        &at_rollback,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h),
+    )
+    .await;
+    let at_rolled_back = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "next"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("rolled-back"), "{stdout}");
+    ring.wait_handshakes(
+        "rolled back: old certificates under the old root alone",
+        &at_rolled_back,
+        ROTATION_DEADLINE,
+        |h| cas.rolled_back_seen(h),
+    )
+    .await;
     // A rotation that is over cannot be steered any more.
     let (code, _, stderr) = meshctl(&ring, &["ca", "rotate", "rollback"]).await;
     assert_eq!(code, Some(1), "{stderr}");
@@ -201,19 +258,23 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
     let dir = tempfile::tempdir().unwrap();
     let mut ring = Ring::start(dir.path(), &[], &[]).await;
     let old_bundle = ring.meshd.bundle_pem();
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
 
+    let mut at_phase = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
-        &["ca", "rotate", "--manual", "--window", "4s", "-o", "json"],
+        &["ca", "rotate", "--manual", "--window", "8s", "-o", "json"],
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let started: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(started["phase"], "prepare");
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
 
-    // Killed in each phase, right after it began: the phase survives and completes.
+    // Killed in each phase, right after it began: the phase survives and completes, and the
+    // sidecars make new handshakes with each other in it (what the phase is for).
     for (phase, then) in [
         ("prepare", "switch"),
         ("switch", "finalize"),
@@ -224,6 +285,19 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
         assert_eq!(r["phase"], phase, "after the restart: {r}");
         assert_eq!(r["generation"], started["generation"]);
         assert_eq!(r["new_root"], started["new_root"]);
+        let seen: &dyn Fn(&[mesh_tests::ring::Handshakes]) -> bool = match phase {
+            "prepare" => &|h| cas.prepare_seen(h),
+            "switch" => &|h| cas.switch_seen(h),
+            _ => &|h| cas.finalize_seen(h),
+        };
+        ring.wait_handshakes(
+            &format!("new handshakes in {phase}"),
+            &at_phase,
+            ROTATION_DEADLINE,
+            seen,
+        )
+        .await;
+        at_phase = ring.handshakes().await;
         assert_eq!(next_when_ready(&ring, phase).await, then);
     }
 
@@ -729,6 +803,8 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
 
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
+    let (old_signing, roots) = ring.ca_subjects().await;
+    let handshakes_before = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
         &[
@@ -739,12 +815,28 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
             "--import-key",
             &key2,
             "--window",
-            "2s",
+            "6s",
             "--wait",
         ],
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
+    // Holders of intermediate-1 and intermediate-2 certificates met each other both ways, then
+    // intermediate-2 holders alone, the one root trusted throughout.
+    let cas = RotationCas {
+        old: old_signing,
+        new: ring.ca_subjects().await.0,
+        old_roots: roots.clone(),
+        new_roots: roots,
+    };
+    assert!(cas.new.contains("intermediate-2"), "{cas:?}");
+    ring.wait_handshakes(
+        "handshakes across the intermediates",
+        &handshakes_before,
+        ROTATION_DEADLINE,
+        |h| cas.switch_seen(h) && cas.finalize_seen(h),
+    )
+    .await;
     traffic.finish(100, String::new).await;
     assert_eq!(ring.meshd.bundle_pem(), bundle_before, "the root stays");
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
