@@ -747,3 +747,132 @@ async fn a_kubernetes_serviceaccount_token_gets_the_identity_kubernetes_vouches_
         "no certificate for the account Kubernetes named: {certs}"
     );
 }
+
+/// Fail closed: until a sidecar is ready (a certificate, and every type's first response
+/// ACKed), its inbound port closes every connection before a byte of TLS, so that nothing is
+/// served without its policies. Seen from openssl, first with no certificate at all, then with
+/// a certificate but a Cluster it cannot build (NACKed, so not ACKed); each time the same probe
+/// is served once the sidecar is ready.
+#[tokio::test]
+async fn the_inbound_port_refuses_every_connection_until_the_sidecar_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let bundle = meshd.data_dir.join("ca-bundle.pem");
+    let (cert, key) = issue_cert(
+        &meshd,
+        "spiffe://cluster.local/ns/default/sa/ops",
+        &dir.path().join("ops"),
+    );
+    let args = [
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+    ];
+    let refused = |probe: &mesh_tests::proxy::TlsProbe| {
+        probe.handshake_bytes_read == Some(0)
+            && probe.alert.is_none()
+            && probe.http_status.is_none()
+    };
+
+    // No certificate yet: meshd is behind a closed gate.
+    let app_b = EchoApp::start("b").await.unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, false).await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions {
+            control_planes: vec![gate.url()],
+            no_wait_ready: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (status, body) = b.admin("/ready").await;
+    assert!(
+        status == 503 && body.contains("certificate"),
+        "{status} {body}"
+    );
+    let probe = openssl_s_client(&b.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(refused(&probe), "closed without a byte: {probe}");
+    assert_eq!(app_b.requests(), 0, "nothing reached the app");
+    // The control: ready, the same probe is served.
+    gate.set_open(true);
+    b.wait_ready().await.unwrap();
+    let probe = openssl_s_client(&b.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(probe.ok(), "served once ready: {probe}");
+
+    // A certificate, but no first ACK: a workload registered b with an address the sidecar
+    // cannot build an endpoint of, so a new sidecar NACKs the Cluster and stays unready.
+    let creds = mesh_tests::sidecar::Credentials::issue(&meshd, B)
+        .await
+        .unwrap();
+    let vm = mesh_tests::sidecar::ScriptedSidecar::open(
+        &meshd,
+        &creds,
+        true,
+        mesh_proto::v1::Node {
+            id: "b-vm".into(),
+            namespace: "default".into(),
+            service: "b".into(),
+            inbound_address: "b-vm.internal:15006".into(),
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let app_c = EchoApp::start("c").await.unwrap();
+    let c = Proxy::start(
+        &meshd,
+        &dir.path().join("c"),
+        "spiffe://cluster.local/ns/default/sa/c",
+        app_c.addr,
+        &ProxyOptions {
+            no_wait_ready: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let waiting = mesh_tests::wait::until(
+        "c to hold a certificate and NACK the Cluster",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = c.admin("/ready").await;
+            (status == 503 && !body.contains("certificate") && body.contains("Cluster"))
+                .then_some(body)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let (_, certs) = c.admin("/certs").await;
+    assert!(
+        certs.contains("spiffe_id"),
+        "c holds a certificate: {certs}"
+    );
+    let probe = openssl_s_client(&c.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(
+        refused(&probe),
+        "closed without a byte while {waiting}: {probe}"
+    );
+    assert_eq!(app_c.requests(), 0, "nothing reached the app");
+    // The control: the bad endpoint leaves, the Cluster is ACKed, the same probe is served.
+    drop(vm);
+    c.wait_ready().await.unwrap();
+    let probe = openssl_s_client(&c.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(probe.ok(), "served once ready: {probe}\n{}", c.log());
+}
