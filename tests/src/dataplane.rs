@@ -326,8 +326,8 @@ pub async fn run(work: &Path, d: Durations) -> anyhow::Result<Vec<Figure>> {
 
     // Two Envoys, the same mTLS hop, certificates from the same CA.
     let bundle = meshd.data_dir.join("ca-bundle.pem");
-    let (a_cert, a_key) = issue_cert(&meshd, A, &dir.join("envoy-a"));
-    let (b_cert, b_key) = issue_cert(&meshd, B, &dir.join("envoy-b"));
+    let (a_cert, a_key) = issue_cert(&meshd, A, &dir.join("envoy-a")).await;
+    let (b_cert, b_key) = issue_cert(&meshd, B, &dir.join("envoy-b")).await;
     let (client_port, server_port) = (free_port()?, free_port()?);
     let server = envoy_config(
         server_port,

@@ -600,17 +600,37 @@ pub fn tls_alert_record(record: &[u8]) -> Option<String> {
 }
 
 /// A mesh certificate for `identity` from `meshctl cert issue` (a fresh join token), written to
-/// `dir`; returns the paths of cert.pem and key.pem.
-pub fn issue_cert(meshd: &Meshd, identity: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let token = meshd.join_token(identity, "10m", 1);
+/// `dir`; returns the paths of cert.pem and key.pem. The commands run off the runtime's thread,
+/// so that a request loop on the same runtime keeps running meanwhile.
+pub async fn issue_cert(meshd: &Meshd, identity: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let mut token = meshd.meshctl();
+    token.args([
+        "token",
+        "create",
+        "--identity",
+        identity,
+        "--ttl",
+        "10m",
+        "--uses",
+        "1",
+    ]);
     let mut cmd = meshd.meshctl();
-    cmd.args(["cert", "issue", "--token", &token, "--control-plane"])
+    cmd.args(["cert", "issue", "--control-plane"])
         .arg(meshd.grpc_url())
         .arg("--ca-bundle")
         .arg(meshd.data_dir.join("ca-bundle.pem"))
         .arg("--out")
         .arg(dir);
-    let (code, _, stderr) = crate::process::run(cmd);
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+        let (code, stdout, stderr) = crate::process::run(token);
+        if code != Some(0) {
+            return (code, stdout, format!("token create: {stderr}"));
+        }
+        cmd.args(["--token", stdout.trim()]);
+        crate::process::run(cmd)
+    })
+    .await
+    .unwrap_or_else(|e| (None, String::new(), format!("meshctl task: {e}")));
     assert_eq!(code, Some(0), "meshctl cert issue: {stderr}");
     (dir.join("cert.pem"), dir.join("key.pem"))
 }

@@ -208,7 +208,7 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
     for (i, r) in replicas.iter().enumerate() {
         let dir = ring.dir.join(format!("checker-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, _) = issue_cert(r, &identity("checker"), &dir);
+        let (cert, _) = issue_cert(r, &identity("checker"), &dir).await;
         let (ok, text) = openssl_verify(&r.data_dir.join("ca-bundle.pem"), &cert);
         assert!(ok, "replica {i} signed under the new root: {text}");
     }

@@ -35,7 +35,8 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &dir,
-    );
+    )
+    .await;
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
         let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
@@ -354,7 +355,8 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &ring.dir,
-    );
+    )
+    .await;
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let inbound = ring.proxies[1].inbound_addr.to_string();
     let tls12 = ["-tls1_2", "-cert", cert, "-key", key];
@@ -590,7 +592,8 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &ring.dir,
-    );
+    )
+    .await;
     let tls12 = [
         "-tls1_2",
         "-cert",
@@ -852,7 +855,8 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &dir.path().join("checker"),
-    );
+    )
+    .await;
     let root = pki.join("root.pem");
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
         let probe = openssl_s_client(

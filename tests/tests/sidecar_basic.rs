@@ -269,7 +269,7 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
 
     // A mesh certificate from meshctl: accepted, and B's app sees that identity.
     let client_id = "spiffe://cluster.local/ns/default/sa/ops";
-    let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops"));
+    let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops")).await;
     let probe = openssl_s_client(
         &inbound,
         &[
@@ -469,7 +469,7 @@ spec:
     .await;
     let bundle = meshd.data_dir.join("ca-bundle.pem");
     let ops = "spiffe://cluster.local/ns/default/sa/ops";
-    let (cert, key) = issue_cert(&meshd, ops, &dir.path().join("ops"));
+    let (cert, key) = issue_cert(&meshd, ops, &dir.path().join("ops")).await;
     let args = [
         "-cert",
         cert.to_str().unwrap(),
@@ -764,7 +764,8 @@ async fn the_inbound_port_refuses_every_connection_until_the_sidecar_is_ready() 
         &meshd,
         "spiffe://cluster.local/ns/default/sa/ops",
         &dir.path().join("ops"),
-    );
+    )
+    .await;
     let args = [
         "-cert",
         cert.to_str().unwrap(),

@@ -471,7 +471,8 @@ async fn a_tls_policy_change_applies_to_new_handshakes_and_fails_no_request() {
         &meshd,
         "spiffe://cluster.local/ns/default/sa/ops",
         &dir.path().join("ops"),
-    );
+    )
+    .await;
     let bundle = meshd.data_dir.join("ca-bundle.pem");
     let inbound = b.inbound_addr.to_string();
     let with_cert = |version: &'static str| {
