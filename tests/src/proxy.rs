@@ -112,8 +112,16 @@ impl Proxy {
                 cmd.arg("--k8s-token-file").arg(file);
             }
             None => {
+                // `meshctl token create` off the runtime's thread: a sidecar joining while a
+                // request loop runs must not stall it.
+                let mut create = meshd.meshctl();
+                create.args(["token", "create", "--identity", identity, "--ttl", "10m"]);
+                create.args(["--uses", "1"]);
+                let (code, token, stderr) =
+                    tokio::task::spawn_blocking(move || crate::process::run(create)).await?;
+                anyhow::ensure!(code == Some(0), "token create failed: {stderr}");
                 let file = dir.join("join-token");
-                std::fs::write(&file, meshd.join_token(identity, "10m", 1))?;
+                std::fs::write(&file, token.trim())?;
                 cmd.arg("--join-token-file").arg(file);
             }
         }

@@ -172,8 +172,28 @@ impl Ring {
         1 + self.others.len()
     }
 
+    /// A newcomer: one more sidecar, for identity `name`, serving `service` (one more endpoint
+    /// of it: its echo app answers as `service`), started now, while the ring runs; returns
+    /// its index in `proxies`.
+    pub async fn add_newcomer(&mut self, name: &str, service: &str) -> usize {
+        let urls = vec![self.gates[0].url()];
+        self.add_sidecar_serving(name, service, urls, &[]).await;
+        self.proxies.len() - 1
+    }
+
     async fn add_sidecar(&mut self, name: &str, control_planes: Vec<String>, args: &[&str]) {
-        let app = EchoApp::start(name).await.expect("echo app");
+        self.add_sidecar_serving(name, name, control_planes, args)
+            .await
+    }
+
+    async fn add_sidecar_serving(
+        &mut self,
+        name: &str,
+        service: &str,
+        control_planes: Vec<String>,
+        args: &[&str],
+    ) {
+        let app = EchoApp::start(service).await.expect("echo app");
         let args = [
             &["--max-requests-per-connection", REQUESTS_PER_CONNECTION][..],
             args,
@@ -187,6 +207,7 @@ impl Ring {
             &ProxyOptions {
                 control_planes,
                 args: args.iter().map(|a| a.to_string()).collect(),
+                service: Some(service.to_string()),
                 ..Default::default()
             },
         )

@@ -273,6 +273,7 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
     let started: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(started["phase"], "prepare");
     let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
+    let mut newcomer_traffic = None;
 
     // Killed in each phase, right after it began: the phase survives and completes, and the
     // sidecars make new handshakes with each other in it (what the phase is for).
@@ -286,9 +287,37 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
         assert_eq!(r["phase"], phase, "after the restart: {r}");
         assert_eq!(r["generation"], started["generation"]);
         assert_eq!(r["new_root"], started["new_root"]);
+        if phase == "switch" {
+            // A newcomer joins mid-switch: its first certificate comes from the new CA, and it
+            // serves (as one more endpoint of b) and calls c while the others move over.
+            let e = ring.add_newcomer("e", "b").await;
+            let newcomer = &ring.proxies[e];
+            let (_, certs) = newcomer.admin("/certs").await;
+            assert!(certs.contains(&cas.new), "e's first certificate: {certs}");
+            newcomer_traffic = Some(mesh_tests::ring::Traffic::start(vec![(
+                newcomer.outbound_addr,
+                "c".into(),
+            )]));
+            let before: Vec<_> = (0..=e).map(|_| Default::default()).collect();
+            ring.wait_handshakes(
+                "the newcomer handshakes both ways on its new certificate",
+                &before,
+                ROTATION_DEADLINE,
+                |h| {
+                    ["inbound", "outbound"].iter().all(|d| {
+                        h[e].keys().any(|k| {
+                            k.direction == *d && k.local_issuer == cas.new && k.trusted.len() == 2
+                        })
+                    })
+                },
+            )
+            .await;
+        }
+        let ring_only = NAMES.len();
         let seen: &dyn Fn(&[mesh_tests::ring::Handshakes]) -> bool = match phase {
             "prepare" => &|h| cas.prepare_seen(h),
-            "switch" => &|h| cas.switch_seen(h),
+            // (each sidecar of the ring: the newcomer may have met only new holders)
+            "switch" => &|h| cas.switch_seen(&h[..ring_only]),
             _ => &|h| cas.finalize_seen(h),
         };
         ring.wait_handshakes(
@@ -303,6 +332,10 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
     }
 
     traffic.finish(100, || ring.logs()).await;
+    newcomer_traffic
+        .expect("the newcomer's loop")
+        .finish(20, || ring.logs())
+        .await;
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
     assert_eq!(
         root_fingerprints(&ca),
