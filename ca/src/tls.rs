@@ -59,6 +59,8 @@ pub struct TrustAnchors {
 
 #[derive(Debug)]
 struct Anchors {
+    /// The roots' subjects, in bundle order, joined by `" | "`: what is trusted, for metrics.
+    subjects: Arc<str>,
     roots: Arc<RootCertStore>,
     /// webpki's client verifier over `roots`, client certificate optional.
     client: Arc<dyn ClientCertVerifier>,
@@ -78,6 +80,11 @@ impl TrustAnchors {
         let next = Arc::new(anchors(bundle)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
+    }
+
+    /// The subjects of the roots trusted now, in bundle order, joined by `" | "`.
+    pub fn subjects(&self) -> Arc<str> {
+        self.get().subjects.clone()
     }
 
     fn get(&self) -> Arc<Anchors> {
@@ -103,7 +110,18 @@ fn anchors(bundle: &TrustBundle) -> Result<Anchors, TlsError> {
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Roots(e.to_string()))?;
-    Ok(Anchors { roots, client })
+    let subjects = bundle
+        .roots()
+        .iter()
+        .map(|r| r.subject.as_str())
+        .collect::<Vec<_>>()
+        .join(" | ")
+        .into();
+    Ok(Anchors {
+        subjects,
+        roots,
+        client,
+    })
 }
 
 /// The certificate this endpoint presents, swappable at run time (renewal).

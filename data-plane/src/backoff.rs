@@ -57,4 +57,32 @@ mod tests {
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(500));
     }
+
+    /// Full jitter spreads each wait over the whole of `[0, ceiling]`: many draws of one
+    /// attempt reach near its ceiling and average about half of it, so the waits do grow (a
+    /// backoff stuck near zero, or one that never jitters, fails this).
+    #[test]
+    fn waits_fill_the_range_up_to_each_ceiling() {
+        let base = Duration::from_millis(500);
+        let cap = Duration::from_secs(30);
+        for attempt in [0u32, 3, 8] {
+            let ceiling = base.saturating_mul(1 << attempt).min(cap);
+            let mut at = Backoff::new(base, cap);
+            for _ in 0..attempt {
+                at.next_delay();
+            }
+            let draws: Vec<Duration> = (0..400).map(|_| at.clone().next_delay()).collect();
+            let max = draws.iter().max().copied().unwrap_or_default();
+            let mean = draws.iter().sum::<Duration>() / 400;
+            assert!(max <= ceiling, "attempt {attempt}: {max:?} > {ceiling:?}");
+            assert!(
+                max >= ceiling.mul_f64(0.9),
+                "attempt {attempt}: the largest of 400 waits is {max:?}, ceiling {ceiling:?}"
+            );
+            assert!(
+                mean >= ceiling.mul_f64(0.4) && mean <= ceiling.mul_f64(0.6),
+                "attempt {attempt}: mean {mean:?}, ceiling {ceiling:?}"
+            );
+        }
+    }
 }

@@ -32,6 +32,7 @@ pub const ENV_IDLE_TIMEOUT: &str = "MESH_PROXY_IDLE_TIMEOUT";
 pub const ENV_MAX_CONNECTIONS: &str = "MESH_PROXY_MAX_CONNECTIONS";
 pub const ENV_MAX_APP_CONNECTIONS: &str = "MESH_PROXY_MAX_APP_CONNECTIONS";
 pub const ENV_APP_QUEUE_TIMEOUT: &str = "MESH_PROXY_APP_QUEUE_TIMEOUT";
+pub const ENV_MAX_REQUESTS_PER_CONNECTION: &str = "MESH_PROXY_MAX_REQUESTS_PER_CONNECTION";
 
 /// The command line.
 #[derive(Debug, Clone, Parser)]
@@ -156,6 +157,12 @@ pub struct Args {
     /// How long an inbound request waits for a free application connection before a 503.
     #[arg(long, env = ENV_APP_QUEUE_TIMEOUT, default_value = "5s")]
     pub app_queue_timeout: String,
+    /// A pooled mesh connection to another sidecar carries at most this many requests, then a
+    /// new one is made (as Envoy's max_requests_per_connection); 0: no limit. A small value
+    /// spreads load over new endpoints sooner, and makes every certificate and trust change
+    /// meet new handshakes.
+    #[arg(long, env = ENV_MAX_REQUESTS_PER_CONNECTION, default_value_t = 0)]
+    pub max_requests_per_connection: u64,
 }
 
 /// The validated configuration.
@@ -184,6 +191,8 @@ pub struct Config {
     pub limits: crate::conn::Limits,
     pub max_app_connections: usize,
     pub app_queue_timeout: Duration,
+    /// 0: no limit.
+    pub max_requests_per_connection: u64,
 }
 
 fn addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -393,6 +402,7 @@ impl Config {
             cert_ttl,
             drain_grace: duration("drain-grace", &args.drain_grace)?,
             report_interval: duration("report-interval", &args.report_interval)?,
+            max_requests_per_connection: args.max_requests_per_connection,
         })
     }
 }

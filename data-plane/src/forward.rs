@@ -387,8 +387,10 @@ impl Forwarder {
                         }
                         Try::Failed(_) | Try::TimedOut => Some(true),
                     };
-                    if let Some(failed) = failed {
-                        cluster.record(i, failed, Instant::now());
+                    if let Some(failed) = failed
+                        && cluster.record(i, failed, Instant::now())
+                    {
+                        self.metrics.outlier_ejection(&cluster.name);
                     }
                     outcome
                 }

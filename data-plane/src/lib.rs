@@ -136,6 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!("cannot restore the stored configuration: {e:#}"),
     }
 
+    metrics.watch_identity(identity.cert.clone(), identity.anchors.clone());
     let app_pool = app_pool::AppPool::new(
         config.max_app_connections,
         config.app_queue_timeout,
@@ -146,6 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics.clone(),
     );
     let upstreams = upstream::Upstreams::new(identity.clone(), metrics.clone(), app_pool);
+    upstreams.set_max_requests_per_connection(config.max_requests_per_connection);
     let forwarder = Arc::new(forward::Forwarder {
         upstreams,
         metrics: metrics.clone(),

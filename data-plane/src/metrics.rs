@@ -60,6 +60,19 @@ pub struct NegotiatedLabels {
     pub group: String,
 }
 
+/// Who vouched for each side of a mesh handshake: a CA rotation shows here as handshakes
+/// between a sidecar holding a certificate of one CA and a peer holding one of the other.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub direction: &'static str,
+    /// The issuer (subject of the signing CA) of our certificate at the handshake.
+    pub local_issuer: String,
+    /// The issuer of the certificate the peer presented.
+    pub peer_issuer: String,
+    /// The subjects of the roots we trusted at the handshake, joined by `" | "`.
+    pub trusted: String,
+}
+
 /// Counts for one kind of negotiated connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NegotiatedCount {
@@ -124,6 +137,11 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     latency: Family<DirectionLabel, Histogram, fn() -> Histogram>,
     handshakes: Family<HandshakeLabels, Counter>,
+    handshakes_by_issuer: Family<IssuerLabels, Counter>,
+    /// Our certificate and trust anchors, for `handshakes_by_issuer`.
+    identity: std::sync::OnceLock<(Arc<mesh_ca::tls::CertSlot>, Arc<mesh_ca::tls::TrustAnchors>)>,
+    /// The issuer of the certificate last seen in the slot (by address), parsed once.
+    local_issuer: std::sync::Mutex<Option<(usize, String)>>,
     cert_expiry: Gauge,
     control_plane_connected: Gauge,
     config_updates: Family<ConfigLabels, Counter>,
@@ -138,6 +156,7 @@ struct Inner {
     app_connections: Gauge,
     app_queue_overflows: Counter,
     header_list_too_large: Family<DirectionLabel, Counter>,
+    ejections: Family<ClusterLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -185,6 +204,13 @@ impl Metrics {
             "tls_handshakes",
             "Mesh TLS handshakes by direction and result",
             handshakes.clone(),
+        );
+        let handshakes_by_issuer = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes_by_issuer",
+            "Completed mesh TLS handshakes by direction, the issuer of our certificate and of \
+             the peer's, and the roots trusted",
+            handshakes_by_issuer.clone(),
         );
         let cert_expiry = Gauge::default();
         registry.register(
@@ -268,6 +294,12 @@ impl Metrics {
             "Requests answered 431 because their headers exceed what the next hop accepts",
             header_list_too_large.clone(),
         );
+        let ejections = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster",
+            ejections.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 connections_open,
@@ -280,6 +312,9 @@ impl Metrics {
                 requests,
                 latency,
                 handshakes,
+                handshakes_by_issuer,
+                identity: std::sync::OnceLock::new(),
+                local_issuer: std::sync::Mutex::new(None),
                 tls_open,
                 tls_negotiated,
                 inventory: std::sync::Mutex::default(),
@@ -291,6 +326,7 @@ impl Metrics {
                 upstream_failures,
                 retries,
                 overflows,
+                ejections,
             }),
         }
     }
@@ -328,6 +364,56 @@ impl Metrics {
             .inc();
     }
 
+    /// Where our certificate and trust anchors live (set once at start), so that every
+    /// handshake is counted by issuer too.
+    pub fn watch_identity(
+        &self,
+        cert: Arc<mesh_ca::tls::CertSlot>,
+        anchors: Arc<mesh_ca::tls::TrustAnchors>,
+    ) {
+        let _ = self.inner.identity.set((cert, anchors));
+    }
+
+    /// The issuer of our current certificate ("" when none).
+    fn local_issuer(&self, cert: &mesh_ca::tls::CertSlot) -> String {
+        let Some(key) = cert.get() else {
+            return String::new();
+        };
+        let addr = Arc::as_ptr(&key) as usize;
+        let mut cached = self
+            .inner
+            .local_issuer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((a, issuer)) if *a == addr => issuer.clone(),
+            _ => {
+                let issuer = issuer_of(key.cert.first().map(|c| c.as_ref()));
+                *cached = Some((addr, issuer.clone()));
+                issuer
+            }
+        }
+    }
+
+    fn count_issuers(&self, direction: &'static str, conn: &rustls::CommonState) {
+        let Some((cert, anchors)) = self.inner.identity.get() else {
+            return;
+        };
+        let labels = IssuerLabels {
+            direction,
+            // Read right after the handshake: a renewal in between is a race of microseconds
+            // once per certificate, acceptable for a counter.
+            local_issuer: self.local_issuer(cert),
+            peer_issuer: issuer_of(
+                conn.peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref()),
+            ),
+            trusted: anchors.subjects().to_string(),
+        };
+        self.inner.handshakes_by_issuer.get_or_create(&labels).inc();
+    }
+
     /// Counts a finished handshake by what it negotiated; the connection counts as open until
     /// the returned guard is dropped.
     pub fn negotiated(
@@ -350,6 +436,7 @@ impl Metrics {
                 .map(|g| format!("{:?}", g.name()))
                 .unwrap_or_default(),
         };
+        self.count_issuers(direction, conn);
         self.inner.tls_open.get_or_create(&labels).inc();
         self.inner.tls_negotiated.get_or_create(&labels).inc();
         let mut inventory = self
@@ -475,6 +562,15 @@ impl Metrics {
             .inc();
     }
 
+    pub fn outlier_ejection(&self, cluster: &str) {
+        self.inner
+            .ejections
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
     /// The text exposition; `cert_not_after` (Unix seconds) sets the expiry gauge first.
     pub fn render(&self, cert_not_after: Option<i64>) -> String {
         if let Some(not_after) = cert_not_after {
@@ -488,4 +584,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The issuer DN of a DER certificate ("" when absent or unreadable).
+fn issuer_of(der: Option<&[u8]>) -> String {
+    der.and_then(|d| mesh_ca::CertInfo::from_der(d).ok())
+        .map(|c| c.issuer)
+        .unwrap_or_default()
 }

@@ -703,30 +703,31 @@ impl Cluster {
         }
     }
 
-    /// Records the outcome of a try on endpoint `i` for outlier detection.
-    pub fn record(&self, i: usize, failed: bool, now: Instant) {
+    /// Records the outcome of a try on endpoint `i` for outlier detection; true when it
+    /// ejected the endpoint.
+    pub fn record(&self, i: usize, failed: bool, now: Instant) -> bool {
         let Some(od) = &self.outlier_detection else {
-            return;
+            return false;
         };
         let Some(e) = self.endpoints.get(i) else {
-            return;
+            return false;
         };
         let eject = {
             let mut s = e.outlier.lock().unwrap_or_else(|p| p.into_inner());
             if !failed {
                 s.consecutive_failures = 0;
-                return;
+                return false;
             }
             s.consecutive_failures += 1;
             s.consecutive_failures >= od.consecutive_5xx && s.ejected_until.is_none_or(|t| t <= now)
         };
         if !eject {
-            return;
+            return false;
         }
         let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
         let allowed = (self.endpoints.len() * od.max_ejection_percent as usize) / 100;
         if ejected > 0 && ejected + 1 > allowed {
-            return;
+            return false;
         }
         let mut s = e.outlier.lock().unwrap_or_else(|p| p.into_inner());
         s.ejections += 1;
@@ -734,6 +735,7 @@ impl Cluster {
         s.ejected_until = Some(now + od.base_ejection * s.ejections);
         tracing::warn!(cluster = %self.name, endpoint = %e.address, ejections = s.ejections,
             "endpoint ejected after consecutive failures");
+        true
     }
 }
 

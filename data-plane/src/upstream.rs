@@ -68,11 +68,12 @@ struct MeshKey {
     expected: String,
 }
 
-/// A pooled mesh connection, and the header-list size its server advertised (0: its SETTINGS
-/// have not arrived yet).
+/// A pooled mesh connection, the header-list size its server advertised (0: its SETTINGS
+/// have not arrived yet), and how many requests it was given.
 struct Pooled {
     sender: SendRequest<Body>,
     peer_limit: Arc<AtomicU32>,
+    sent: u64,
 }
 
 pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -88,6 +89,8 @@ pub struct Upstreams {
     plain_h2: Client<HttpConnector, Body>,
     /// HTTP/1.1 to the local application, capped.
     app: Arc<crate::app_pool::AppPool>,
+    /// `--max-requests-per-connection` (0: no limit).
+    max_requests: std::sync::atomic::AtomicU64,
 }
 
 // === impl Upstreams ===
@@ -118,7 +121,13 @@ impl Upstreams {
             plain,
             plain_h2,
             app,
+            max_requests: Default::default(),
         })
+    }
+
+    /// A mesh connection is replaced after `n` requests (0: never).
+    pub fn set_max_requests_per_connection(&self, n: u64) {
+        self.max_requests.store(n, Ordering::Relaxed);
     }
 
     /// Plain HTTP/1.1, or HTTP/2 with prior knowledge (`h2`); `req`'s URI must be absolute
@@ -192,8 +201,14 @@ impl Upstreams {
                     )));
                 }
                 let mut guard = slot.lock().await;
-                match guard.as_ref() {
-                    Some(p) if !p.sender.is_closed() => (p.sender.clone(), p.peer_limit.clone()),
+                let max = self.max_requests.load(Ordering::Relaxed);
+                match guard.as_mut() {
+                    Some(p) if !p.sender.is_closed() && (max == 0 || p.sent < max) => {
+                        p.sent += 1;
+                        (p.sender.clone(), p.peer_limit.clone())
+                    }
+                    // Closed, or used up: a new connection replaces it (requests in flight on
+                    // the old one finish; hyper closes it once its last sender is gone).
                     _ => {
                         if let Some(cb) = limits
                             && cb.max_connections > 0
@@ -330,7 +345,11 @@ impl Upstreams {
                 connections.fetch_sub(1, Ordering::Relaxed);
                 drop(open);
             });
-            Ok(Pooled { sender, peer_limit })
+            Ok(Pooled {
+                sender,
+                peer_limit,
+                sent: 1,
+            })
         };
         tokio::time::timeout(cluster.connect_timeout, connect)
             .await

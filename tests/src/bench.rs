@@ -61,7 +61,6 @@ impl Sizes {
                 warmup: Duration::from_millis(300),
                 run: Duration::from_secs(1),
                 rate: 200.0,
-                proxy_threads: 1,
             },
         }
     }
@@ -74,12 +73,14 @@ impl Sizes {
             idle_window: Duration::from_secs(10),
             dataplane: crate::dataplane::Durations {
                 warmup: Duration::from_secs(5),
-                run: Duration::from_secs(30),
+                // `BENCH_DATAPLANE_SECS` shortens each measured run (e.g. on a shared machine).
+                run: Duration::from_secs(
+                    std::env::var("BENCH_DATAPLANE_SECS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(30),
+                ),
                 rate: 1000.0,
-                proxy_threads: std::env::var("BENCH_PROXY_THREADS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1),
             },
         }
     }

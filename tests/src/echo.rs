@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Default)]
 struct Switches {
     fail_next: AtomicU64,
     delay_ms: AtomicU64,
@@ -22,6 +21,22 @@ struct Switches {
     open: AtomicU64,
     peak: AtomicU64,
     accepted: AtomicU64,
+    /// While true, every request received waits (counted, unanswered) until it turns false.
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Self {
+            fail_next: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            hold: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 pub struct EchoApp {
@@ -78,6 +93,13 @@ impl EchoApp {
     /// The most connections that were open to the app at once.
     pub fn peak_connections(&self) -> u64 {
         self.switches.peak.load(Ordering::SeqCst)
+    }
+
+    /// While `on`, requests are received (and counted) but not answered; turning it off
+    /// answers every held request. A test holds a request in flight this way for exactly as
+    /// long as it needs, instead of for a fixed delay.
+    pub fn hold(&self, on: bool) {
+        self.switches.hold.send_replace(on);
     }
 
     /// Requests received so far (answered or failed).
@@ -152,6 +174,8 @@ async fn serve(tcp: TcpStream, id: &str, sw: &Switches) -> std::io::Result<()> {
             reader.read_exact(&mut body).await?;
         }
         sw.requests.fetch_add(1, Ordering::SeqCst);
+        let mut hold = sw.hold.subscribe();
+        let _ = hold.wait_for(|held| !held).await;
         let delay = sw.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -101,7 +101,7 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    pub fn mesh_client(
+    pub async fn mesh_client(
         meshd: &Meshd,
         dir: &Path,
         identity: &str,
@@ -110,7 +110,7 @@ impl Envoy {
         use crate::dataplane::{envoy_binary, envoy_config, free_port, start_envoy, tls_socket};
         let envoy = envoy_binary()?;
         std::fs::create_dir_all(dir)?;
-        let (cert, key) = crate::proxy::issue_cert(meshd, identity, &dir.join("cert"));
+        let (cert, key) = crate::proxy::issue_cert(meshd, identity, &dir.join("cert")).await;
         let bundle = meshd.data_dir.join("ca-bundle.pem");
         let port = free_port()?;
         anyhow::ensure!(
@@ -123,7 +123,7 @@ impl Envoy {
             None,
             Some(tls_socket("UpstreamTlsContext", &cert, &key, &bundle, "")),
         );
-        let process = start_envoy(&envoy, dir, "envoy-client", &config)?;
+        let process = start_envoy(&envoy, dir, "envoy-client", &config, 1)?;
         Ok(Self {
             process,
             listen: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -117,8 +117,16 @@ impl Proxy {
                 cmd.arg("--k8s-token-file").arg(file);
             }
             None => {
+                // `meshctl token create` off the runtime's thread: a sidecar joining while a
+                // request loop runs must not stall it.
+                let mut create = meshd.meshctl();
+                create.args(["token", "create", "--identity", identity, "--ttl", "10m"]);
+                create.args(["--uses", "1"]);
+                let (code, token, stderr) =
+                    tokio::task::spawn_blocking(move || crate::process::run(create)).await?;
+                anyhow::ensure!(code == Some(0), "token create failed: {stderr}");
                 let file = dir.join("join-token");
-                std::fs::write(&file, meshd.join_token(identity, "10m", 1))?;
+                std::fs::write(&file, token.trim())?;
                 cmd.arg("--join-token-file").arg(file);
             }
         }
@@ -339,12 +347,145 @@ impl Proxy {
     }
 }
 
-fn openssl_s_client_blocking(addr: &str, extra: &[&str], bundle: &Path) -> (bool, String) {
+/// What one `openssl s_client` probe saw: enough to tell *why* a connection was refused (the
+/// TLS alert the server sent, or no answer at all) from a success (the HTTP status).
+#[derive(Debug, Clone)]
+pub struct TlsProbe {
+    /// The status of the HTTP answer, when one came back over the connection.
+    pub http_status: Option<u16>,
+    /// The TLS alert received from the server, by its RFC 8446 name (`protocol_version`,
+    /// `handshake_failure`, `unknown_ca`, `certificate_required`, …; `alert_N` for others).
+    pub alert: Option<String>,
+    /// The negotiated protocol and cipher suite (`TLSv1.3`, `TLS_AES_128_GCM_SHA256`) when the
+    /// handshake completed; `None` when it did not.
+    pub negotiated: Option<(String, String)>,
+    /// Bytes the server sent during the handshake (0: nothing came back at all, e.g. the
+    /// connection was closed at once).
+    pub handshake_bytes_read: Option<u64>,
+    /// Everything openssl printed (stdout, then stderr).
+    pub output: String,
+}
+
+impl std::fmt::Display for TlsProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "http_status={:?} alert={:?} negotiated={:?} handshake_bytes_read={:?}\n{}",
+            self.http_status, self.alert, self.negotiated, self.handshake_bytes_read, self.output
+        )
+    }
+}
+
+impl TlsProbe {
+    /// An HTTP 200 came back: the handshake held and the request was served.
+    pub fn ok(&self) -> bool {
+        self.http_status == Some(200)
+    }
+
+    fn parse(output: String) -> Self {
+        let http_status = output.find("HTTP/1.1 ").and_then(|i| {
+            output[i + 9..]
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok())
+        });
+        let alert = output.find("alert number ").and_then(|i| {
+            let n: u8 = output[i + 13..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            Some(alert_name(n))
+        });
+        // "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"; "New, (NONE), Cipher is (NONE)" when
+        // the handshake did not complete.
+        let negotiated = output.lines().find_map(|l| {
+            let rest = l.strip_prefix("New, ")?;
+            let (version, cipher) = rest.split_once(", Cipher is ")?;
+            (cipher.trim() != "(NONE)")
+                .then(|| (version.trim().to_string(), cipher.trim().to_string()))
+        });
+        let handshake_bytes_read = output.find("SSL handshake has read ").and_then(|i| {
+            output[i + 23..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+        });
+        Self {
+            http_status,
+            alert,
+            negotiated,
+            handshake_bytes_read,
+            output,
+        }
+    }
+}
+
+/// The name of TLS alert `n` (RFC 8446 §6).
+fn alert_name(n: u8) -> String {
+    match n {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        other => return format!("alert_{other}"),
+    }
+    .to_string()
+}
+
+/// Whether `text` (s_client's stdout) holds a complete HTTP/1.1 response: headers, then a body
+/// of its Content-Length (or the last chunk).
+fn complete_http_response(text: &str) -> bool {
+    let Some(start) = text.find("HTTP/1.1 ") else {
+        return false;
+    };
+    let Some(head_len) = text[start..].find("\r\n\r\n") else {
+        return false;
+    };
+    let head = text[start..start + head_len].to_ascii_lowercase();
+    let body = &text[start + head_len + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.contains("0\r\n\r\n");
+    }
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    length.is_some_and(|n| body.len() >= n)
+}
+
+/// How long one openssl probe may take before it counts as hung (an error, not a refusal).
+const OPENSSL_DEADLINE: Duration = Duration::from_secs(20);
+
+fn openssl_s_client_blocking(
+    addr: &str,
+    extra: &[&str],
+    bundle: &Path,
+) -> anyhow::Result<TlsProbe> {
+    use std::io::{Read, Write};
     // One HTTP/1.1 request over the TLS connection: the answer shows the handshake held.
-    // `timeout`: a test must never hang on an outside tool. `-no_ign_eof`: the end of stdin
-    // ends the session.
-    let child = Command::new("timeout")
-        .args(["20", "openssl", "s_client", "-connect", addr, "-no_ign_eof"])
+    // `-no_ign_eof`: the end of stdin ends the session, which we close once the answer is
+    // complete (or openssl exits first: the server closed or sent an alert).
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-no_ign_eof"])
         .args(["-verify_return_error", "-alpn", "http/1.1"])
         .arg("-CAfile")
         .arg(bundle)
@@ -352,36 +493,83 @@ fn openssl_s_client_blocking(addr: &str, extra: &[&str], bundle: &Path) -> (bool
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return (false, format!("openssl could not be started: {e}")),
-    };
-    {
-        use std::io::Write;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin
-                .write_all(b"GET /via-openssl HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
-            // Keep stdin open briefly so the answer can arrive before s_client sees EOF.
-            std::thread::sleep(Duration::from_millis(1500));
-        }
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "openssl could not be started ({e}); install it: apt-get install openssl"
+            )
+        })?;
+    let mut stdin = child.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        // openssl reads stdin only once the handshake is done; a refused handshake may close
+        // the pipe first, hence no error check.
+        let _ = s.write_all(b"GET /via-openssl HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+        let _ = s.flush();
     }
-    let Ok(out) = child.wait_with_output() else {
-        return (false, "openssl did not finish".into());
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let shared = buf.clone();
+        let thread = std::thread::spawn(move || {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buf, thread)
     };
-    let text = format!(
+    let (stdout, out_thread) = collect(child.stdout.take().map(|p| Box::new(p) as _));
+    let (stderr, err_thread) = collect(child.stderr.take().map(|p| Box::new(p) as _));
+    let text = |buf: &std::sync::Mutex<Vec<u8>>| {
+        String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => anyhow::bail!("waiting for openssl: {e}"),
+        }
+        if stdin.is_some() && complete_http_response(&text(&stdout)) {
+            // The answer is in: end the session.
+            stdin = None;
+        }
+        if start.elapsed() > OPENSSL_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "openssl s_client to {addr} did not finish within {OPENSSL_DEADLINE:?}:\n{}{}",
+                text(&stdout),
+                text(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(stdin);
+    let _ = out_thread.join();
+    let _ = err_thread.join();
+    Ok(TlsProbe::parse(format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (text.contains("HTTP/1.1 200"), text)
+        text(&stdout),
+        text(&stderr)
+    )))
 }
 
 /// `openssl s_client` to `addr` (verifying the server against `bundle`, with `extra` flags such
-/// as `-cert`/`-key`), sending one HTTP/1.1 request; returns whether a 200 came back, and
-/// everything openssl printed. It runs off the test's runtime thread, so that an echo app on
-/// that runtime can answer meanwhile.
-pub async fn openssl_s_client(addr: &str, extra: &[&str], bundle: &Path) -> (bool, String) {
+/// as `-cert`/`-key`), sending one HTTP/1.1 request; returns what it saw. An error means the
+/// probe itself failed (openssl missing or hung), never that the server refused. It runs off
+/// the test's runtime thread, so that an echo app on that runtime can answer meanwhile.
+pub async fn openssl_s_client(
+    addr: &str,
+    extra: &[&str],
+    bundle: &Path,
+) -> anyhow::Result<TlsProbe> {
     let (addr, bundle) = (addr.to_string(), bundle.to_path_buf());
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -389,21 +577,115 @@ pub async fn openssl_s_client(addr: &str, extra: &[&str], bundle: &Path) -> (boo
         openssl_s_client_blocking(&addr, &extra, &bundle)
     })
     .await
-    .unwrap_or_else(|e| (false, format!("openssl task: {e}")))
+    .map_err(|e| anyhow::anyhow!("openssl task: {e}"))?
+}
+
+/// Connects to `addr`, sends `bytes`, and reads until the server closes the connection (at
+/// most 10 s): everything it sent back. An error when the connection cannot be made or stays
+/// open: a refusal that closes at once is an `Ok` of what little came back.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
+    // The server may close before reading it all: a failed write is part of the answer.
+    let _ = tcp.write_all(bytes).await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                // A reset after the server's last bytes is a close too.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(anyhow::anyhow!("read from {addr}: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} kept the connection open for 10 s"))??;
+    Ok(answer)
+}
+
+/// The TLS alert in `record` when it is exactly one alert record (content type 21), by name.
+pub fn tls_alert_record(record: &[u8]) -> Option<String> {
+    match record {
+        [21, 3, _, 0, 2, _level, description] => Some(alert_name(*description)),
+        _ => None,
+    }
 }
 
 /// A mesh certificate for `identity` from `meshctl cert issue` (a fresh join token), written to
-/// `dir`; returns the paths of cert.pem and key.pem.
-pub fn issue_cert(meshd: &Meshd, identity: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let token = meshd.join_token(identity, "10m", 1);
+/// `dir`; returns the paths of cert.pem and key.pem. The commands run off the runtime's thread,
+/// so that a request loop on the same runtime keeps running meanwhile.
+pub async fn issue_cert(meshd: &Meshd, identity: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let mut token = meshd.meshctl();
+    token.args([
+        "token",
+        "create",
+        "--identity",
+        identity,
+        "--ttl",
+        "10m",
+        "--uses",
+        "1",
+    ]);
     let mut cmd = meshd.meshctl();
-    cmd.args(["cert", "issue", "--token", &token, "--control-plane"])
+    cmd.args(["cert", "issue", "--control-plane"])
         .arg(meshd.grpc_url())
         .arg("--ca-bundle")
         .arg(meshd.data_dir.join("ca-bundle.pem"))
         .arg("--out")
         .arg(dir);
-    let (code, _, stderr) = crate::process::run(cmd);
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+        let (code, stdout, stderr) = crate::process::run(token);
+        if code != Some(0) {
+            return (code, stdout, format!("token create: {stderr}"));
+        }
+        cmd.args(["--token", stdout.trim()]);
+        crate::process::run(cmd)
+    })
+    .await
+    .unwrap_or_else(|e| (None, String::new(), format!("meshctl task: {e}")));
     assert_eq!(code, Some(0), "meshctl cert issue: {stderr}");
     (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_reads_the_alert_the_status_and_the_negotiated_suite() {
+        let refused = TlsProbe::parse(
+            "CONNECTED(00000003)\n---\nno peer certificate available\n---\nSSL handshake has \
+             read 7 bytes and written 313 bytes\n---\nNew, (NONE), Cipher is (NONE)\n\
+             40E7:error:0A00042E:SSL routines:ssl3_read_bytes:tlsv1 alert protocol \
+             version:../ssl/record/rec_layer_s3.c:1605:SSL alert number 70\n"
+                .into(),
+        );
+        assert_eq!(refused.alert.as_deref(), Some("protocol_version"));
+        assert_eq!(refused.negotiated, None);
+        assert_eq!(refused.handshake_bytes_read, Some(7));
+        assert!(!refused.ok());
+        let served = TlsProbe::parse(
+            "SSL handshake has read 1200 bytes\nNew, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+                .into(),
+        );
+        assert!(served.ok());
+        assert_eq!(served.alert, None);
+        assert_eq!(
+            served.negotiated,
+            Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into()))
+        );
+        assert!(complete_http_response(
+            "x\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+        ));
+        assert!(!complete_http_response(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{}"
+        ));
+    }
 }

@@ -38,10 +38,14 @@ fn bench_smoke_runs_every_benchmark_and_writes_results() {
         "rotation start → every sidecar re-issued",
         "re-issue rate",
         "direct: throughput at saturation",
-        "mesh-proxy ×2: throughput at saturation",
-        "Envoy ×2: throughput at saturation",
-        "mesh-proxy peak RSS (larger of the two)",
-        "Envoy ×2: CPU per 1,000 requests",
+        "mesh-proxy ×2 (1 thread): throughput at saturation",
+        "mesh-proxy ×2 (2 threads): throughput at saturation",
+        "Envoy ×2 (concurrency 1): throughput at saturation",
+        "Envoy ×2 (concurrency 2): throughput at saturation",
+        "mesh-proxy ×2 (1 thread): peak RSS (larger of the two)",
+        "Envoy ×2 (concurrency 2): CPU per 1,000 requests",
+        "added p99: mesh-proxy ×2 (1 thread) / Envoy ×2 (concurrency 1)",
+        "added p99: mesh-proxy ×2 (2 threads) / Envoy ×2 (concurrency 2)",
     ] {
         let f = figures
             .iter()
@@ -58,5 +62,20 @@ fn bench_smoke_runs_every_benchmark_and_writes_results() {
         0.0,
         "no CA request failed"
     );
+    // Every data-plane path served every request of the load (each has a timeout).
+    for path in [
+        "direct",
+        "mesh-proxy ×2 (1 thread)",
+        "mesh-proxy ×2 (2 threads)",
+        "Envoy ×2 (concurrency 1)",
+        "Envoy ×2 (concurrency 2)",
+    ] {
+        let name = format!("{path}: failed requests");
+        let f = figures
+            .iter()
+            .find(|f| f["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(f["value"].as_f64().unwrap(), 0.0, "{name}: {f}");
+    }
     assert!(stdout.contains("route change -> last ACK p99"), "{stdout}");
 }

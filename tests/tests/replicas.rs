@@ -9,7 +9,9 @@
 use mesh_tests::meshd::Meshd;
 use mesh_tests::postgres::TempPostgres;
 use mesh_tests::proxy::{Proxy, issue_cert};
-use mesh_tests::ring::{NAMES, Ring, identity, openssl_verify, pem_blocks, root_fingerprints};
+use mesh_tests::ring::{
+    NAMES, Ring, RotationCas, identity, openssl_verify, pem_blocks, root_fingerprints,
+};
 use mesh_tests::wait;
 use serde_json::Value;
 use std::time::Duration;
@@ -157,11 +159,14 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
         .iter()
         .find(|r| r.admin_addr != driver.admin_addr)
         .unwrap();
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
-    let started = start_rotation(follower, "3s").await;
+    let handshakes_before = ring.handshakes().await;
+    let started = start_rotation(follower, "6s").await;
     assert_eq!(started["phase"], "prepare", "{started}");
     let new_root = started["new_root"].as_str().unwrap().to_string();
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
 
     // Each replica reports the rotation done: they agree.
     for r in &replicas {
@@ -172,6 +177,14 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
             .await;
         assert_eq!(done["new_root"], new_root.as_str(), "{done}");
     }
+    // The sidecars of both replicas made new handshakes with each other in every phase.
+    ring.wait_handshakes(
+        "handshakes of every phase",
+        &handshakes_before,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h) && cas.switch_seen(h) && cas.finalize_seen(h),
+    )
+    .await;
     traffic.finish(100, String::new).await;
 
     // Both replicas' bundles (API and file) hold only the new root.
@@ -195,7 +208,7 @@ async fn a_rotation_started_on_any_replica_completes_on_both_and_fails_no_reques
     for (i, r) in replicas.iter().enumerate() {
         let dir = ring.dir.join(format!("checker-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, _) = issue_cert(r, &identity("checker"), &dir);
+        let (cert, _) = issue_cert(r, &identity("checker"), &dir).await;
         let (ok, text) = openssl_verify(&r.data_dir.join("ca-bundle.pem"), &cert);
         assert!(ok, "replica {i} signed under the new root: {text}");
     }
@@ -225,9 +238,12 @@ async fn the_other_replica_finishes_a_rotation_when_its_driver_dies() {
         let replicas: Vec<&Meshd> = ring.replicas().collect();
         leader(&ring, &replicas).await.admin_addr.clone()
     };
+    let before = ring.ca_subjects().await;
+    let handshakes_before = ring.handshakes().await;
     // A long window: the switch phase lasts long enough to lose its driver in the middle.
     let started = start_rotation(&ring.meshd, "20s").await;
     let new_root = started["new_root"].as_str().unwrap().to_string();
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
     // Mid-rotation: the new CA signs, sidecars are re-issuing.
     ring.wait_rotation("the switch phase", ROTATION_DEADLINE, |s| {
         s["phase"] == "switch"
@@ -268,6 +284,13 @@ async fn the_other_replica_finishes_a_rotation_when_its_driver_dies() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e} (replica {dead} died)\n{}", ring.logs()));
+    ring.wait_handshakes(
+        "handshakes of every phase, across the driver's death",
+        &handshakes_before,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h) && cas.switch_seen(h) && cas.finalize_seen(h),
+    )
+    .await;
     traffic.finish(100, String::new).await;
 }
 
@@ -277,8 +300,10 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
     let (_pg, ring) = two_replicas(dir.path()).await;
     let (a, b) = (&ring.meshd, &ring.others[0]);
     let old_bundle = a.bundle_pem();
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
+    let at_prepare = ring.handshakes().await;
     let gate_met = |phase: &'static str| {
         move |s: &Value| {
             s["phase"] == phase
@@ -292,11 +317,12 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
     let started = post(
         b,
         "",
-        serde_json::json!({ "manual": true, "window": "3s" }),
+        serde_json::json!({ "manual": true, "window": "6s" }),
         201,
     )
     .await;
     assert_eq!(started["phase"], "prepare", "{started}");
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
     // A second start, on a, sees the rotation b started.
     let busy = post(a, "", serde_json::json!({ "window": "3s" }), 409).await;
     assert!(busy.to_string().contains("already under way"), "{busy}");
@@ -316,11 +342,26 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
     .await;
     post(b, "/next", serde_json::json!({}), 409).await;
     post(b, "/resume", serde_json::json!({}), 200).await;
+    ring.wait_handshakes(
+        "prepare: old certificates under both roots",
+        &at_prepare,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h),
+    )
+    .await;
+    let at_switch = ring.handshakes().await;
     let switched = post(a, "/next", serde_json::json!({}), 200).await;
     assert_eq!(switched["phase"], "switch", "{switched}");
     ring.wait_rotation_on(b, "a first re-issue, seen on b", ROTATION_DEADLINE, |s| {
         s["phase"] == "switch" && s["progress"]["done"].as_u64().unwrap_or(0) >= 1
     })
+    .await;
+    ring.wait_handshakes(
+        "switch: old and new certificates meet both ways",
+        &at_switch,
+        ROTATION_DEADLINE,
+        |h| cas.switch_seen(h),
+    )
     .await;
     let back = post(b, "/rollback", serde_json::json!({}), 200).await;
     assert_eq!(back["phase"], "rolling-back", "{back}");
@@ -331,6 +372,7 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
         gate_met("rolling-back"),
     )
     .await;
+    let at_rolled_back = ring.handshakes().await;
     let over = post(a, "/next", serde_json::json!({}), 200).await;
     assert_eq!(over["phase"], "rolled-back", "{over}");
 
@@ -350,6 +392,13 @@ async fn a_manual_rotation_is_steered_from_either_replica_and_rolled_back() {
         .await
         .unwrap();
     }
+    ring.wait_handshakes(
+        "rolled back: old certificates under the old root alone",
+        &at_rolled_back,
+        ROTATION_DEADLINE,
+        |h| cas.rolled_back_seen(h),
+    )
+    .await;
     traffic.finish(100, String::new).await;
 }
 

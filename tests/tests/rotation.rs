@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::proxy::{issue_cert, openssl_s_client};
-use mesh_tests::ring::{NAMES, Ring, openssl_verify, pem_blocks, root_fingerprints};
+use mesh_tests::ring::{
+    NAMES, Ring, RotationCas, openssl_verify, pem_blocks, root_fingerprints, show_handshakes, total,
+};
 use std::time::Duration;
 
 /// How long a whole rotation may take in a test (debug build, loaded 2-core machine).
@@ -33,9 +35,10 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &dir,
-    );
+    )
+    .await;
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
-        let (ok, out) = openssl_s_client(
+        let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
             &[
                 "-showcerts",
@@ -46,8 +49,10 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
             ],
             &trusted_file,
         )
-        .await;
-        assert!(ok, "openssl s_client to sidecar {name}:\n{out}");
+        .await
+        .unwrap();
+        assert!(probe.ok(), "openssl s_client to sidecar {name}:\n{probe}");
+        let out = probe.output;
         let chain = pem_blocks(&out);
         assert!(!chain.is_empty(), "no certificate shown by {name}:\n{out}");
         let leaf = dir.join(format!("{name}-leaf.pem"));
@@ -73,11 +78,13 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
     let old_root = root_fingerprints(&ring.meshd.admin_get("/api/v1/ca").await);
     assert_eq!(old_root.len(), 1);
 
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
+    let handshakes_before = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
-        &["ca", "rotate", "--window", "3s", "--wait", "-o", "json"],
+        &["ca", "rotate", "--window", "6s", "--wait", "-o", "json"],
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
@@ -89,6 +96,24 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
     }
     let last: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(last["phase"], "done", "{last}");
+    // New sidecar-to-sidecar handshakes all along (each sidecar reconnects every few requests):
+    // old certificates under both roots (prepare), old and new holders with each other both
+    // ways (switch), then new certificates under the new root alone (finalize and after).
+    let (_, roots_after) = ring.ca_subjects().await;
+    let all_roots: Vec<String> = before.1.iter().chain(&roots_after).cloned().collect();
+    let cas = RotationCas::new_root(&before, &all_roots);
+    let seen = ring
+        .wait_handshakes(
+            "handshakes of every phase",
+            &handshakes_before,
+            ROTATION_DEADLINE,
+            |h| cas.prepare_seen(h) && cas.switch_seen(h) && cas.finalize_seen(h),
+        )
+        .await;
+    eprintln!(
+        "handshakes during the rotation:\n{}",
+        show_handshakes(&total(&seen))
+    );
     traffic.finish(100, String::new).await;
 
     // The bundle holds only the new root, and meshd's bundle file says so too.
@@ -121,11 +146,13 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let ring = Ring::start(dir.path(), &[], &[]).await;
     let old_bundle = ring.meshd.bundle_pem();
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
 
+    let at_prepare = ring.handshakes().await;
     let (code, stdout, stderr) =
-        meshctl(&ring, &["ca", "rotate", "--manual", "--window", "4s"]).await;
+        meshctl(&ring, &["ca", "rotate", "--manual", "--window", "8s"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     ring.wait_rotation("prepare's gate", ROTATION_DEADLINE, |r| {
         r["waiting_for"]
@@ -133,17 +160,34 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
             .is_some_and(|w| w.contains("rotate next"))
     })
     .await;
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
+    ring.wait_handshakes(
+        "prepare: old certificates under both roots",
+        &at_prepare,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h),
+    )
+    .await;
+    let at_switch = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "next"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("switch"), "{stdout}");
-    // Some sidecars re-issue from the new CA…
+    // Some sidecars re-issue from the new CA, and meet the others both ways…
     let during = ring
         .wait_rotation("a first re-issue", ROTATION_DEADLINE, |r| {
             r["progress"]["done"].as_u64().unwrap_or(0) >= 1
         })
         .await;
     let new_bundle_roots = during["new_root"].as_str().unwrap().to_string();
+    ring.wait_handshakes(
+        "switch: old and new certificates meet both ways",
+        &at_switch,
+        ROTATION_DEADLINE,
+        |h| cas.switch_seen(h),
+    )
+    .await;
     // …then the operator changes their mind.
+    let at_rollback = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "rollback"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("rolling-back"), "{stdout}");
@@ -153,9 +197,25 @@ async fn a_rollback_during_switch_returns_to_the_old_ca_and_fails_no_request() {
             .is_some_and(|w| w.contains("rotate next"))
     })
     .await;
+    // Rolling back: every sidecar is on an old certificate again, both roots still trusted.
+    ring.wait_handshakes(
+        "rolling back: old certificates under both roots",
+        &at_rollback,
+        ROTATION_DEADLINE,
+        |h| cas.prepare_seen(h),
+    )
+    .await;
+    let at_rolled_back = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(&ring, &["ca", "rotate", "next"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("rolled-back"), "{stdout}");
+    ring.wait_handshakes(
+        "rolled back: old certificates under the old root alone",
+        &at_rolled_back,
+        ROTATION_DEADLINE,
+        |h| cas.rolled_back_seen(h),
+    )
+    .await;
     // A rotation that is over cannot be steered any more.
     let (code, _, stderr) = meshctl(&ring, &["ca", "rotate", "rollback"]).await;
     assert_eq!(code, Some(1), "{stderr}");
@@ -199,19 +259,24 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
     let dir = tempfile::tempdir().unwrap();
     let mut ring = Ring::start(dir.path(), &[], &[]).await;
     let old_bundle = ring.meshd.bundle_pem();
+    let before = ring.ca_subjects().await;
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
 
+    let mut at_phase = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
-        &["ca", "rotate", "--manual", "--window", "4s", "-o", "json"],
+        &["ca", "rotate", "--manual", "--window", "8s", "-o", "json"],
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let started: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(started["phase"], "prepare");
+    let cas = RotationCas::new_root(&before, &ring.ca_subjects().await.1);
+    let mut newcomer_traffic = None;
 
-    // Killed in each phase, right after it began: the phase survives and completes.
+    // Killed in each phase, right after it began: the phase survives and completes, and the
+    // sidecars make new handshakes with each other in it (what the phase is for).
     for (phase, then) in [
         ("prepare", "switch"),
         ("switch", "finalize"),
@@ -222,10 +287,55 @@ async fn meshd_restarted_in_every_phase_resumes_the_rotation_and_fails_no_reques
         assert_eq!(r["phase"], phase, "after the restart: {r}");
         assert_eq!(r["generation"], started["generation"]);
         assert_eq!(r["new_root"], started["new_root"]);
+        if phase == "switch" {
+            // A newcomer joins mid-switch: its first certificate comes from the new CA, and it
+            // serves (as one more endpoint of b) and calls c while the others move over.
+            let e = ring.add_newcomer("e", "b").await;
+            let newcomer = &ring.proxies[e];
+            let (_, certs) = newcomer.admin("/certs").await;
+            assert!(certs.contains(&cas.new), "e's first certificate: {certs}");
+            newcomer_traffic = Some(mesh_tests::ring::Traffic::start(vec![(
+                newcomer.outbound_addr,
+                "c".into(),
+            )]));
+            let before: Vec<_> = (0..=e).map(|_| Default::default()).collect();
+            ring.wait_handshakes(
+                "the newcomer handshakes both ways on its new certificate",
+                &before,
+                ROTATION_DEADLINE,
+                |h| {
+                    ["inbound", "outbound"].iter().all(|d| {
+                        h[e].keys().any(|k| {
+                            k.direction == *d && k.local_issuer == cas.new && k.trusted.len() == 2
+                        })
+                    })
+                },
+            )
+            .await;
+        }
+        let ring_only = NAMES.len();
+        let seen: &dyn Fn(&[mesh_tests::ring::Handshakes]) -> bool = match phase {
+            "prepare" => &|h| cas.prepare_seen(h),
+            // (each sidecar of the ring: the newcomer may have met only new holders)
+            "switch" => &|h| cas.switch_seen(&h[..ring_only]),
+            _ => &|h| cas.finalize_seen(h),
+        };
+        ring.wait_handshakes(
+            &format!("new handshakes in {phase}"),
+            &at_phase,
+            ROTATION_DEADLINE,
+            seen,
+        )
+        .await;
+        at_phase = ring.handshakes().await;
         assert_eq!(next_when_ready(&ring, phase).await, then);
     }
 
     traffic.finish(100, || ring.logs()).await;
+    newcomer_traffic
+        .expect("the newcomer's loop")
+        .finish(20, || ring.logs())
+        .await;
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
     assert_eq!(
         root_fingerprints(&ca),
@@ -273,6 +383,19 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
     const SUITE: &str = "TLS13_CHACHA20_POLY1305_SHA256";
+    let bundle = ring.dir.join("meshd/ca-bundle.pem");
+    let (cert, key) = issue_cert(
+        &ring.meshd,
+        "spiffe://cluster.local/ns/default/sa/checker",
+        &ring.dir,
+    )
+    .await;
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let inbound = ring.proxies[1].inbound_addr.to_string();
+    let tls12 = ["-tls1_2", "-cert", cert, "-key", key];
+    // The control: before the change, the very probe that must be refused later is served.
+    let probe = openssl_s_client(&inbound, &tls12, &bundle).await.unwrap();
+    assert!(probe.ok(), "TLS 1.2 is accepted by default:\n{probe}");
 
     // TLS 1.3 only, one cipher suite; connections of the old policy drain within 2 s.
     let (code, stdout, stderr) = meshctl(
@@ -294,18 +417,13 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         v == "TLSv1_3" && s == SUITE
     })
     .await;
-    let bundle = ring.dir.join("meshd/ca-bundle.pem");
-    let (cert, key) = issue_cert(
-        &ring.meshd,
-        "spiffe://cluster.local/ns/default/sa/checker",
-        &ring.dir,
+    let probe = openssl_s_client(&inbound, &tls12, &bundle).await.unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "TLS 1.2 must be refused:\n{probe}"
     );
-    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let inbound = ring.proxies[1].inbound_addr.to_string();
-    let (ok, out) =
-        openssl_s_client(&inbound, &["-tls1_2", "-cert", cert, "-key", key], &bundle).await;
-    assert!(!ok, "TLS 1.2 must be refused:\n{out}");
-    let (ok, out) = openssl_s_client(
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-tls1_3",
@@ -318,9 +436,18 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         ],
         &bundle,
     )
-    .await;
-    assert!(ok, "TLS 1.3 with the one suite is accepted:\n{out}");
-    let (ok, out) = openssl_s_client(
+    .await
+    .unwrap();
+    assert!(
+        probe.ok(),
+        "TLS 1.3 with the one suite is accepted:\n{probe}"
+    );
+    assert_eq!(
+        probe.negotiated,
+        Some(("TLSv1.3".into(), "TLS_CHACHA20_POLY1305_SHA256".into())),
+        "{probe}"
+    );
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-tls1_3",
@@ -333,8 +460,13 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
         ],
         &bundle,
     )
-    .await;
-    assert!(!ok, "another TLS 1.3 suite is refused:\n{out}");
+    .await
+    .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("handshake_failure"),
+        "another TLS 1.3 suite is refused:\n{probe}"
+    );
     let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
     assert_eq!(code, Some(0));
     assert!(
@@ -493,7 +625,8 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &ring.dir,
-    );
+    )
+    .await;
     let tls12 = [
         "-tls1_2",
         "-cert",
@@ -501,12 +634,20 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
         "-key",
         key.to_str().unwrap(),
     ];
-    let (ok, out) = openssl_s_client(&inside[0].1, &tls12, &bundle).await;
-    assert!(!ok, "a sidecar in the stage refuses TLS 1.2:\n{out}");
-    let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
+    let probe = openssl_s_client(&inside[0].1, &tls12, &bundle)
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "a sidecar in the stage refuses TLS 1.2:\n{probe}"
+    );
+    let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
+        .await
+        .unwrap();
     assert!(
-        ok,
-        "a sidecar outside the stage still accepts TLS 1.2:\n{out}"
+        probe.ok(),
+        "a sidecar outside the stage still accepts TLS 1.2:\n{probe}"
     );
     let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
     assert_eq!(code, Some(0));
@@ -541,8 +682,14 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
         |v, s, _| v == "TLSv1_3" && s == SUITE,
     )
     .await;
-    let (ok, out) = openssl_s_client(&outside[0].1, &tls12, &bundle).await;
-    assert!(!ok, "once mesh-wide, TLS 1.2 is refused everywhere:\n{out}");
+    let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "once mesh-wide, TLS 1.2 is refused everywhere:\n{probe}"
+    );
 
     traffic.finish(100, || ring.logs()).await;
 }
@@ -692,6 +839,8 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
 
     let traffic = ring.traffic();
     traffic.wait_more(20).await;
+    let (old_signing, roots) = ring.ca_subjects().await;
+    let handshakes_before = ring.handshakes().await;
     let (code, stdout, stderr) = meshctl(
         &ring,
         &[
@@ -702,12 +851,28 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
             "--import-key",
             &key2,
             "--window",
-            "2s",
+            "6s",
             "--wait",
         ],
     )
     .await;
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", ring.logs());
+    // Holders of intermediate-1 and intermediate-2 certificates met each other both ways, then
+    // intermediate-2 holders alone, the one root trusted throughout.
+    let cas = RotationCas {
+        old: old_signing,
+        new: ring.ca_subjects().await.0,
+        old_roots: roots.clone(),
+        new_roots: roots,
+    };
+    assert!(cas.new.contains("intermediate-2"), "{cas:?}");
+    ring.wait_handshakes(
+        "handshakes across the intermediates",
+        &handshakes_before,
+        ROTATION_DEADLINE,
+        |h| cas.switch_seen(h) && cas.finalize_seen(h),
+    )
+    .await;
     traffic.finish(100, String::new).await;
     assert_eq!(ring.meshd.bundle_pem(), bundle_before, "the root stays");
     let ca = ring.meshd.admin_get("/api/v1/ca").await;
@@ -723,10 +888,11 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
         &ring.meshd,
         "spiffe://cluster.local/ns/default/sa/checker",
         &dir.path().join("checker"),
-    );
+    )
+    .await;
     let root = pki.join("root.pem");
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
-        let (ok, out) = openssl_s_client(
+        let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
             &[
                 "-showcerts",
@@ -740,8 +906,10 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
             ],
             &root,
         )
-        .await;
-        assert!(ok, "sidecar {name}:\n{out}");
+        .await
+        .unwrap();
+        assert!(probe.ok(), "sidecar {name}:\n{probe}");
+        let out = probe.output;
         assert!(
             out.contains("CN=intermediate-2") || out.contains("CN = intermediate-2"),
             "{name}: {out}"

@@ -9,7 +9,9 @@
 use mesh_tests::echo::EchoApp;
 use mesh_tests::meshd::{Meshd, MeshdOptions};
 use mesh_tests::process::{binary, run};
-use mesh_tests::proxy::{Gate, Proxy, ProxyOptions, issue_cert, openssl_s_client};
+use mesh_tests::proxy::{
+    Gate, Proxy, ProxyOptions, issue_cert, openssl_s_client, raw_exchange, tls_alert_record,
+};
 use std::process::Command;
 use std::time::Duration;
 
@@ -158,39 +160,95 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
         .send()
         .await;
     assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+    // What comes back is one TLS alert: the listener speaks only TLS.
+    let answer = raw_exchange(b.inbound_addr, b"GET / HTTP/1.1\r\nhost: b\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        tls_alert_record(&answer).as_deref(),
+        Some("decode_error"),
+        "plain HTTP is answered with one TLS alert: {answer:?}"
+    );
 
-    // No client certificate: the handshake fails.
-    let (ok, text) = openssl_s_client(&inbound, &[], &bundle).await;
-    assert!(!ok, "no client cert was accepted:\n{text}");
-    assert!(text.to_lowercase().contains("alert"), "{text}");
+    // No client certificate: the server ends the handshake with certificate_required.
+    let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("certificate_required"),
+        "no client certificate: {probe}"
+    );
+    assert_eq!(probe.http_status, None, "{probe}");
 
-    // A certificate from another CA, with a plausible SPIFFE ID: refused.
+    // A leaf from another CA, with a plausible SPIFFE ID: refused as an unknown CA.
     let rogue = dir.path().join("rogue");
     std::fs::create_dir_all(&rogue).unwrap();
-    let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=rogue"])
-        .args(["-addext", &format!("subjectAltName=URI:{A}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(&rogue)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    openssl(
+        &[
+            &["req", "-x509", "-nodes", "-days", "1"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=rogue CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
     );
-    let (ok, text) = openssl_s_client(
+    openssl(
+        &[
+            &["req", "-nodes"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=rogue",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        rogue.join("leaf.ext"),
+        format!("basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:{A}\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-cert",
@@ -200,13 +258,19 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
         ],
         &bundle,
     )
-    .await;
-    assert!(!ok, "a certificate from another CA was accepted:\n{text}");
+    .await
+    .unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("unknown_ca"),
+        "a certificate from another CA: {probe}"
+    );
+    assert_eq!(probe.http_status, None, "{probe}");
 
     // A mesh certificate from meshctl: accepted, and B's app sees that identity.
     let client_id = "spiffe://cluster.local/ns/default/sa/ops";
-    let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops"));
-    let (ok, text) = openssl_s_client(
+    let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops")).await;
+    let probe = openssl_s_client(
         &inbound,
         &[
             "-cert",
@@ -216,14 +280,15 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
         ],
         &bundle,
     )
-    .await;
+    .await
+    .unwrap();
     assert!(
-        ok,
-        "a mesh certificate was refused:\n{text}\nproxy log:\n{}",
+        probe.ok(),
+        "a mesh certificate was refused:\n{probe}\nproxy log:\n{}",
         b.log()
     );
-    assert!(text.contains(client_id), "{text}");
-    assert!(text.contains("/via-openssl"), "{text}");
+    assert!(probe.output.contains(client_id), "{probe}");
+    assert!(probe.output.contains("/via-openssl"), "{probe}");
 
     let (_, metrics) = b.admin("/metrics").await;
     assert!(
@@ -404,7 +469,7 @@ spec:
     .await;
     let bundle = meshd.data_dir.join("ca-bundle.pem");
     let ops = "spiffe://cluster.local/ns/default/sa/ops";
-    let (cert, key) = issue_cert(&meshd, ops, &dir.path().join("ops"));
+    let (cert, key) = issue_cert(&meshd, ops, &dir.path().join("ops")).await;
     let args = [
         "-cert",
         cert.to_str().unwrap(),
@@ -414,11 +479,15 @@ spec:
     let inbound = b.inbound_addr.to_string();
 
     // The bytes reach the app as they were sent: no identity header is added on TCP.
-    let (ok, text) = openssl_s_client(&inbound, &args, &bundle).await;
-    assert!(ok, "{text}\n{}", b.log());
-    assert!(!text.contains("x-mesh-peer-identity"), "{text}");
-    let (ok, _) = openssl_s_client(&inbound, &[], &bundle).await;
-    assert!(!ok, "still mesh mTLS only");
+    let probe = openssl_s_client(&inbound, &args, &bundle).await.unwrap();
+    assert!(probe.ok(), "{probe}\n{}", b.log());
+    assert!(!probe.output.contains("x-mesh-peer-identity"), "{probe}");
+    let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("certificate_required"),
+        "still mesh mTLS only: {probe}"
+    );
 
     // A DENY on the caller's identity closes its connections.
     meshd
@@ -437,9 +506,16 @@ spec:
         !Proxy::resources(d, "AuthorizationPolicy").is_empty()
     })
     .await;
+    // The same probe as above: the handshake completes (the caller is a valid mesh peer), then
+    // the connection is closed without a byte of the app's answer and without an alert.
     let before = app_b.requests();
-    let (ok, text) = openssl_s_client(&inbound, &args, &bundle).await;
-    assert!(!ok, "{text}");
+    let probe = openssl_s_client(&inbound, &args, &bundle).await.unwrap();
+    assert!(
+        probe.negotiated.is_some(),
+        "the handshake itself succeeds: {probe}"
+    );
+    assert_eq!(probe.alert, None, "{probe}");
+    assert_eq!(probe.http_status, None, "no answer from the app: {probe}");
     assert_eq!(app_b.requests(), before, "nothing reached the app");
 }
 
@@ -825,8 +901,9 @@ async fn http2_callers_that_are_not_mesh_proxies_reach_an_http1_app() {
     .unwrap();
 
     let envoy_id = "spiffe://cluster.local/ns/default/sa/envoy";
-    let envoy =
-        Envoy::mesh_client(&meshd, &dir.path().join("envoy"), envoy_id, b.inbound_addr).unwrap();
+    let envoy = Envoy::mesh_client(&meshd, &dir.path().join("envoy"), envoy_id, b.inbound_addr)
+        .await
+        .unwrap();
     let url = format!("http://{}/from-envoy", envoy.listen);
     let answer = mesh_tests::wait::until(
         "Envoy to answer through B's inbound",
@@ -1033,7 +1110,8 @@ async fn the_request_target_authority_wins_over_a_conflicting_host() {
         &meshd,
         "spiffe://cluster.local/ns/default/sa/ops",
         &dir.path().join("ops"),
-    );
+    )
+    .await;
     let args = vec![
         b.inbound_addr.ip().to_string(),
         b.inbound_addr.port().to_string(),
@@ -1124,4 +1202,134 @@ async fn websocket_upgrades_pass_through_both_sidecars() {
     )
     .await;
     assert_eq!(status_of(&answer), 501, "{answer}");
+}
+
+/// Fail closed: until a sidecar is ready (a certificate, and every type's first response
+/// ACKed), its inbound port closes every connection before a byte of TLS, so that nothing is
+/// served without its policies. Seen from openssl, first with no certificate at all, then with
+/// a certificate but a Cluster it cannot build (NACKed, so not ACKed); each time the same probe
+/// is served once the sidecar is ready.
+#[tokio::test]
+async fn the_inbound_port_refuses_every_connection_until_the_sidecar_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap();
+    let bundle = meshd.data_dir.join("ca-bundle.pem");
+    let (cert, key) = issue_cert(
+        &meshd,
+        "spiffe://cluster.local/ns/default/sa/ops",
+        &dir.path().join("ops"),
+    )
+    .await;
+    let args = [
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+    ];
+    let refused = |probe: &mesh_tests::proxy::TlsProbe| {
+        probe.handshake_bytes_read == Some(0)
+            && probe.alert.is_none()
+            && probe.http_status.is_none()
+    };
+
+    // No certificate yet: meshd is behind a closed gate.
+    let app_b = EchoApp::start("b").await.unwrap();
+    let gate = Gate::start(&meshd.grpc_addr, false).await.unwrap();
+    let b = Proxy::start(
+        &meshd,
+        &dir.path().join("b"),
+        B,
+        app_b.addr,
+        &ProxyOptions {
+            control_planes: vec![gate.url()],
+            no_wait_ready: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (status, body) = b.admin("/ready").await;
+    assert!(
+        status == 503 && body.contains("certificate"),
+        "{status} {body}"
+    );
+    let probe = openssl_s_client(&b.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(refused(&probe), "closed without a byte: {probe}");
+    assert_eq!(app_b.requests(), 0, "nothing reached the app");
+    // The control: ready, the same probe is served.
+    gate.set_open(true);
+    b.wait_ready().await.unwrap();
+    let probe = openssl_s_client(&b.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(probe.ok(), "served once ready: {probe}");
+
+    // A certificate, but no first ACK: a workload registered b with an address the sidecar
+    // cannot build an endpoint of, so a new sidecar NACKs the Cluster and stays unready.
+    let creds = mesh_tests::sidecar::Credentials::issue(&meshd, B)
+        .await
+        .unwrap();
+    let vm = mesh_tests::sidecar::ScriptedSidecar::open(
+        &meshd,
+        &creds,
+        true,
+        mesh_proto::v1::Node {
+            id: "b-vm".into(),
+            namespace: "default".into(),
+            service: "b".into(),
+            inbound_address: "b-vm.internal:15006".into(),
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let app_c = EchoApp::start("c").await.unwrap();
+    let c = Proxy::start(
+        &meshd,
+        &dir.path().join("c"),
+        "spiffe://cluster.local/ns/default/sa/c",
+        app_c.addr,
+        &ProxyOptions {
+            no_wait_ready: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let waiting = mesh_tests::wait::until(
+        "c to hold a certificate and NACK the Cluster",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = c.admin("/ready").await;
+            (status == 503 && !body.contains("certificate") && body.contains("Cluster"))
+                .then_some(body)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let (_, certs) = c.admin("/certs").await;
+    assert!(
+        certs.contains("spiffe_id"),
+        "c holds a certificate: {certs}"
+    );
+    let probe = openssl_s_client(&c.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(
+        refused(&probe),
+        "closed without a byte while {waiting}: {probe}"
+    );
+    assert_eq!(app_c.requests(), 0, "nothing reached the app");
+    // The control: the bad endpoint leaves, the Cluster is ACKed, the same probe is served.
+    drop(vm);
+    c.wait_ready().await.unwrap();
+    let probe = openssl_s_client(&c.inbound_addr.to_string(), &args, &bundle)
+        .await
+        .unwrap();
+    assert!(probe.ok(), "served once ready: {probe}\n{}", c.log());
 }

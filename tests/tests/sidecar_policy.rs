@@ -292,13 +292,32 @@ spec:
     assert!((750..=850).contains(&v1), "80/20 within ±5%: {counts:?}");
 }
 
+/// The value of the first metric series that starts with `series` (0 when absent).
+async fn metric(proxy: &Proxy, series: &str) -> f64 {
+    let (_, metrics) = proxy.admin("/metrics").await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The echo app that answered (its id), and the status.
+async fn who(proxy: &Proxy, client: &reqwest::Client, path: &str) -> (u16, String) {
+    let r = get(proxy, client, "b", path).await;
+    let status = r.status().as_u16();
+    let echo: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, echo["id"].as_str().unwrap_or_default().to_string())
+}
+
 #[tokio::test]
-async fn an_endpoint_that_keeps_failing_is_ejected() {
+async fn an_endpoint_that_keeps_failing_is_sent_traffic_then_ejected_then_readmitted() {
     let dir = tempfile::tempdir().unwrap();
     let meshd = meshd(dir.path()).await;
     meshd.apply(&service(
             "b",
-            "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 60s, maxEjectionPercent: 50}\n",
+            "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 5s, maxEjectionPercent: 50}\n",
         ),
     )
     .await;
@@ -317,23 +336,77 @@ async fn an_endpoint_that_keeps_failing_is_ejected() {
     })
     .await;
     a.get_until("b", "/", 200).await;
-
-    bad.fail_next(u64::MAX);
     let client = reqwest::Client::new();
-    // Round robin sends every other request to the bad endpoint until it is ejected.
-    for _ in 0..8 {
-        get(&a, &client, "b", "/warm").await;
+    const EJECTIONS: &str = "mesh_proxy_outlier_ejections_total{cluster=\"b.default:80\"}";
+
+    // Healthy, both endpoints are sent traffic (round robin).
+    let (good0, bad0) = (good.requests(), bad.requests());
+    for _ in 0..4 {
+        assert_eq!(who(&a, &client, "/both").await.0, 200);
     }
+    assert!(
+        good.requests() > good0 && bad.requests() > bad0,
+        "both endpoints serve: good {} bad {}",
+        good.requests() - good0,
+        bad.requests() - bad0
+    );
+    assert_eq!(metric(&a, EJECTIONS).await, 0.0, "nothing ejected yet");
+
+    // The bad endpoint starts failing: it is still sent requests (and fails them) until A
+    // ejects it, which the metric shows.
+    bad.fail_next(u64::MAX);
+    let bad_before = bad.requests();
+    let failures = std::sync::atomic::AtomicU32::new(0);
+    let ejected = mesh_tests::wait::until(
+        "A to eject the failing endpoint",
+        Duration::from_secs(30),
+        || async {
+            if who(&a, &client, "/failing").await.0 == 503 {
+                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (metric(&a, EJECTIONS).await == 1.0).then_some(())
+        },
+    )
+    .await;
+    let failures = failures.into_inner();
+    assert!(ejected.is_ok(), "{ejected:?}\nA:\n{}", a.log());
+    assert!(
+        bad.requests() - bad_before >= 2 && failures >= 2,
+        "the bad endpoint was sent the 2 requests it failed before its ejection \
+         (it got {}, callers saw {failures} failures)",
+        bad.requests() - bad_before
+    );
+
+    // Ejected: every request goes to the good endpoint, none to the bad one.
     let (bad_before, good_before) = (bad.requests(), good.requests());
-    for _ in 0..20 {
-        assert_eq!(get(&a, &client, "b", "/after").await.status(), 200);
+    let start = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(
+            who(&a, &client, "/ejected").await,
+            (200, "good".to_string())
+        );
     }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the check ran within the ejection time"
+    );
     assert_eq!(
         bad.requests(),
         bad_before,
         "the ejected endpoint got no traffic"
     );
-    assert_eq!(good.requests() - good_before, 20);
+    assert_eq!(good.requests() - good_before, 10);
+
+    // Healed, and the ejection time over: the endpoint is readmitted and serves again.
+    bad.fail_next(0);
+    let readmitted = mesh_tests::wait::until(
+        "the endpoint to be readmitted",
+        Duration::from_secs(30),
+        || async { (who(&a, &client, "/back").await == (200, "bad".to_string())).then_some(()) },
+    )
+    .await;
+    assert!(readmitted.is_ok(), "{readmitted:?}");
+    assert_eq!(metric(&a, EJECTIONS).await, 1.0, "ejected once");
 }
 
 #[tokio::test]
@@ -398,7 +471,8 @@ async fn a_tls_policy_change_applies_to_new_handshakes_and_fails_no_request() {
         &meshd,
         "spiffe://cluster.local/ns/default/sa/ops",
         &dir.path().join("ops"),
-    );
+    )
+    .await;
     let bundle = meshd.data_dir.join("ca-bundle.pem");
     let inbound = b.inbound_addr.to_string();
     let with_cert = |version: &'static str| {
@@ -414,30 +488,33 @@ async fn a_tls_policy_change_applies_to_new_handshakes_and_fails_no_request() {
         let (inbound, bundle) = (inbound.clone(), bundle.clone());
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            openssl_s_client(&inbound, &args, &bundle).await
+            openssl_s_client(&inbound, &args, &bundle).await.unwrap()
         }
     };
-    let (ok, text) = s_client(with_cert("-tls1_2")).await;
-    assert!(ok, "TLS 1.2 is allowed by default:\n{text}");
+    let probe = s_client(with_cert("-tls1_2")).await;
+    assert!(probe.ok(), "TLS 1.2 is allowed by default:\n{probe}");
+    assert_eq!(
+        probe.negotiated.as_ref().map(|n| n.0.as_str()),
+        Some("TLSv1.2"),
+        "{probe}"
+    );
 
-    let client = reqwest::Client::new();
-    let steady = tokio::spawn({
-        let (client, outbound) = (client.clone(), a.outbound_addr);
-        async move {
-            let mut statuses = Vec::new();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(6) {
-                let r = client
-                    .get(format!("http://{outbound}/steady"))
-                    .header("host", "b")
-                    .send()
-                    .await;
-                statuses.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            statuses
-        }
-    });
+    let (_, metrics) = a.admin("/metrics").await;
+    let handshakes = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(
+                    "mesh_proxy_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}",
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let handshakes_before = handshakes(&metrics);
+    // A request loop that counts every failure (and every answer not from b), until stopped.
+    let steady = mesh_tests::ring::Traffic::start(vec![(a.outbound_addr, "b".into())]);
+    steady.wait_more(10).await;
     meshd
         .apply(
             r#"apiVersion: mesh.meshd.dev/v1alpha1
@@ -456,23 +533,40 @@ spec:
         })
         .await;
     }
-    let statuses = steady.await.unwrap();
+    // A's pooled connection was made under the old policy: the loop moves to a new one.
+    mesh_tests::wait::until(
+        "A to open a connection under the new policy",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = a.admin("/metrics").await;
+            (handshakes(&m) > handshakes_before).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    steady.wait_more(20).await;
+    let (ok, failed) = steady.stop().await;
     assert!(
-        statuses.iter().all(|s| *s == 200),
-        "no request failed while the policy changed: {statuses:?}"
+        failed.is_empty(),
+        "no request failed while the policy changed ({ok} ok): {failed:?}"
     );
 
-    let (ok, text) = s_client(with_cert("-tls1_2")).await;
-    assert!(!ok, "TLS 1.2 is refused now:\n{text}");
-    let (ok, text) = s_client(with_cert("-tls1_3")).await;
-    assert!(ok, "{text}");
-    assert!(text.contains("TLS_AES_128_GCM_SHA256"), "{text}");
-    // A's pooled connection was made under the old policy: a new one replaced it.
-    let (_, metrics) = a.admin("/metrics").await;
-    assert!(
-        metrics.contains("mesh_proxy_tls_handshakes_total{direction=\"outbound\",result=\"ok\"} 2"),
-        "{metrics}"
+    let probe = s_client(with_cert("-tls1_2")).await;
+    assert_eq!(
+        probe.alert.as_deref(),
+        Some("protocol_version"),
+        "TLS 1.2 is refused now:\n{probe}"
     );
+    let probe = s_client(with_cert("-tls1_3")).await;
+    assert!(probe.ok(), "{probe}");
+    assert_eq!(
+        probe.negotiated,
+        Some(("TLSv1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
+        "{probe}"
+    );
+    // Exactly one new connection replaced the old one.
+    let (_, metrics) = a.admin("/metrics").await;
+    assert_eq!(handshakes(&metrics), handshakes_before + 1, "{metrics}");
 }
 
 #[tokio::test]
@@ -548,13 +642,14 @@ async fn a_circuit_breaker_fails_fast_beyond_max_requests() {
     let (_app_a, a) = workload(&meshd, dir.path(), A, "a", "a").await;
     a.get_until("b", "/", 200).await;
 
-    app_b.set_delay(Duration::from_millis(1000));
+    // The first request is held at the app for as long as the test needs.
+    app_b.hold(true);
     let client = reqwest::Client::new();
+    let before = app_b.requests();
     let slow = tokio::spawn(
         a.outbound(&client, reqwest::Method::GET, "b", "/slow")
             .send(),
     );
-    let before = app_b.requests();
     mesh_tests::wait::until(
         "the first request to be in flight",
         Duration::from_secs(10),
@@ -562,10 +657,13 @@ async fn a_circuit_breaker_fails_fast_beyond_max_requests() {
     )
     .await
     .unwrap();
-    let start = Instant::now();
+    // Failed fast: the answer comes while the first request is still held, and the second
+    // never reached the app.
     let second = get(&a, &client, "b", "/second").await;
     assert_eq!(second.status(), 503);
-    assert!(start.elapsed() < Duration::from_millis(500), "failed fast");
+    assert!(!slow.is_finished(), "the first request is still in flight");
+    assert_eq!(app_b.requests(), before + 1, "the second reached nothing");
+    app_b.hold(false);
     assert!(
         second.headers()["x-mesh-proxy-error"]
             .to_str()

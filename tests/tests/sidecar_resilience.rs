@@ -213,21 +213,39 @@ async fn certificates_renew_under_load_without_a_failed_request_or_a_new_connect
     let (_, m) = a.admin("/metrics").await;
     let connections_before = handshakes(&m);
 
-    let client = reqwest::Client::new();
-    let start = std::time::Instant::now();
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs(14) {
-        let r = a
-            .outbound(&client, reqwest::Method::GET, "b", "/steady")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "request {n} failed during renewal");
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_ne!(serial(&a).await, a0, "A renewed:\n{}", a.log());
-    assert_ne!(serial(&b).await, b0, "B renewed:\n{}", b.log());
+    // Requests until both sidecars renewed (twice each, so that a renewal happens under
+    // load on either side of the connection), every one of them answered by B.
+    let traffic = mesh_tests::ring::Traffic::start(vec![(a.outbound_addr, "b".into())]);
+    let serials = std::sync::Mutex::new((vec![a0], vec![b0]));
+    let renewed = wait::until(
+        "A and B to renew twice under load",
+        Duration::from_secs(60),
+        || async {
+            let (sa, sb) = (serial(&a).await, serial(&b).await);
+            let mut seen = serials.lock().unwrap();
+            if seen.0.last() != Some(&sa) {
+                seen.0.push(sa);
+            }
+            if seen.1.last() != Some(&sb) {
+                seen.1.push(sb);
+            }
+            (seen.0.len() >= 3 && seen.1.len() >= 3).then_some(())
+        },
+    )
+    .await;
+    let serials = serials.into_inner().unwrap();
+    assert!(
+        renewed.is_ok(),
+        "{renewed:?}: serials {serials:?}\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+    traffic.wait_more(10).await;
+    let (ok, failed) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "failed during renewal ({ok} ok): {failed:?}"
+    );
     let (_, m) = a.admin("/metrics").await;
     assert_eq!(
         handshakes(&m),
@@ -251,7 +269,8 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     let a = sidecar(&meshd, &gate, dir.path(), A, &app_a, &[]).await;
     a.get_until("b", "/", 200).await;
 
-    app_b.set_delay(Duration::from_millis(1500));
+    // The request is held at B's app until the test lets it go.
+    app_b.hold(true);
     let before = app_b.requests();
     let client = reqwest::Client::new();
     let in_flight = tokio::spawn(
@@ -266,6 +285,22 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     .await
     .unwrap();
     b.process.signal("TERM");
+    // Draining: /ready says 503 at once (nothing new should be sent here) while the request
+    // is still in flight.
+    let (status, body) = wait::until(
+        "B's /ready to turn 503 during the drain",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = b.admin("/ready").await;
+            (status == 503).then_some((status, body))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
+    assert!(body.contains("draining"), "{status} {body}");
+    assert!(!in_flight.is_finished(), "the drain has not ended yet");
+    assert!(b.process.try_exit().is_none(), "B still runs");
+    app_b.hold(false);
     let r = in_flight.await.unwrap().unwrap();
     assert_eq!(r.status(), 200, "the request in flight finished");
     let status = b.process.wait(Duration::from_secs(20)).unwrap();
@@ -579,7 +614,8 @@ async fn slow_silent_and_idle_clients_are_closed_and_each_listener_is_bounded() 
         &meshd,
         "spiffe://cluster.local/ns/default/sa/ops",
         &dir.path().join("ops"),
-    );
+    )
+    .await;
     let bundle = meshd.data_dir.join("ca-bundle.pem");
     let cases = [
         "silent-tls",
@@ -818,7 +854,8 @@ async fn inbound_http2_streams_share_a_capped_pool_of_app_connections() {
         &meshd,
         "spiffe://cluster.local/ns/default/sa/ops",
         &dir.path().join("ops"),
-    );
+    )
+    .await;
     let many = |conns: usize, streams: usize| {
         vec![
             b.inbound_addr.ip().to_string(),
