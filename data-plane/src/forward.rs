@@ -5,7 +5,7 @@
 
 use crate::http_util::{Body, boxed, error_response, is_idempotent, strip_hop_by_hop};
 use crate::metrics::Metrics;
-use crate::resources::{Cluster, Protocol, Route, UpstreamTls};
+use crate::resources::{Cluster, Protocol, RetryPolicy, Route, UpstreamTls};
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::xds::store::Snapshot;
 use bytes::Bytes;
@@ -396,24 +396,8 @@ impl Forwarder {
                 }
             };
 
-            let more = attempt < retry.attempts && body.replayable();
-            let retry_it = more
-                && match &outcome {
-                    Try::Response(r) => idempotent && retry.retry_status(r.status()),
-                    // Nothing reached the upstream: safe for any method.
-                    Try::Failed(UpstreamError::Connect(_)) => {
-                        retry.on_connect_failure || retry.on_5xx
-                    }
-                    Try::Failed(UpstreamError::Reset(_)) => {
-                        idempotent && (retry.on_reset || retry.on_5xx)
-                    }
-                    // Retrying into a full cluster only adds load.
-                    Try::Failed(UpstreamError::Overflow(_)) => false,
-                    // Every endpoint would refuse them the same.
-                    Try::Failed(UpstreamError::HeadersTooLarge { .. }) => false,
-                    Try::TimedOut => idempotent,
-                };
-            if retry_it {
+            let try_left = attempt < retry.attempts && body.replayable();
+            if try_left && retries(&retry, &outcome, idempotent) {
                 attempt += 1;
                 self.metrics.retry(&cluster.name);
                 tracing::debug!(cluster = %cluster.name, attempt, "retrying");
@@ -426,7 +410,27 @@ impl Forwarder {
             return (respond(outcome, cluster), cluster_name);
         }
     }
+}
 
+/// The retry decision: whether a try that ended in `outcome` is made again under the route's
+/// `retry` policy, given whether the method is idempotent (a try is left). A request that may
+/// have reached the upstream is retried only when it is idempotent; one that surely did not
+/// (connect failure) always may be.
+fn retries(retry: &RetryPolicy, outcome: &Try, idempotent: bool) -> bool {
+    match outcome {
+        Try::Response(r) => idempotent && retry.retry_status(r.status()),
+        // Nothing reached the upstream: safe for any method.
+        Try::Failed(UpstreamError::Connect(_)) => retry.on_connect_failure || retry.on_5xx,
+        Try::Failed(UpstreamError::Reset(_)) => idempotent && (retry.on_reset || retry.on_5xx),
+        // Retrying into a full cluster only adds load.
+        Try::Failed(UpstreamError::Overflow(_)) => false,
+        // Every endpoint would refuse them the same.
+        Try::Failed(UpstreamError::HeadersTooLarge { .. }) => false,
+        Try::TimedOut => idempotent,
+    }
+}
+
+impl Forwarder {
     async fn try_once(
         &self,
         per_try: Option<Duration>,
@@ -549,4 +553,104 @@ fn plain_request(
         .build()
         .unwrap_or_else(|_| Uri::from_static("http://invalid/"));
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Try {
+        Try::Response(
+            Response::builder()
+                .status(code)
+                .body(crate::http_util::empty())
+                .unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn the_retry_decision_table() {
+        let none = RetryPolicy::default();
+        let on_5xx = RetryPolicy {
+            on_5xx: true,
+            ..Default::default()
+        };
+        let gateway = RetryPolicy {
+            on_gateway_error: true,
+            ..Default::default()
+        };
+        let connect = RetryPolicy {
+            on_connect_failure: true,
+            ..Default::default()
+        };
+        let reset = RetryPolicy {
+            on_reset: true,
+            ..Default::default()
+        };
+        let connect_failed = || Try::Failed(UpstreamError::Connect("refused".into()));
+        let was_reset = || Try::Failed(UpstreamError::Reset("reset".into()));
+        // (policy, outcome, idempotent, retried)
+        let cases: Vec<(&str, &RetryPolicy, Try, bool, bool)> = vec![
+            ("2xx is never retried", &on_5xx, status(200), true, false),
+            ("4xx is never retried", &on_5xx, status(404), true, false),
+            ("5xx with on_5xx", &on_5xx, status(503), true, true),
+            ("5xx of a POST", &on_5xx, status(503), false, false),
+            ("5xx without a policy", &none, status(503), true, false),
+            ("502 with gateway-error", &gateway, status(502), true, true),
+            ("504 with gateway-error", &gateway, status(504), true, true),
+            (
+                "500 is no gateway error",
+                &gateway,
+                status(500),
+                true,
+                false,
+            ),
+            (
+                "connect failure, POST too",
+                &connect,
+                connect_failed(),
+                false,
+                true,
+            ),
+            (
+                "connect failure under on_5xx",
+                &on_5xx,
+                connect_failed(),
+                false,
+                true,
+            ),
+            (
+                "connect failure, no policy",
+                &none,
+                connect_failed(),
+                true,
+                false,
+            ),
+            ("reset with on_reset", &reset, was_reset(), true, true),
+            ("reset of a POST", &reset, was_reset(), false, false),
+            ("reset under on_5xx", &on_5xx, was_reset(), true, true),
+            ("timeout of a GET", &none, Try::TimedOut, true, true),
+            ("timeout of a POST", &on_5xx, Try::TimedOut, false, false),
+            (
+                "overflow: a full cluster",
+                &on_5xx,
+                Try::Failed(UpstreamError::Overflow("full".into())),
+                true,
+                false,
+            ),
+            (
+                "headers every endpoint refuses",
+                &on_5xx,
+                Try::Failed(UpstreamError::HeadersTooLarge {
+                    size: 70_000,
+                    limit: 61_440,
+                }),
+                true,
+                false,
+            ),
+        ];
+        for (what, policy, outcome, idempotent, want) in cases {
+            assert_eq!(retries(policy, &outcome, idempotent), want, "{what}");
+        }
+    }
 }
