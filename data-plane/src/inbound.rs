@@ -325,7 +325,7 @@ impl Inbound {
             .iter()
             .any(|l| matches!(l.scope, RateLimitScope::Route(_)))
         {
-            snap.virtual_host("*", &host)
+            snap.virtual_host(mesh_proto::names::ANY, &host)
                 .and_then(|vh| vh.route(&view))
                 .map(|r| r.name.as_str())
         } else {

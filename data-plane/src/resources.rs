@@ -246,7 +246,7 @@ impl RouteTable {
             .or_else(|| {
                 self.virtual_hosts
                     .iter()
-                    .find(|vh| vh.domains.iter().any(|d| d == "*"))
+                    .find(|vh| vh.domains.iter().any(|d| d == mesh_proto::names::ANY))
             })
     }
 }
@@ -785,36 +785,15 @@ pub struct OperationMatch {
     pub ports: Vec<u16>,
 }
 
-/// `*` (anything), `x*` (prefix), `*x` (suffix) or an exact value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StrPattern {
-    Any,
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-}
+/// The pattern grammar meshd validated with (`*`, `x*`, `*x`, exact): one definition.
+pub use mesh_proto::names::Pattern as StrPattern;
 
-impl StrPattern {
-    pub fn parse(s: &str) -> Self {
-        if s == "*" {
-            Self::Any
-        } else if let Some(p) = s.strip_suffix('*') {
-            Self::Prefix(p.to_string())
-        } else if let Some(p) = s.strip_prefix('*') {
-            Self::Suffix(p.to_string())
-        } else {
-            Self::Exact(s.to_string())
-        }
-    }
-
-    pub fn matches(&self, v: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Exact(x) => v == x,
-            Self::Prefix(p) => v.starts_with(p.as_str()),
-            Self::Suffix(p) => v.ends_with(p.as_str()),
-        }
-    }
+/// Each of `texts` as a pattern; a malformed one rejects the resource (NACK) with its text.
+fn patterns(what: &str, texts: &[String]) -> Result<Vec<StrPattern>, Reason> {
+    texts
+        .iter()
+        .map(|t| StrPattern::parse(t).map_err(|e| format!("{what}: {e}")))
+        .collect()
 }
 
 /// Who is calling and what: what authorization looks at. `path` and `method` are `None` for a
@@ -840,11 +819,13 @@ impl AuthorizationPolicy {
             let from = r
                 .from
                 .iter()
-                .map(|s| SourceMatch {
-                    principals: s.principals.iter().map(|x| StrPattern::parse(x)).collect(),
-                    namespaces: s.namespaces.clone(),
+                .map(|s| {
+                    Ok(SourceMatch {
+                        principals: patterns("principal", &s.principals)?,
+                        namespaces: s.namespaces.clone(),
+                    })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, Reason>>()?;
             let mut to = Vec::with_capacity(r.to.len());
             for o in &r.to {
                 let ports = o
@@ -858,7 +839,7 @@ impl AuthorizationPolicy {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 to.push(OperationMatch {
-                    paths: o.paths.iter().map(|x| StrPattern::parse(x)).collect(),
+                    paths: patterns("path", &o.paths)?,
                     methods: o.methods.clone(),
                     ports,
                 });

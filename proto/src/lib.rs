@@ -17,6 +17,7 @@ use std::fmt;
 
 /// Generated code for the protobuf package `mesh.v1`.
 pub mod codec;
+pub mod names;
 
 pub mod v1 {
     // Generated code: tonic-prost-build already puts `#[allow(clippy::all)]` on every type and

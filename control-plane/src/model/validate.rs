@@ -695,16 +695,12 @@ fn path_pattern(text: &str) -> Result<PathPattern, String> {
     Ok(PathPattern::Exact(text.to_string()))
 }
 
-/// `*` alone, or once at the start or the end.
+/// `*` alone, or once at the start or the end: the grammar the sidecars read
+/// ([`mesh_proto::names::Pattern`]).
 fn wildcard_placement(text: &str) -> Result<(), String> {
-    let stars = text.matches('*').count();
-    if stars > 1 || (stars == 1 && !text.starts_with('*') && !text.ends_with('*')) {
-        return Err(format!(
-            "{text:?}: '*' is allowed only alone, at the start (suffix match) or at the end \
-             (prefix match)"
-        ));
-    }
-    Ok(())
+    mesh_proto::names::Pattern::parse(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A principal: `*`, a SPIFFE ID, a SPIFFE ID prefix ending in `*`, or a suffix starting with

@@ -108,7 +108,7 @@ impl Snapshot {
                 continue;
             };
             // "*": every route table of the scope (the outbound listener).
-            let named = !l.route_table.is_empty() && l.route_table != "*";
+            let named = !l.route_table.is_empty() && l.route_table != mesh_proto::names::ANY;
             if named && !has(ResourceType::RouteTable, &l.route_table) {
                 return Err(format!(
                     "listener {:?} names route table {:?}, which the scope does not hold",

@@ -74,15 +74,14 @@ pub struct Inputs<'a> {
 }
 
 /// The name of the one IdentityDirective a sidecar holds.
-pub const DIRECTIVE_NAME: &str = "reissue";
+pub use mesh_proto::names::DIRECTIVE as DIRECTIVE_NAME;
 
 /// The port of a service announced only by its sidecars (no Service document): HTTP on 80.
 const IMPLICIT_PORT: u16 = 80;
 
-pub const TRUST_BUNDLE_NAME: &str = "trust-bundle";
-pub const INBOUND: &str = "inbound";
-pub const OUTBOUND: &str = "outbound";
-pub const INBOUND_APP_CLUSTER: &str = "inbound|app";
+pub use mesh_proto::names::{
+    INBOUND, INBOUND_APP_CLUSTER, OUTBOUND, TRUST_BUNDLE as TRUST_BUNDLE_NAME,
+};
 
 /// A service as the view sees it: from a document, or implicit from its sidecars.
 struct ServiceView<'a> {
@@ -373,7 +372,7 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
                 name: INBOUND.into(),
                 virtual_hosts: vec![pb::VirtualHost {
                     name: INBOUND.into(),
-                    domains: vec!["*".into()],
+                    domains: vec![mesh_proto::names::ANY.into()],
                     routes: vec![pb::Route {
                         name: "default".into(),
                         r#match: Some(pb::RouteMatch {
@@ -428,7 +427,7 @@ pub fn build(prepared: &Prepared<'_>, scope: &ScopeKey, changed_at: Instant) -> 
             address: String::new(),
             direction: pb::listener::Direction::Outbound as i32,
             protocol: pb::Protocol::Http as i32,
-            route_table: "*".into(),
+            route_table: mesh_proto::names::ANY.into(),
             ..Default::default()
         })
     }));

@@ -84,7 +84,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The virtual host for `host` (lower case) on a listener with route table `table`.
     pub fn virtual_host(&self, table: &str, host: &str) -> Option<&VirtualHost> {
-        if table == "*" {
+        if table == mesh_proto::names::ANY {
             let (t, i) = self.hosts.get(host).or(self.any_host.as_ref())?;
             return t.virtual_hosts.get(*i);
         }
@@ -414,7 +414,7 @@ impl Store {
         for t in tables {
             for (i, vh) in t.virtual_hosts.iter().enumerate() {
                 for d in &vh.domains {
-                    if d == "*" {
+                    if d == mesh_proto::names::ANY {
                         any_host.get_or_insert_with(|| (t.clone(), i));
                     } else {
                         hosts.entry(d.clone()).or_insert_with(|| (t.clone(), i));
