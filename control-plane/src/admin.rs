@@ -97,6 +97,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::identity::JoinTokenError> for ApiError {
+    fn from(e: crate::identity::JoinTokenError) -> Self {
+        match e {
+            crate::identity::JoinTokenError::Store(e) => e.into(),
+            e @ crate::identity::JoinTokenError::Generate(_) => {
+                tracing::error!(error = %e, "in the admin API");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+}
+
 impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
         let status = match &e {

@@ -24,6 +24,15 @@ pub struct NewJoinToken {
     pub uses: u32,
 }
 
+/// Why a join token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinTokenError {
+    #[error("generating a join token: {0}")]
+    Generate(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Creates a join token for `identity`, valid for `ttl` and `uses` uses.
 pub async fn create_join_token(
     store: &Store,
@@ -31,9 +40,9 @@ pub async fn create_join_token(
     ttl: Duration,
     uses: u32,
     actor: &str,
-) -> Result<NewJoinToken, crate::admin::ApiError> {
+) -> Result<NewJoinToken, JoinTokenError> {
     let new = mesh_ca::join_token::generate(identity)
-        .map_err(|e| crate::admin::ApiError::new(http_unavailable(), e.to_string()))?;
+        .map_err(|e| JoinTokenError::Generate(e.to_string()))?;
     let expires_at = now() + ttl.as_secs() as i64;
     store
         .create_join_token(&JoinTokenRecord {
@@ -61,10 +70,6 @@ pub async fn create_join_token(
         expires_at,
         uses,
     })
-}
-
-fn http_unavailable() -> axum::http::StatusCode {
-    axum::http::StatusCode::SERVICE_UNAVAILABLE
 }
 
 fn now() -> i64 {

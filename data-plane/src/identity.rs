@@ -5,6 +5,8 @@
 //! SPIFFE ID and the trust bundle before it is swapped into the [`CertSlot`] that every TLS
 //! config reads per handshake.
 
+pub mod tokens;
+
 use crate::backoff::Backoff;
 use crate::resources::IdentityDirective;
 use anyhow::{Context, anyhow, bail};
@@ -69,7 +71,7 @@ impl Bootstrap {
     pub fn read(&self) -> anyhow::Result<(Credential, SpiffeId)> {
         match self {
             Self::JoinToken(path) => {
-                let (token, id) = crate::config::token_identity(path)?;
+                let (token, id) = tokens::token_identity(path)?;
                 Ok((
                     Credential {
                         kind: Some(credential::Kind::JoinToken(token)),
@@ -81,7 +83,7 @@ impl Bootstrap {
                 token_file,
                 trust_domain,
             } => {
-                let (token, id) = crate::config::k8s_token_identity(token_file, trust_domain)?;
+                let (token, id) = tokens::k8s_token_identity(token_file, trust_domain)?;
                 Ok((
                     Credential {
                         kind: Some(credential::Kind::KubernetesServiceAccountToken(token)),
