@@ -28,10 +28,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
 
+    // Without the `grpc` feature: the messages only (prost), no tonic service code.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
         .codec_path("crate::codec::Codec")
-        .build_client(true)
-        .build_server(true)
+        .build_client(grpc)
+        .build_server(grpc)
         .compile_with_config(config, PROTOS, &["."])?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The admin API client: bearer token, JSON, and errors turned into one line with an exit code.
 
 use crate::{EXIT_FAILURE, EXIT_UNREACHABLE, EXIT_USAGE, Failure};
-use mesh_client::documents::MAX_BODY;
+use mesh_model::text::MAX_BODY;
 use std::path::Path;
 
 /// What an error of meshd itself (HTTP 5xx) adds to its message.
@@ -46,7 +46,7 @@ impl Client {
     }
 
     /// POST of a JSON body. A body larger than meshd's admin API accepts
-    /// ([`MAX_BODY`](mesh_client::documents::MAX_BODY)) is refused here, before anything is
+    /// ([`MAX_BODY`](mesh_model::text::MAX_BODY)) is refused here, before anything is
     /// sent: meshd would answer 413 and close the connection while the body is still being
     /// written, which the sender sees as a broken pipe, not as the answer.
     pub async fn post(
@@ -109,7 +109,7 @@ impl Client {
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty())
-            .map(|l| format!(": {}", mesh_client::documents::clip(l)))
+            .map(|l| format!(": {}", mesh_model::text::clip(l)))
             .unwrap_or_default();
         Failure::new(
             EXIT_FAILURE,

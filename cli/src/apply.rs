@@ -9,7 +9,7 @@
 use crate::admin::Client;
 use crate::output::{self, Format};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
-use mesh_client::documents as syntax;
+use mesh_model::text as syntax;
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::Read;

@@ -344,7 +344,7 @@ fn main() -> ExitCode {
             // what meshd or a document put in the message.
             // A value quoted whole by a library's message is cut to 100 characters too.
             for line in f.message.lines() {
-                note!("meshctl: {}", mesh_client::documents::shorten_quoted(line));
+                note!("meshctl: {}", mesh_model::text::shorten_quoted(line));
             }
             ExitCode::from(f.code)
         }

@@ -1,10 +1,6 @@
 //! `mesh-client`: how a workload (the sidecar, `meshctl cert`, a test) talks to meshd's gRPC
 //! API: a TLS channel that checks meshd against the trust bundle and presents the workload's
 //! current certificate when it has one, and the certificate request built from a fresh key.
-//!
-//! [`documents`]: mesh documents as text, read the same way by meshd and meshctl.
-
-pub mod documents;
 
 use mesh_ca::SpiffeId;
 use mesh_ca::tls::{CertSlot, ExpectedServer, MeshServerVerifier, TrustAnchors};

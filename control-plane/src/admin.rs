@@ -128,7 +128,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// The largest request body the admin API reads (a larger one gets 413); meshctl checks it
 /// before sending.
-pub const MAX_BODY: usize = mesh_client::documents::MAX_BODY;
+pub const MAX_BODY: usize = mesh_model::text::MAX_BODY;
 
 /// The router, with authentication on everything but `/healthz` and the dashboard's static
 /// files (which hold no data: the page asks for a token and sends it with every API call).

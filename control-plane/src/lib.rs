@@ -20,7 +20,8 @@ pub mod dashboard;
 pub mod identity;
 pub mod kubernetes;
 pub mod metrics;
-pub mod model;
+/// The document model, a crate of its own (`mesh-model`: no network, no database).
+pub use mesh_model as model;
 pub mod reissue;
 pub mod replicas;
 pub mod rotation;

@@ -16,13 +16,14 @@
 use std::fmt;
 
 /// Generated code for the protobuf package `mesh.v1`.
+#[cfg(feature = "grpc")]
 pub mod codec;
 pub mod names;
 
 pub mod v1 {
     // Generated code: tonic-prost-build already puts `#[allow(clippy::all)]` on every type and
     // the needed allows on the client and server modules.
-    tonic::include_proto!("mesh.v1");
+    include!(concat!(env!("OUT_DIR"), "/mesh.v1.rs"));
 }
 
 use v1::resource::Body;

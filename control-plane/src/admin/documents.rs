@@ -245,7 +245,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<Document>> {
             ));
         }
     };
-    let text = mesh_client::documents::utf8(body)
+    let text = mesh_model::text::utf8(body)
         .map_err(|e| ApiError::bad_request(format!("the body is {e}")))?;
     let docs = if yaml {
         Document::parse_yaml(text)

@@ -222,7 +222,7 @@ fn read_files(paths: Vec<PathBuf>) -> (Vec<Document>, Origin, bool) {
             }
         };
         // Where a byte is not UTF-8 (line, column, byte index), as the admin API says it.
-        let text = match mesh_client::documents::utf8(&bytes) {
+        let text = match mesh_model::text::utf8(&bytes) {
             Ok(text) => text,
             Err(e) => {
                 failed = true;

@@ -24,6 +24,7 @@ mod mesh;
 mod names;
 mod resources;
 pub mod spec;
+pub mod text;
 mod validate;
 
 pub use document::{Document, DocumentKey, Kind, Metadata, Spec};

@@ -664,7 +664,7 @@ impl TlsPolicy {
 
     /// `namespace/name`, as a sidecar's [`WorkloadRef::rollouts`] names it.
     ///
-    /// [`WorkloadRef::rollouts`]: crate::model::WorkloadRef::rollouts
+    /// [`WorkloadRef::rollouts`]: crate::WorkloadRef::rollouts
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }

@@ -14,7 +14,7 @@ use super::spec::{
     TlsPolicySpec,
 };
 use super::{API_VERSION, DEFAULT_NAMESPACE, names, validate};
-use mesh_client::documents as syntax;
+use crate::text as syntax;
 
 /// The kinds of mesh documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

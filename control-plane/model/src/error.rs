@@ -1,6 +1,6 @@
 //! Errors of the model: each one names the document, the field path and what is wrong.
 
-use mesh_client::documents::{QUOTE_LIMIT, clip, shorten_quoted};
+use crate::text::{QUOTE_LIMIT, clip, shorten_quoted};
 use std::fmt;
 
 /// One problem in one document.
