@@ -389,19 +389,23 @@ fn ca_params(
     constraints: BasicConstraints,
 ) -> Result<CertificateParams, CaError> {
     let now = OffsetDateTime::now_utc();
+    let serial = random_serial()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, options.organization.as_str());
+    // The creation time and the serial's first bytes: two CAs made within one second (a
+    // rotation started right after the first start) still have different names, so that logs,
+    // metrics and operators can tell them apart.
     dn.push(
         DnType::CommonName,
         format!(
-            "meshd {role} {} {}",
+            "meshd {role} {} {} {}",
             options.trust_domain,
-            now.unix_timestamp()
+            now.unix_timestamp(),
+            crate::hex(&serial[..4])
         ),
     );
     params.distinguished_name = dn;
-    let serial = random_serial()?;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.not_before = now - Duration::from_secs(60);
     params.not_after = now + options.validity;
