@@ -9,36 +9,10 @@ use mesh_proto::{
     ALL_TYPE_URLS, AUTHORIZATION_POLICY_TYPE_URL as AUTHZ, CLUSTER_TYPE_URL as CLUSTER,
     ROUTE_TABLE_TYPE_URL as ROUTES,
 };
+use mesh_tests::fixtures::API_WITH_AUTHZ as SERVICES;
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::postgres::TempPostgres;
 use mesh_tests::sidecar::{Credentials, ScriptedSidecar};
 use std::time::Duration;
-
-const SERVICES: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80}]
-      timeout: 1s
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-policy, namespace: a}
-spec:
-  selector: {service: api}
-  action: ALLOW
-  rules: [{from: [{namespaces: [a]}]}]
-"#;
 
 fn route(timeout: &str) -> String {
     format!(
@@ -291,20 +265,7 @@ async fn protocol(options: MeshdOptions) {
     assert!(resent.len() <= 1, "{resent:?}");
 }
 
-#[tokio::test]
-async fn sqlite_discovery_protocol() {
-    protocol(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_discovery_protocol() {
-    let pg = TempPostgres::start().await.unwrap();
-    protocol(MeshdOptions {
-        database_url: Some(pg.url()),
-        ..Default::default()
-    })
-    .await;
-}
+mesh_tests::on_both_stores!(protocol: sqlite_discovery_protocol, postgres_discovery_protocol);
 
 /// Receives and ACKs until the sidecar holds exactly `want` of `type_url`.
 async fn hold_exactly(s: &mut ScriptedSidecar, type_url: &str, want: &[&str]) {

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::postgres::TempPostgres;
 use mesh_tests::process::run;
 use std::path::Path;
 use std::process::Command;
@@ -183,20 +182,7 @@ async fn identity_flow(options: MeshdOptions) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_join_tokens_renewal_and_refusals() {
-    identity_flow(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_join_tokens_renewal_and_refusals() {
-    let pg = TempPostgres::start().await.unwrap();
-    identity_flow(MeshdOptions {
-        database_url: Some(pg.url()),
-        ..Default::default()
-    })
-    .await;
-}
+mesh_tests::on_both_stores!(identity_flow: sqlite_join_tokens_renewal_and_refusals, postgres_join_tokens_renewal_and_refusals);
 
 #[tokio::test]
 async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {

@@ -7,68 +7,13 @@
 
 use mesh_proto::v1::Node;
 use mesh_proto::{ALL_TYPE_URLS, ROUTE_TABLE_TYPE_URL as ROUTES};
+use mesh_tests::fixtures::{API_WITH_AUTHZ as MESH, SHOP, node, start_meshd as start};
 use mesh_tests::meshd::{Meshd, MeshdOptions};
 use mesh_tests::sidecar::{Credentials, ScriptedSidecar};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A service, a route to it and a policy, in namespace `a`.
-const MESH: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80}]
-      timeout: 1s
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-policy, namespace: a}
-spec:
-  selector: {service: api}
-  action: ALLOW
-  rules: [{from: [{namespaces: [a]}]}]
-"#;
-
-/// The shop's services and a weighted route.
-const SHOP: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-  selector: {app: reviews}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: ratings, namespace: shop}
-spec:
-  ports: [{name: http, port: 8080, protocol: http}]
-  selector: {app: ratings}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: shop}
-spec:
-  hostnames: [reviews.example.com]
-  rules:
-    - backends:
-        - {service: reviews, port: 9080, weight: 90}
-        - {service: ratings, port: 8080, weight: 10}
-"#;
 
 const WEB: &str = "spiffe://cluster.local/ns/a/sa/web";
 const NACK_TEXT: &str = "api.a:80: route \"x\": cannot build";
@@ -132,14 +77,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-async fn start() -> (tempfile::TempDir, Meshd) {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
-        .await
-        .unwrap();
-    (dir, meshd)
-}
-
 /// Applies `yaml` with `meshctl apply -f`.
 async fn apply(meshd: &Meshd, yaml: &str) -> String {
     let file = meshd
@@ -147,18 +84,6 @@ async fn apply(meshd: &Meshd, yaml: &str) -> String {
         .join(format!("apply-{}.yaml", mesh_tests::unique()));
     std::fs::write(&file, yaml).unwrap();
     ok(meshd, &["apply", "-f", file.to_str().unwrap()]).await
-}
-
-fn node(id: &str, service: &str) -> Node {
-    Node {
-        id: id.into(),
-        namespace: "a".into(),
-        service: service.into(),
-        workload: format!("{service}-0"),
-        inbound_address: "127.0.0.1:20001".into(),
-        proxy_version: "test".into(),
-        ..Default::default()
-    }
 }
 
 /// A sidecar that subscribes to every type (and answers nothing yet).

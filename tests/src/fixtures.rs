@@ -1,0 +1,159 @@
+//! What several end-to-end test modules start from: the YAML documents they apply, a meshd on
+//! SQLite in a temporary directory, the `Node` of a scripted sidecar, and a flow run once on
+//! SQLite and once on PostgreSQL ([`on_both_stores!`](crate::on_both_stores)).
+
+use crate::meshd::{Meshd, MeshdOptions};
+use crate::postgres::TempPostgres;
+use mesh_proto::v1::Node;
+
+/// `Service a/api` (http on 80) and `HTTPRoute a/api-route` to it with a 1 s timeout.
+macro_rules! api_yaml {
+    () => {
+        r#"
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: api, namespace: a}
+spec:
+  ports: [{name: http, port: 80, protocol: http}]
+  selector: {app: api}
+---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: api-route, namespace: a}
+spec:
+  parentRefs: [{name: api}]
+  rules:
+    - backends: [{service: api, port: 80}]
+      timeout: 1s
+"#
+    };
+}
+
+/// `Service shop/reviews` (http 9080, tcp 9090) and `Service shop/ratings` (http 8080).
+macro_rules! shop_services_yaml {
+    () => {
+        r#"
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  ports:
+    - {name: http, port: 9080, protocol: http}
+    - {name: admin, port: 9090, protocol: tcp}
+  selector: {app: reviews}
+---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: Service
+metadata: {name: ratings, namespace: shop}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  selector: {app: ratings}
+"#
+    };
+}
+
+/// `HTTPRoute shop/reviews`: host `reviews.example.com`, 90 % to reviews, 10 % to ratings.
+macro_rules! shop_route_yaml {
+    () => {
+        r#"
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  hostnames: [reviews.example.com]
+  rules:
+    - backends:
+        - {service: reviews, port: 9080, weight: 90}
+        - {service: ratings, port: 8080, weight: 10}
+"#
+    };
+}
+
+/// `Service a/api`, `HTTPRoute a/api-route` (timeout 1s) and `AuthorizationPolicy
+/// a/api-policy` allowing namespace `a`.
+pub const API_WITH_AUTHZ: &str = concat!(
+    api_yaml!(),
+    r#"---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api-policy, namespace: a}
+spec:
+  selector: {service: api}
+  action: ALLOW
+  rules: [{from: [{namespaces: [a]}]}]
+"#
+);
+
+/// `Service a/api`, `HTTPRoute a/api-route` (timeout 1s) and `TlsPolicy a/modern` (TLS 1.3).
+pub const API_WITH_TLS_POLICY: &str = concat!(
+    api_yaml!(),
+    r#"---
+apiVersion: mesh.meshd.dev/v1alpha1
+kind: TlsPolicy
+metadata: {name: modern, namespace: a}
+spec:
+  minVersion: "1.3"
+"#
+);
+
+/// The shop's two services (`shop/reviews`, `shop/ratings`).
+pub const SHOP_SERVICES: &str = shop_services_yaml!();
+
+/// The shop's weighted route (`HTTPRoute shop/reviews`).
+pub const SHOP_ROUTE: &str = shop_route_yaml!();
+
+/// [`SHOP_SERVICES`] and [`SHOP_ROUTE`] in one text.
+pub const SHOP: &str = concat!(shop_services_yaml!(), "---", shop_route_yaml!());
+
+/// A meshd on SQLite in a fresh temporary directory (kept as long as the `TempDir` lives).
+pub async fn start_meshd() -> (tempfile::TempDir, Meshd) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (dir, meshd)
+}
+
+/// The `Node` a scripted sidecar of `service` in namespace `a` sends (workload `<service>-0`).
+pub fn node(id: &str, service: &str) -> Node {
+    Node {
+        id: id.into(),
+        namespace: "a".into(),
+        service: service.into(),
+        workload: format!("{service}-0"),
+        inbound_address: "127.0.0.1:20001".into(),
+        proxy_version: "test".into(),
+        ..Default::default()
+    }
+}
+
+/// A temporary PostgreSQL and the options of a meshd that stores in it (keep the first as long
+/// as meshd runs).
+pub async fn postgres_options() -> (TempPostgres, MeshdOptions) {
+    let pg = TempPostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let options = MeshdOptions {
+        database_url: Some(pg.url()),
+        ..MeshdOptions::default()
+    };
+    (pg, options)
+}
+
+/// Two tests of one flow, `async fn flow(MeshdOptions)`: `$sqlite` runs it on SQLite (the
+/// default options), `$postgres` on a temporary PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($flow:ident: $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $flow($crate::meshd::MeshdOptions::default()).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let (_pg, options) = $crate::fixtures::postgres_options().await;
+            $flow(options).await;
+        }
+    };
+}
