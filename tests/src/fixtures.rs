@@ -157,3 +157,20 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// The array `list` of a JSON answer (`body["entries"]`, `body["sidecars"]`, …); panics,
+/// showing the answer, when it has none.
+pub fn items<'a>(body: &'a serde_json::Value, list: &str) -> &'a [serde_json::Value] {
+    body[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array {list:?} in {body}"))
+}
+
+/// How many items of the array `list` of `body` have `field` equal to `value` (e.g. audit
+/// entries whose `action` is `ca.rotation`).
+pub fn count(body: &serde_json::Value, list: &str, field: &str, value: &str) -> usize {
+    items(body, list)
+        .iter()
+        .filter(|e| e[field] == value)
+        .count()
+}

@@ -159,6 +159,65 @@ pub fn run(mut cmd: Command) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs a command to completion: whether it succeeded, and its stdout then its stderr as one
+/// text. Panics (naming the program) when it cannot be started.
+pub fn output_text(mut cmd: Command) -> (bool, String) {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs a command that must succeed; panics with what it said when it fails.
+pub fn run_ok(cmd: Command) {
+    let what = format!("{cmd:?}");
+    let (ok, text) = output_text(cmd);
+    assert!(ok, "{what}: {text}");
+}
+
+/// `openssl ARGS` in `dir`, which must succeed (panics with what openssl said).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(args);
+    run_ok(cmd);
+}
+
+/// A P-256 root CA made by the real openssl in `dir`: `key` and `cert` (file names or paths),
+/// valid for `days`, with subject `subject`.
+pub fn openssl_root_ca(dir: &Path, key: &str, cert: &str, days: &str, subject: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            days,
+            "-subj",
+            subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
 /// Asserts that a CLI run (as returned by [`run`]) failed with `code` and said why the way an
 /// operator should read it: `meshctl: …` lines, no raw JSON, no panic or backtrace. With
 /// `one_line`, exactly one line.

@@ -553,12 +553,7 @@ async fn lifecycle(options: MeshdOptions) {
 
     // The store audited every change, once.
     let (_, audit) = api.get("/api/v1/audit?limit=1000").await;
-    let applies = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "document.apply")
-        .count();
+    let applies = mesh_tests::fixtures::count(&audit, "entries", "action", "document.apply");
     // 3 (baseline) + v2 + rollback + route again + rate limit + v3.
     assert_eq!(applies, 8, "{audit}");
 }

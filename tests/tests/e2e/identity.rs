@@ -12,16 +12,9 @@ use std::time::Duration;
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 
 fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut cmd = Command::new("openssl");
+    cmd.args(args);
+    mesh_tests::process::output_text(cmd)
 }
 
 fn issue(meshd: &Meshd, token: &str, out: &Path) -> (Option<i32>, String) {
@@ -232,12 +225,7 @@ async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
     );
 
     let audit = meshd.admin_get("/api/v1/audit").await;
-    let denied = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["outcome"] == "denied")
-        .count();
+    let denied = mesh_tests::fixtures::count(&audit, "entries", "outcome", "denied");
     assert_eq!(denied, 2, "{audit}");
 }
 

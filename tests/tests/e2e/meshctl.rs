@@ -783,34 +783,12 @@ async fn check_warns_when_the_ca_expires_within_30_days() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
     // A P-256 root CA valid for 10 days, made by the real openssl.
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "10",
-            "-subj",
-            "/O=meshd test/CN=short-lived root",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    mesh_tests::process::openssl_root_ca(
+        dir.path(),
+        key.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        "10",
+        "/O=meshd test/CN=short-lived root",
     );
     let options = MeshdOptions {
         args: vec![

@@ -180,16 +180,9 @@ fn the_readme_test_command_installs_what_is_missing_then_runs_every_test() {
     stub("cargo", "exit 0");
     let run = || {
         std::fs::write(&log, "").unwrap();
-        let out = std::process::Command::new(root.join("tests/run"))
-            .arg("--no-fail-fast")
-            .env("PATH", &bin)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = std::process::Command::new(root.join("tests/run"));
+        cmd.arg("--no-fail-fast").env("PATH", &bin);
+        mesh_tests::process::run_ok(cmd);
         std::fs::read_to_string(&log).unwrap()
     };
 

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
+use mesh_tests::process::{openssl, openssl_root_ca};
 use mesh_tests::proxy::{issue_cert, openssl_s_client};
 use mesh_tests::ring::{
     NAMES, Ring, RotationCas, openssl_verify, pem_blocks, root_fingerprints, show_handshakes, total,
@@ -132,12 +133,7 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
         "{metrics}"
     );
     let audit = ring.meshd.admin_get("/api/v1/audit?limit=100").await;
-    let rotation_entries = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "ca.rotation")
-        .count();
+    let rotation_entries = mesh_tests::fixtures::count(&audit, "entries", "action", "ca.rotation");
     assert!(rotation_entries >= 4, "start and three phases: {audit}");
 }
 
@@ -723,20 +719,6 @@ async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
     traffic.finish(500, || ring.logs()).await;
 }
 
-/// `openssl ARGS` in `dir`; panics with its stderr when it fails.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An intermediate CA `name` signed by the offline root in `dir`; returns (chain, key) files
 /// (the chain: the intermediate, then the root).
 fn intermediate(dir: &std::path::Path, name: &str) -> (String, String) {
@@ -802,29 +784,12 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    openssl(
+    openssl_root_ca(
         &pki,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "root.key",
-            "-out",
-            "root.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/O=corp/CN=offline root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+        "root.key",
+        "root.pem",
+        "30",
+        "/O=corp/CN=offline root",
     );
     let (chain1, key1) = intermediate(&pki, "intermediate-1");
     let (chain2, key2) = intermediate(&pki, "intermediate-2");

@@ -182,18 +182,7 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
     // A leaf from another CA, with a plausible SPIFFE ID: refused as an unknown CA.
     let rogue = dir.path().join("rogue");
     std::fs::create_dir_all(&rogue).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(&rogue)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| mesh_tests::process::openssl(&rogue, args);
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
     openssl(
         &[
@@ -849,9 +838,7 @@ async fn mesh_proxy_says_ready_only_when_it_is_and_hints_at_the_wrong_flag() {
     );
 
     let sidecars = meshd.admin_get("/api/v1/sidecars").await;
-    let me = sidecars["sidecars"]
-        .as_array()
-        .unwrap()
+    let me = mesh_tests::fixtures::items(&sidecars, "sidecars")
         .iter()
         .find(|s| s["identity"] == A && s["admin_address"] == good.admin_addr.to_string())
         .unwrap_or_else(|| panic!("{sidecars}"))

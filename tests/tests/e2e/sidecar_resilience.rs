@@ -448,9 +448,7 @@ async fn a_cluster_the_sidecar_cannot_build_is_nacked_and_traffic_keeps_flowing(
     .unwrap();
     let cluster_state = || async {
         let all = meshd.admin_get("/api/v1/sidecars").await;
-        let a = all["sidecars"]
-            .as_array()
-            .unwrap()
+        let a = mesh_tests::fixtures::items(&all, "sidecars")
             .iter()
             .find(|s| s["id"] == "a-1")
             .cloned()
