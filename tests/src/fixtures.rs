@@ -6,66 +6,105 @@ use crate::meshd::{Meshd, MeshdOptions};
 use crate::postgres::TempPostgres;
 use mesh_proto::v1::Node;
 
+/// A mesh document as text: a newline, `apiVersion`, `kind`, `metadata: {name, namespace}` and
+/// `spec:`, then `$spec` (a string literal starting with a newline, indented by two spaces).
+#[macro_export]
+macro_rules! yaml_doc {
+    ($kind:literal, $ns:literal, $name:literal, $spec:literal) => {
+        concat!(
+            "\napiVersion: mesh.meshd.dev/v1alpha1\nkind: ",
+            $kind,
+            "\nmetadata: {name: ",
+            $name,
+            ", namespace: ",
+            $ns,
+            "}\nspec:",
+            $spec
+        )
+    };
+}
+
+/// `Service $ns/$name` as text: http on port 80, selector `app: $name`.
+#[macro_export]
+macro_rules! http_service_yaml {
+    ($ns:literal, $name:literal) => {
+        concat!(
+            "\napiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\nmetadata: {name: ",
+            $name,
+            ", namespace: ",
+            $ns,
+            "}\nspec:\n  ports: [{name: http, port: 80, protocol: http}]\n  selector: {app: ",
+            $name,
+            "}\n"
+        )
+    };
+}
+
 /// `Service a/api` (http on 80) and `HTTPRoute a/api-route` to it with a 1 s timeout.
 macro_rules! api_yaml {
     () => {
-        r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
+        concat!(
+            http_service_yaml!("a", "api"),
+            "---",
+            yaml_doc!(
+                "HTTPRoute",
+                "a",
+                "api-route",
+                r#"
   parentRefs: [{name: api}]
   rules:
     - backends: [{service: api, port: 80}]
       timeout: 1s
 "#
+            )
+        )
     };
 }
 
 /// `Service shop/reviews` (http 9080, tcp 9090) and `Service shop/ratings` (http 8080).
 macro_rules! shop_services_yaml {
     () => {
-        r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
+        concat!(
+            yaml_doc!(
+                "Service",
+                "shop",
+                "reviews",
+                r#"
   ports:
     - {name: http, port: 9080, protocol: http}
     - {name: admin, port: 9090, protocol: tcp}
   selector: {app: reviews}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: ratings, namespace: shop}
-spec:
+"#
+            ),
+            "---",
+            yaml_doc!(
+                "Service",
+                "shop",
+                "ratings",
+                r#"
   ports: [{name: http, port: 8080, protocol: http}]
   selector: {app: ratings}
 "#
+            )
+        )
     };
 }
 
 /// `HTTPRoute shop/reviews`: host `reviews.example.com`, 90 % to reviews, 10 % to ratings.
 macro_rules! shop_route_yaml {
     () => {
-        r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: shop}
-spec:
+        yaml_doc!(
+            "HTTPRoute",
+            "shop",
+            "reviews",
+            r#"
   hostnames: [reviews.example.com]
   rules:
     - backends:
         - {service: reviews, port: 9080, weight: 90}
         - {service: ratings, port: 8080, weight: 10}
 "#
+        )
     };
 }
 
@@ -73,27 +112,31 @@ spec:
 /// a/api-policy` allowing namespace `a`.
 pub const API_WITH_AUTHZ: &str = concat!(
     api_yaml!(),
-    r#"---
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-policy, namespace: a}
-spec:
+    "---",
+    yaml_doc!(
+        "AuthorizationPolicy",
+        "a",
+        "api-policy",
+        r#"
   selector: {service: api}
   action: ALLOW
   rules: [{from: [{namespaces: [a]}]}]
 "#
+    )
 );
 
 /// `Service a/api`, `HTTPRoute a/api-route` (timeout 1s) and `TlsPolicy a/modern` (TLS 1.3).
 pub const API_WITH_TLS_POLICY: &str = concat!(
     api_yaml!(),
-    r#"---
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: TlsPolicy
-metadata: {name: modern, namespace: a}
-spec:
+    "---",
+    yaml_doc!(
+        "TlsPolicy",
+        "a",
+        "modern",
+        r#"
   minVersion: "1.3"
 "#
+    )
 );
 
 /// The shop's two services (`shop/reviews`, `shop/ratings`).

@@ -291,36 +291,24 @@ async fn hold_exactly(s: &mut ScriptedSidecar, type_url: &str, want: &[&str]) {
     );
 }
 
-const SCOPED: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: db, namespace: b}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: db}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: auth, namespace: shared}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: auth}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
+const SCOPED: &str = concat!(
+    mesh_tests::http_service_yaml!("a", "api"),
+    "---",
+    mesh_tests::http_service_yaml!("b", "db"),
+    "---",
+    mesh_tests::http_service_yaml!("shared", "auth"),
+    "---",
+    mesh_tests::yaml_doc!(
+        "HTTPRoute",
+        "a",
+        "api-route",
+        r#"
   parentRefs: [{name: api}]
   rules:
     - backends: [{service: api, port: 80, weight: 90}, {service: db, namespace: b, port: 80, weight: 10}]
-"#;
+"#
+    )
+);
 
 fn sidecar_doc(egress: &str) -> String {
     format!(
