@@ -40,23 +40,44 @@ macro_rules! http_service_yaml {
     };
 }
 
+/// `HTTPRoute a/api-route` (parent `api`) as text, with one rule: `backends: $rule` (and
+/// whatever lines `$rule` goes on with).
+#[macro_export]
+macro_rules! api_route_yaml {
+    ($rule:literal) => {
+        concat!(
+            "\napiVersion: mesh.meshd.dev/v1alpha1\nkind: HTTPRoute\n",
+            "metadata: {name: api-route, namespace: a}\nspec:\n  parentRefs: [{name: api}]\n",
+            "  rules:\n    - backends: ",
+            $rule,
+            "\n"
+        )
+    };
+}
+
+/// `Service shop/reviews` as text: ports `http` 9080 and `admin` 9090 (tcp), then the port
+/// lines `$more`.
+#[macro_export]
+macro_rules! reviews_service_yaml {
+    ($more:literal) => {
+        concat!(
+            "\napiVersion: mesh.meshd.dev/v1alpha1\nkind: Service\n",
+            "metadata: {name: reviews, namespace: shop}\nspec:\n  ports:\n",
+            "    - {name: http, port: 9080, protocol: http}\n",
+            "    - {name: admin, port: 9090, protocol: tcp}\n",
+            $more,
+            "  selector: {app: reviews}\n"
+        )
+    };
+}
+
 /// `Service a/api` (http on 80) and `HTTPRoute a/api-route` to it with a 1 s timeout.
 macro_rules! api_yaml {
     () => {
         concat!(
             http_service_yaml!("a", "api"),
             "---",
-            yaml_doc!(
-                "HTTPRoute",
-                "a",
-                "api-route",
-                r#"
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80}]
-      timeout: 1s
-"#
-            )
+            api_route_yaml!("[{service: api, port: 80}]\n      timeout: 1s")
         )
     };
 }
@@ -65,17 +86,7 @@ macro_rules! api_yaml {
 macro_rules! shop_services_yaml {
     () => {
         concat!(
-            yaml_doc!(
-                "Service",
-                "shop",
-                "reviews",
-                r#"
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-  selector: {app: reviews}
-"#
-            ),
+            reviews_service_yaml!(""),
             "---",
             yaml_doc!(
                 "Service",
@@ -216,4 +227,28 @@ pub fn count(body: &serde_json::Value, list: &str, field: &str, value: &str) -> 
         .iter()
         .filter(|e| e[field] == value)
         .count()
+}
+
+/// The SPIFFE IDs of workloads `a`, `b` and `c` in namespace `default`.
+pub const ID_A: &str = "spiffe://cluster.local/ns/default/sa/a";
+pub const ID_B: &str = "spiffe://cluster.local/ns/default/sa/b";
+pub const ID_C: &str = "spiffe://cluster.local/ns/default/sa/c";
+
+/// A scripted workload `b-vm` of service `default/b` (identity [`ID_B`]) registered with an
+/// address no sidecar can build an endpoint of (`b-vm.internal:15006`): a sidecar that reaches
+/// `b` NACKs its Cluster while this stream stays open.
+pub async fn b_vm_with_unbuildable_address(meshd: &Meshd) -> crate::sidecar::ScriptedSidecar {
+    let creds = crate::sidecar::Credentials::issue(meshd, ID_B)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let node = Node {
+        id: "b-vm".into(),
+        namespace: "default".into(),
+        service: "b".into(),
+        inbound_address: "b-vm.internal:15006".into(),
+        ..Default::default()
+    };
+    crate::sidecar::ScriptedSidecar::open(meshd, &creds, true, node, Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }

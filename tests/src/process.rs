@@ -189,32 +189,30 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     run_ok(cmd);
 }
 
+/// `openssl req` arguments for a new, unencrypted P-256 key.
+pub const NEW_P256_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 /// A P-256 root CA made by the real openssl in `dir`: `key` and `cert` (file names or paths),
 /// valid for `days`, with subject `subject`.
 pub fn openssl_root_ca(dir: &Path, key: &str, cert: &str, days: &str, subject: &str) {
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key,
-            "-out",
-            cert,
-            "-days",
-            days,
-            "-subj",
-            subject,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+            &["req", "-x509"],
+            &NEW_P256_KEY[..],
+            &[
+                "-keyout", key, "-out", cert, "-days", days, "-subj", subject,
+            ],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
     );
 }
 

@@ -151,6 +151,21 @@ impl ScriptedSidecar {
         })
     }
 
+    /// [`open`](Self::open) with a client certificate, then a subscription to every type
+    /// (answers nothing yet).
+    pub async fn open_all(
+        meshd: &Meshd,
+        credentials: &Credentials,
+        node: Node,
+        holds: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> anyhow::Result<Self> {
+        let mut s = Self::open(meshd, credentials, true, node, holds).await?;
+        for ty in &mesh_proto::ALL_TYPE_URLS[1..] {
+            s.subscribe(ty).await?;
+        }
+        Ok(s)
+    }
+
     /// Subscribes (wildcard) to `type_url`, sending the versions held for it.
     pub async fn subscribe(&mut self, type_url: &str) -> anyhow::Result<()> {
         let initial = self.holds.get(type_url).cloned().unwrap_or_default();

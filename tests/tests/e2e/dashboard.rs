@@ -78,12 +78,9 @@ async fn apply(meshd: &Meshd, yaml: &str) {
 
 /// A sidecar subscribed to every type that has ACKed the first response of each.
 async fn synced(meshd: &Meshd, creds: &Credentials, node: Node) -> ScriptedSidecar {
-    let mut s = ScriptedSidecar::open(meshd, creds, true, node, Default::default())
+    let mut s = ScriptedSidecar::open_all(meshd, creds, node, Default::default())
         .await
         .unwrap();
-    for ty in &ALL_TYPE_URLS[1..] {
-        s.subscribe(ty).await.unwrap();
-    }
     for _ in 0..ALL_TYPE_URLS.len() {
         let r = s.recv().await.unwrap();
         s.ack(&r).await.unwrap();
@@ -455,9 +452,7 @@ async fn the_sidecar_list_is_paged_filtered_and_counted_server_side() {
     assert_eq!(ids(&page), ["web-3"]);
     let nacked = &page["sidecars"][0];
     assert_eq!(nacked["state"], "NACKED");
-    let route = nacked["types"]
-        .as_array()
-        .unwrap()
+    let route = mesh_tests::fixtures::items(nacked, "types")
         .iter()
         .find(|t| t["type_url"] == ROUTES)
         .unwrap();

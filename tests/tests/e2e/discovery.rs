@@ -40,13 +40,9 @@ async fn connect(
     holds: Option<&ScriptedSidecar>,
 ) -> ScriptedSidecar {
     let held = holds.map(|old| old.holds.clone()).unwrap_or_default();
-    let mut s = ScriptedSidecar::open(meshd, creds, true, node, held)
+    ScriptedSidecar::open_all(meshd, creds, node, held)
         .await
-        .unwrap();
-    for ty in &ALL_TYPE_URLS[1..] {
-        s.subscribe(ty).await.unwrap();
-    }
-    s
+        .unwrap()
 }
 
 /// Receives the first response of every type (in any order), ACKing each; returns them.
@@ -298,15 +294,8 @@ const SCOPED: &str = concat!(
     "---",
     mesh_tests::http_service_yaml!("shared", "auth"),
     "---",
-    mesh_tests::yaml_doc!(
-        "HTTPRoute",
-        "a",
-        "api-route",
-        r#"
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80, weight: 90}, {service: db, namespace: b, port: 80, weight: 10}]
-"#
+    mesh_tests::api_route_yaml!(
+        "[{service: api, port: 80, weight: 90}, {service: db, namespace: b, port: 80, weight: 10}]"
     )
 );
 
@@ -318,10 +307,7 @@ fn sidecar_doc(egress: &str) -> String {
 
 #[tokio::test]
 async fn a_sidecar_document_limits_a_workload_to_the_services_it_reaches() {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(dir.path(), &MeshdOptions::default())
-        .await
-        .unwrap();
+    let (_dir, meshd) = mesh_tests::fixtures::start_meshd().await;
     meshd
         .apply(&format!("{SCOPED}---\n{}", sidecar_doc("[\"./*\"]")))
         .await;

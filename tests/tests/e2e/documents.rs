@@ -36,32 +36,12 @@ spec:
 "#;
 
 /// `Service shop/reviews` with one more port.
-const REVIEWS_V2: &str = mesh_tests::yaml_doc!(
-    "Service",
-    "shop",
-    "reviews",
-    r#"
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-    - {name: http2, port: 9081, protocol: http}
-  selector: {app: reviews}
-"#
-);
+const REVIEWS_V2: &str =
+    mesh_tests::reviews_service_yaml!("    - {name: http2, port: 9081, protocol: http}\n");
 
 /// `Service shop/reviews` with yet another port.
-const REVIEWS_V3: &str = mesh_tests::yaml_doc!(
-    "Service",
-    "shop",
-    "reviews",
-    r#"
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-    - {name: http3, port: 9082, protocol: http}
-  selector: {app: reviews}
-"#
-);
+const REVIEWS_V3: &str =
+    mesh_tests::reviews_service_yaml!("    - {name: http3, port: 9082, protocol: http}\n");
 
 /// A rate limit, as a JSON file.
 const RATE_LIMIT_JSON: &str = r#"{

@@ -179,10 +179,7 @@ mesh_tests::on_both_stores!(identity_flow: sqlite_join_tokens_renewal_and_refusa
 
 #[tokio::test]
 async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(dir.path(), &MeshdOptions::default())
-        .await
-        .unwrap();
+    let (_dir, meshd) = mesh_tests::fixtures::start_meshd().await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/v1/tokens", meshd.admin_addr);
     let none = client.get(&url).send().await.unwrap();
@@ -233,23 +230,25 @@ async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
 fn openssl_csr(dir: &Path, name: &str, subject: &str, sans: &str) -> (String, String) {
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
-    let (ok, text) = openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-        "-subj",
-        subject,
-        "-addext",
-        &format!("subjectAltName={sans}"),
-    ]);
+    let (ok, text) = openssl(
+        &[
+            &["req", "-new"],
+            &mesh_tests::process::NEW_P256_KEY[..],
+            &[
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                csr.to_str().unwrap(),
+            ],
+            &[
+                "-subj",
+                subject,
+                "-addext",
+                &format!("subjectAltName={sans}"),
+            ],
+        ]
+        .concat(),
+    );
     assert!(ok, "openssl req: {text}");
     (
         csr.to_str().unwrap().to_string(),

@@ -88,13 +88,9 @@ async fn apply(meshd: &Meshd, yaml: &str) -> String {
 
 /// A sidecar that subscribes to every type (and answers nothing yet).
 async fn subscribe(meshd: &Meshd, creds: &Credentials, node: Node) -> ScriptedSidecar {
-    let mut s = ScriptedSidecar::open(meshd, creds, true, node, Default::default())
+    ScriptedSidecar::open_all(meshd, creds, node, Default::default())
         .await
-        .unwrap();
-    for ty in &ALL_TYPE_URLS[1..] {
-        s.subscribe(ty).await.unwrap();
-    }
-    s
+        .unwrap()
 }
 
 /// The sidecar `id` as `meshctl status -o json` shows it, once `ready` holds for it.
@@ -103,9 +99,7 @@ async fn wait_status(meshd: &Meshd, id: &str, ready: impl Fn(&Value) -> bool) ->
     let start = std::time::Instant::now();
     loop {
         let all = json(meshd, &["status"]).await;
-        let found = all["sidecars"]
-            .as_array()
-            .unwrap()
+        let found = mesh_tests::fixtures::items(&all, "sidecars")
             .iter()
             .find(|s| s["id"] == id)
             .cloned();

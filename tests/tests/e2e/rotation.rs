@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
-use mesh_tests::process::{openssl, openssl_root_ca};
+use mesh_tests::process::{NEW_P256_KEY, openssl, openssl_root_ca};
 use mesh_tests::proxy::{issue_cert, openssl_s_client};
 use mesh_tests::ring::{
     NAMES, Ring, RotationCas, openssl_verify, pem_blocks, root_fingerprints, show_handshakes, total,
@@ -731,19 +731,17 @@ fn intermediate(dir: &std::path::Path, name: &str) -> (String, String) {
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/O=corp/CN={name}"),
-        ],
+            &["req"],
+            &NEW_P256_KEY[..],
+            &[
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+            &["-subj", &format!("/O=corp/CN={name}")],
+        ]
+        .concat(),
     );
     openssl(
         dir,

@@ -15,8 +15,7 @@ use mesh_tests::proxy::{
 use std::process::Command;
 use std::time::Duration;
 
-const A: &str = "spiffe://cluster.local/ns/default/sa/a";
-const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+use mesh_tests::fixtures::{ID_A as A, ID_B as B};
 
 async fn call_until_ok(proxy: &Proxy, host: &str) -> serde_json::Value {
     proxy.get_until(host, "/hello", 200).await
@@ -1257,24 +1256,7 @@ async fn the_inbound_port_refuses_every_connection_until_the_sidecar_is_ready() 
 
     // A certificate, but no first ACK: a workload registered b with an address the sidecar
     // cannot build an endpoint of, so a new sidecar NACKs the Cluster and stays unready.
-    let creds = mesh_tests::sidecar::Credentials::issue(&meshd, B)
-        .await
-        .unwrap();
-    let vm = mesh_tests::sidecar::ScriptedSidecar::open(
-        &meshd,
-        &creds,
-        true,
-        mesh_proto::v1::Node {
-            id: "b-vm".into(),
-            namespace: "default".into(),
-            service: "b".into(),
-            inbound_address: "b-vm.internal:15006".into(),
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let vm = mesh_tests::fixtures::b_vm_with_unbuildable_address(&meshd).await;
     let app_c = EchoApp::start("c").await.unwrap();
     let c = Proxy::start(
         &meshd,
