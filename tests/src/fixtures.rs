@@ -252,3 +252,23 @@ pub async fn b_vm_with_unbuildable_address(meshd: &Meshd) -> crate::sidecar::Scr
         .await
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+/// The string fields `a` and `b` of every item of the array `list` of `body`, in order; panics,
+/// showing the item, when one is missing.
+pub fn string_pairs(
+    body: &serde_json::Value,
+    list: &str,
+    a: &str,
+    b: &str,
+) -> Vec<(String, String)> {
+    let text = |item: &serde_json::Value, field: &str| {
+        item[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {field:?} in {item}"))
+            .to_string()
+    };
+    items(body, list)
+        .iter()
+        .map(|item| (text(item, a), text(item, b)))
+        .collect()
+}

@@ -242,3 +242,13 @@ pub fn assert_cli_failure(
         assert!(!stderr.contains(bad), "{what}: {stderr}");
     }
 }
+
+/// Asserts how a CLI run given `-f missing.yaml` (a file that does not exist) failed: exit 2,
+/// one line, as the shell says it.
+pub fn assert_missing_file(result: &(Option<i32>, String, String)) {
+    assert_cli_failure("missing file", result, 2, true);
+    assert_eq!(
+        result.2,
+        "meshctl: -f missing.yaml: No such file or directory\n"
+    );
+}

@@ -151,19 +151,20 @@ impl ScriptedSidecar {
         })
     }
 
-    /// [`open`](Self::open) with a client certificate, then a subscription to every type
-    /// (answers nothing yet).
-    pub async fn open_all(
-        meshd: &Meshd,
-        credentials: &Credentials,
-        node: Node,
-        holds: BTreeMap<String, BTreeMap<String, String>>,
-    ) -> anyhow::Result<Self> {
-        let mut s = Self::open(meshd, credentials, true, node, holds).await?;
-        for ty in &mesh_proto::ALL_TYPE_URLS[1..] {
-            s.subscribe(ty).await?;
-        }
+    /// [`open`](Self::open) with a client certificate, then [`subscribe_all`](Self::subscribe_all).
+    pub async fn open_all(meshd: &Meshd, creds: &Credentials, node: Node) -> anyhow::Result<Self> {
+        let mut s = Self::open(meshd, creds, true, node, BTreeMap::new()).await?;
+        s.subscribe_all().await?;
         Ok(s)
+    }
+
+    /// Subscribes to every type but the TrustBundle (which the first request subscribed to);
+    /// answers nothing yet.
+    pub async fn subscribe_all(&mut self) -> anyhow::Result<()> {
+        for ty in &mesh_proto::ALL_TYPE_URLS[1..] {
+            self.subscribe(ty).await?;
+        }
+        Ok(())
     }
 
     /// Subscribes (wildcard) to `type_url`, sending the versions held for it.

@@ -78,9 +78,7 @@ async fn apply(meshd: &Meshd, yaml: &str) {
 
 /// A sidecar subscribed to every type that has ACKed the first response of each.
 async fn synced(meshd: &Meshd, creds: &Credentials, node: Node) -> ScriptedSidecar {
-    let mut s = ScriptedSidecar::open_all(meshd, creds, node, Default::default())
-        .await
-        .unwrap();
+    let mut s = ScriptedSidecar::open_all(meshd, creds, node).await.unwrap();
     for _ in 0..ALL_TYPE_URLS.len() {
         let r = s.recv().await.unwrap();
         s.ack(&r).await.unwrap();

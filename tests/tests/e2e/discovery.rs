@@ -40,9 +40,11 @@ async fn connect(
     holds: Option<&ScriptedSidecar>,
 ) -> ScriptedSidecar {
     let held = holds.map(|old| old.holds.clone()).unwrap_or_default();
-    ScriptedSidecar::open_all(meshd, creds, node, held)
+    let mut s = ScriptedSidecar::open(meshd, creds, true, node, held)
         .await
-        .unwrap()
+        .unwrap();
+    s.subscribe_all().await.unwrap();
+    s
 }
 
 /// Receives the first response of every type (in any order), ACKing each; returns them.

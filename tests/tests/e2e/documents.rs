@@ -802,11 +802,7 @@ async fn meshctl_errors(options: MeshdOptions) {
 
     // A missing file: exit 2, as the shell says it.
     let result = meshctl_apply(&meshd, &work, &["-f", "missing.yaml"]);
-    assert_failure("missing file", &result, 2);
-    assert_eq!(
-        result.2,
-        "meshctl: -f missing.yaml: No such file or directory\n"
-    );
+    mesh_tests::process::assert_missing_file(&result);
 
     // Invalid YAML: exit 1, one line with the file and the position.
     std::fs::write(

@@ -373,17 +373,7 @@ fn listed_certs(meshd: &Meshd, all: bool) -> Vec<(String, String)> {
     let (code, stdout, stderr) = run(cmd);
     assert_eq!(code, Some(0), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let mut out: Vec<(String, String)> = v["certificates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["serial_hex"].as_str().unwrap().to_string(),
-                c["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut out = mesh_tests::fixtures::string_pairs(&v, "certificates", "serial_hex", "state");
     out.sort();
     out
 }

@@ -88,9 +88,7 @@ async fn apply(meshd: &Meshd, yaml: &str) -> String {
 
 /// A sidecar that subscribes to every type (and answers nothing yet).
 async fn subscribe(meshd: &Meshd, creds: &Credentials, node: Node) -> ScriptedSidecar {
-    ScriptedSidecar::open_all(meshd, creds, node, Default::default())
-        .await
-        .unwrap()
+    ScriptedSidecar::open_all(meshd, creds, node).await.unwrap()
 }
 
 /// The sidecar `id` as `meshctl status -o json` shows it, once `ready` holds for it.
@@ -851,11 +849,7 @@ async fn bad_input_gives_the_documented_exit_code_and_one_line() {
 
     // Missing file: exit 2, as the shell says it.
     let result = meshctl_in(&meshd, &work, &["diff", "-f", "missing.yaml"]).await;
-    assert_failure("missing file", &result, 2);
-    assert_eq!(
-        result.2,
-        "meshctl: -f missing.yaml: No such file or directory\n"
-    );
+    mesh_tests::process::assert_missing_file(&result);
 
     // Invalid YAML: exit 1, with the file and the position.
     std::fs::write(

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::process::{NEW_P256_KEY, openssl, openssl_root_ca};
-use mesh_tests::proxy::{issue_cert, openssl_s_client};
+use mesh_tests::proxy::{client_cert_args, issue_cert, openssl_s_client};
 use mesh_tests::ring::{
     NAMES, Ring, RotationCas, openssl_verify, pem_blocks, root_fingerprints, show_handshakes, total,
 };
@@ -41,13 +41,7 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
         let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
-            &[
-                "-showcerts",
-                "-cert",
-                cert.to_str().unwrap(),
-                "-key",
-                key.to_str().unwrap(),
-            ],
+            &[&["-showcerts"][..], &client_cert_args(&cert, &key)].concat(),
             &trusted_file,
         )
         .await
@@ -414,11 +408,7 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     })
     .await;
     let probe = openssl_s_client(&inbound, &tls12, &bundle).await.unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "TLS 1.2 must be refused:\n{probe}"
-    );
+    probe.assert_alert("protocol_version", "TLS 1.2 must be refused");
     let probe = openssl_s_client(
         &inbound,
         &[
@@ -458,11 +448,7 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("handshake_failure"),
-        "another TLS 1.3 suite is refused:\n{probe}"
-    );
+    probe.assert_alert("handshake_failure", "another TLS 1.3 suite is refused");
     let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
     assert_eq!(code, Some(0));
     assert!(
@@ -633,11 +619,7 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
     let probe = openssl_s_client(&inside[0].1, &tls12, &bundle)
         .await
         .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "a sidecar in the stage refuses TLS 1.2:\n{probe}"
-    );
+    probe.assert_alert("protocol_version", "a sidecar in the stage refuses TLS 1.2");
     let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
         .await
         .unwrap();
@@ -681,10 +663,9 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
     let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
         .await
         .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "once mesh-wide, TLS 1.2 is refused everywhere:\n{probe}"
+    probe.assert_alert(
+        "protocol_version",
+        "once mesh-wide, TLS 1.2 is refused everywhere",
     );
 
     traffic.finish(100, || ring.logs()).await;

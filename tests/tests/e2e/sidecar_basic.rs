@@ -171,11 +171,7 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
 
     // No client certificate: the server ends the handshake with certificate_required.
     let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("certificate_required"),
-        "no client certificate: {probe}"
-    );
+    probe.assert_alert("certificate_required", "no client certificate");
     assert_eq!(probe.http_status, None, "{probe}");
 
     // A leaf from another CA, with a plausible SPIFFE ID: refused as an unknown CA.
@@ -238,21 +234,12 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
     let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
     let probe = openssl_s_client(
         &inbound,
-        &[
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-        ],
+        &mesh_tests::proxy::client_cert_args(&cert, &key),
         &bundle,
     )
     .await
     .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("unknown_ca"),
-        "a certificate from another CA: {probe}"
-    );
+    probe.assert_alert("unknown_ca", "a certificate from another CA");
     assert_eq!(probe.http_status, None, "{probe}");
 
     // A mesh certificate from meshctl: accepted, and B's app sees that identity.
@@ -260,12 +247,7 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
     let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops")).await;
     let probe = openssl_s_client(
         &inbound,
-        &[
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-        ],
+        &mesh_tests::proxy::client_cert_args(&cert, &key),
         &bundle,
     )
     .await
@@ -471,11 +453,7 @@ spec:
     assert!(probe.ok(), "{probe}\n{}", b.log());
     assert!(!probe.output.contains("x-mesh-peer-identity"), "{probe}");
     let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("certificate_required"),
-        "still mesh mTLS only: {probe}"
-    );
+    probe.assert_alert("certificate_required", "still mesh mTLS only");
 
     // A DENY on the caller's identity closes its connections.
     meshd
