@@ -511,3 +511,42 @@ pub fn table(figures: &[Figure]) -> String {
     }
     out
 }
+
+/// Where the `bench` binary at `exe` writes by default: `bench/` beside the profile directory it
+/// is in (`<target>/release/bench` writes to `<target>/bench/`). A binary outside a Cargo target
+/// directory writes to `./bench-results`.
+pub fn default_out(exe: &Path) -> std::path::PathBuf {
+    let profile_dir = exe.parent();
+    // `debug`, `release`, or a custom profile's directory (Cargo tags its target directory).
+    let in_target = profile_dir.is_some_and(|p| {
+        p.file_name()
+            .is_some_and(|n| n == "debug" || n == "release")
+            || p.parent().is_some_and(|t| t.join("CACHEDIR.TAG").is_file())
+    });
+    match profile_dir.and_then(|p| p.parent()) {
+        Some(target) if in_target => target.join("bench"),
+        _ => std::path::PathBuf::from("bench-results"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn results_go_under_the_target_directory_of_the_run() {
+        assert_eq!(
+            default_out(std::path::Path::new("/var/tmp/other-target/release/bench")),
+            PathBuf::from("/var/tmp/other-target/bench")
+        );
+        assert_eq!(
+            default_out(std::path::Path::new("/x/target/debug/bench")),
+            PathBuf::from("/x/target/bench")
+        );
+        assert_eq!(
+            default_out(std::path::Path::new("/usr/local/bin/bench")),
+            PathBuf::from("bench-results")
+        );
+    }
+}

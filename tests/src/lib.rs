@@ -6,6 +6,7 @@ pub mod canned;
 pub mod corpus;
 pub mod dataplane;
 pub mod echo;
+pub mod fixtures;
 pub mod fleet;
 pub mod kube_api;
 pub mod meshd;

@@ -159,6 +159,63 @@ pub fn run(mut cmd: Command) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs a command to completion: whether it succeeded, and its stdout then its stderr as one
+/// text. Panics (naming the program) when it cannot be started.
+pub fn output_text(mut cmd: Command) -> (bool, String) {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs a command that must succeed; panics with what it said when it fails.
+pub fn run_ok(cmd: Command) {
+    let what = format!("{cmd:?}");
+    let (ok, text) = output_text(cmd);
+    assert!(ok, "{what}: {text}");
+}
+
+/// `openssl ARGS` in `dir`, which must succeed (panics with what openssl said).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(args);
+    run_ok(cmd);
+}
+
+/// `openssl req` arguments for a new, unencrypted P-256 key.
+pub const NEW_P256_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// A P-256 root CA made by the real openssl in `dir`: `key` and `cert` (file names or paths),
+/// valid for `days`, with subject `subject`.
+pub fn openssl_root_ca(dir: &Path, key: &str, cert: &str, days: &str, subject: &str) {
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"],
+            &NEW_P256_KEY[..],
+            &[
+                "-keyout", key, "-out", cert, "-days", days, "-subj", subject,
+            ],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
+    );
+}
+
 /// Asserts that a CLI run (as returned by [`run`]) failed with `code` and said why the way an
 /// operator should read it: `meshctl: …` lines, no raw JSON, no panic or backtrace. With
 /// `one_line`, exactly one line.
@@ -184,4 +241,14 @@ pub fn assert_cli_failure(
     for bad in ["{\"", "panicked", "backtrace", "RUST_BACKTRACE", "Error {"] {
         assert!(!stderr.contains(bad), "{what}: {stderr}");
     }
+}
+
+/// Asserts how a CLI run given `-f missing.yaml` (a file that does not exist) failed: exit 2,
+/// one line, as the shell says it.
+pub fn assert_missing_file(result: &(Option<i32>, String, String)) {
+    assert_cli_failure("missing file", result, 2, true);
+    assert_eq!(
+        result.2,
+        "meshctl: -f missing.yaml: No such file or directory\n"
+    );
 }

@@ -366,6 +366,14 @@ pub struct TlsProbe {
     pub output: String,
 }
 
+impl TlsProbe {
+    /// Asserts that the server refused the handshake with the TLS alert `alert` (its RFC 8446
+    /// name); `what` says what was probed.
+    pub fn assert_alert(&self, alert: &str, what: &str) {
+        assert_eq!(self.alert.as_deref(), Some(alert), "{what}:\n{self}");
+    }
+}
+
 impl std::fmt::Display for TlsProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -559,6 +567,16 @@ fn openssl_s_client_blocking(
         text(&stdout),
         text(&stderr)
     )))
+}
+
+/// The `-cert FILE -key FILE` arguments of [`openssl_s_client`]: present this client
+/// certificate.
+pub fn client_cert_args<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 4] {
+    let text = |p: &'a Path| {
+        p.to_str()
+            .unwrap_or_else(|| panic!("not UTF-8: {}", p.display()))
+    };
+    ["-cert", text(cert), "-key", text(key)]
 }
 
 /// `openssl s_client` to `addr` (verifying the server against `bundle`, with `extra` flags such

@@ -706,19 +706,9 @@ pub fn pem_blocks(text: &str) -> Vec<String> {
 
 /// `openssl verify -CAfile bundle cert`: whether it verified, and what openssl said.
 pub fn openssl_verify(bundle: &Path, cert: &Path) -> (bool, String) {
-    let out = std::process::Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(bundle)
-        .arg(cert)
-        .output()
-        .expect("openssl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.arg("verify").arg("-CAfile").arg(bundle).arg(cert);
+    crate::process::output_text(cmd)
 }
 
 #[cfg(test)]

@@ -151,6 +151,22 @@ impl ScriptedSidecar {
         })
     }
 
+    /// [`open`](Self::open) with a client certificate, then [`subscribe_all`](Self::subscribe_all).
+    pub async fn open_all(meshd: &Meshd, creds: &Credentials, node: Node) -> anyhow::Result<Self> {
+        let mut s = Self::open(meshd, creds, true, node, BTreeMap::new()).await?;
+        s.subscribe_all().await?;
+        Ok(s)
+    }
+
+    /// Subscribes to every type but the TrustBundle (which the first request subscribed to);
+    /// answers nothing yet.
+    pub async fn subscribe_all(&mut self) -> anyhow::Result<()> {
+        for ty in &mesh_proto::ALL_TYPE_URLS[1..] {
+            self.subscribe(ty).await?;
+        }
+        Ok(())
+    }
+
     /// Subscribes (wildcard) to `type_url`, sending the versions held for it.
     pub async fn subscribe(&mut self, type_url: &str) -> anyhow::Result<()> {
         let initial = self.holds.get(type_url).cloned().unwrap_or_default();

@@ -100,7 +100,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     print!("{}", bench::table(&figures));
     let out = match &args.out {
         Some(out) => out.clone(),
-        None => default_out(&std::env::current_exe()?),
+        None => bench::default_out(&std::env::current_exe()?),
     };
     std::fs::create_dir_all(&out)?;
     let report = serde_json::json!({
@@ -113,41 +113,4 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     eprintln!("wrote {}", path.display());
     Ok(())
-}
-
-/// `bench/` beside the profile directory this binary is in: `<target>/release/bench` writes to
-/// `<target>/bench/`. A binary outside a Cargo target directory writes to `./bench-results`.
-fn default_out(exe: &std::path::Path) -> PathBuf {
-    let profile_dir = exe.parent();
-    // `debug`, `release`, or a custom profile's directory (Cargo tags its target directory).
-    let in_target = profile_dir.is_some_and(|p| {
-        p.file_name()
-            .is_some_and(|n| n == "debug" || n == "release")
-            || p.parent().is_some_and(|t| t.join("CACHEDIR.TAG").is_file())
-    });
-    match profile_dir.and_then(|p| p.parent()) {
-        Some(target) if in_target => target.join("bench"),
-        _ => PathBuf::from("bench-results"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn results_go_under_the_target_directory_of_the_run() {
-        assert_eq!(
-            default_out(std::path::Path::new("/var/tmp/other-target/release/bench")),
-            PathBuf::from("/var/tmp/other-target/bench")
-        );
-        assert_eq!(
-            default_out(std::path::Path::new("/x/target/debug/bench")),
-            PathBuf::from("/x/target/bench")
-        );
-        assert_eq!(
-            default_out(std::path::Path::new("/usr/local/bin/bench")),
-            PathBuf::from("bench-results")
-        );
-    }
 }

@@ -7,68 +7,13 @@
 
 use mesh_proto::v1::Node;
 use mesh_proto::{ALL_TYPE_URLS, ROUTE_TABLE_TYPE_URL as ROUTES};
+use mesh_tests::fixtures::{API_WITH_AUTHZ as MESH, SHOP, node, start_meshd as start};
 use mesh_tests::meshd::{Meshd, MeshdOptions};
 use mesh_tests::sidecar::{Credentials, ScriptedSidecar};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A service, a route to it and a policy, in namespace `a`.
-const MESH: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80}]
-      timeout: 1s
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-policy, namespace: a}
-spec:
-  selector: {service: api}
-  action: ALLOW
-  rules: [{from: [{namespaces: [a]}]}]
-"#;
-
-/// The shop's services and a weighted route.
-const SHOP: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-  selector: {app: reviews}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: ratings, namespace: shop}
-spec:
-  ports: [{name: http, port: 8080, protocol: http}]
-  selector: {app: ratings}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: shop}
-spec:
-  hostnames: [reviews.example.com]
-  rules:
-    - backends:
-        - {service: reviews, port: 9080, weight: 90}
-        - {service: ratings, port: 8080, weight: 10}
-"#;
 
 const WEB: &str = "spiffe://cluster.local/ns/a/sa/web";
 const NACK_TEXT: &str = "api.a:80: route \"x\": cannot build";
@@ -132,14 +77,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-async fn start() -> (tempfile::TempDir, Meshd) {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
-        .await
-        .unwrap();
-    (dir, meshd)
-}
-
 /// Applies `yaml` with `meshctl apply -f`.
 async fn apply(meshd: &Meshd, yaml: &str) -> String {
     let file = meshd
@@ -149,27 +86,9 @@ async fn apply(meshd: &Meshd, yaml: &str) -> String {
     ok(meshd, &["apply", "-f", file.to_str().unwrap()]).await
 }
 
-fn node(id: &str, service: &str) -> Node {
-    Node {
-        id: id.into(),
-        namespace: "a".into(),
-        service: service.into(),
-        workload: format!("{service}-0"),
-        inbound_address: "127.0.0.1:20001".into(),
-        proxy_version: "test".into(),
-        ..Default::default()
-    }
-}
-
 /// A sidecar that subscribes to every type (and answers nothing yet).
 async fn subscribe(meshd: &Meshd, creds: &Credentials, node: Node) -> ScriptedSidecar {
-    let mut s = ScriptedSidecar::open(meshd, creds, true, node, Default::default())
-        .await
-        .unwrap();
-    for ty in &ALL_TYPE_URLS[1..] {
-        s.subscribe(ty).await.unwrap();
-    }
-    s
+    ScriptedSidecar::open_all(meshd, creds, node).await.unwrap()
 }
 
 /// The sidecar `id` as `meshctl status -o json` shows it, once `ready` holds for it.
@@ -178,9 +97,7 @@ async fn wait_status(meshd: &Meshd, id: &str, ready: impl Fn(&Value) -> bool) ->
     let start = std::time::Instant::now();
     loop {
         let all = json(meshd, &["status"]).await;
-        let found = all["sidecars"]
-            .as_array()
-            .unwrap()
+        let found = mesh_tests::fixtures::items(&all, "sidecars")
             .iter()
             .find(|s| s["id"] == id)
             .cloned();
@@ -858,34 +775,12 @@ async fn check_warns_when_the_ca_expires_within_30_days() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
     // A P-256 root CA valid for 10 days, made by the real openssl.
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "10",
-            "-subj",
-            "/O=meshd test/CN=short-lived root",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    mesh_tests::process::openssl_root_ca(
+        dir.path(),
+        key.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        "10",
+        "/O=meshd test/CN=short-lived root",
     );
     let options = MeshdOptions {
         args: vec![
@@ -954,11 +849,7 @@ async fn bad_input_gives_the_documented_exit_code_and_one_line() {
 
     // Missing file: exit 2, as the shell says it.
     let result = meshctl_in(&meshd, &work, &["diff", "-f", "missing.yaml"]).await;
-    assert_failure("missing file", &result, 2);
-    assert_eq!(
-        result.2,
-        "meshctl: -f missing.yaml: No such file or directory\n"
-    );
+    mesh_tests::process::assert_missing_file(&result);
 
     // Invalid YAML: exit 1, with the file and the position.
     std::fs::write(

@@ -15,8 +15,7 @@ use mesh_tests::proxy::{
 use std::process::Command;
 use std::time::Duration;
 
-const A: &str = "spiffe://cluster.local/ns/default/sa/a";
-const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+use mesh_tests::fixtures::{ID_A as A, ID_B as B};
 
 async fn call_until_ok(proxy: &Proxy, host: &str) -> serde_json::Value {
     proxy.get_until(host, "/hello", 200).await
@@ -172,28 +171,13 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
 
     // No client certificate: the server ends the handshake with certificate_required.
     let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("certificate_required"),
-        "no client certificate: {probe}"
-    );
+    probe.assert_alert("certificate_required", "no client certificate");
     assert_eq!(probe.http_status, None, "{probe}");
 
     // A leaf from another CA, with a plausible SPIFFE ID: refused as an unknown CA.
     let rogue = dir.path().join("rogue");
     std::fs::create_dir_all(&rogue).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(&rogue)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| mesh_tests::process::openssl(&rogue, args);
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
     openssl(
         &[
@@ -250,21 +234,12 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
     let (key, cert) = (rogue.join("key.pem"), rogue.join("cert.pem"));
     let probe = openssl_s_client(
         &inbound,
-        &[
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-        ],
+        &mesh_tests::proxy::client_cert_args(&cert, &key),
         &bundle,
     )
     .await
     .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("unknown_ca"),
-        "a certificate from another CA: {probe}"
-    );
+    probe.assert_alert("unknown_ca", "a certificate from another CA");
     assert_eq!(probe.http_status, None, "{probe}");
 
     // A mesh certificate from meshctl: accepted, and B's app sees that identity.
@@ -272,12 +247,7 @@ async fn the_inbound_port_accepts_only_mesh_mtls() {
     let (cert, key) = issue_cert(&meshd, client_id, &dir.path().join("ops")).await;
     let probe = openssl_s_client(
         &inbound,
-        &[
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-        ],
+        &mesh_tests::proxy::client_cert_args(&cert, &key),
         &bundle,
     )
     .await
@@ -483,11 +453,7 @@ spec:
     assert!(probe.ok(), "{probe}\n{}", b.log());
     assert!(!probe.output.contains("x-mesh-peer-identity"), "{probe}");
     let probe = openssl_s_client(&inbound, &[], &bundle).await.unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("certificate_required"),
-        "still mesh mTLS only: {probe}"
-    );
+    probe.assert_alert("certificate_required", "still mesh mTLS only");
 
     // A DENY on the caller's identity closes its connections.
     meshd
@@ -849,9 +815,7 @@ async fn mesh_proxy_says_ready_only_when_it_is_and_hints_at_the_wrong_flag() {
     );
 
     let sidecars = meshd.admin_get("/api/v1/sidecars").await;
-    let me = sidecars["sidecars"]
-        .as_array()
-        .unwrap()
+    let me = mesh_tests::fixtures::items(&sidecars, "sidecars")
         .iter()
         .find(|s| s["identity"] == A && s["admin_address"] == good.admin_addr.to_string())
         .unwrap_or_else(|| panic!("{sidecars}"))
@@ -1270,24 +1234,7 @@ async fn the_inbound_port_refuses_every_connection_until_the_sidecar_is_ready() 
 
     // A certificate, but no first ACK: a workload registered b with an address the sidecar
     // cannot build an endpoint of, so a new sidecar NACKs the Cluster and stays unready.
-    let creds = mesh_tests::sidecar::Credentials::issue(&meshd, B)
-        .await
-        .unwrap();
-    let vm = mesh_tests::sidecar::ScriptedSidecar::open(
-        &meshd,
-        &creds,
-        true,
-        mesh_proto::v1::Node {
-            id: "b-vm".into(),
-            namespace: "default".into(),
-            service: "b".into(),
-            inbound_address: "b-vm.internal:15006".into(),
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let vm = mesh_tests::fixtures::b_vm_with_unbuildable_address(&meshd).await;
     let app_c = EchoApp::start("c").await.unwrap();
     let c = Proxy::start(
         &meshd,

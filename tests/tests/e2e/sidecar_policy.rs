@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const A: &str = "spiffe://cluster.local/ns/default/sa/a";
-const B: &str = "spiffe://cluster.local/ns/default/sa/b";
-const C: &str = "spiffe://cluster.local/ns/default/sa/c";
+use mesh_tests::fixtures::{ID_A as A, ID_B as B, ID_C as C};
 
 /// An echo app and its sidecar for `identity`, serving `service`.
 async fn workload(
@@ -552,11 +550,7 @@ spec:
     );
 
     let probe = s_client(with_cert("-tls1_2")).await;
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "TLS 1.2 is refused now:\n{probe}"
-    );
+    probe.assert_alert("protocol_version", "TLS 1.2 is refused now");
     let probe = s_client(with_cert("-tls1_3")).await;
     assert!(probe.ok(), "{probe}");
     assert_eq!(

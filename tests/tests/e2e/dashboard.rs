@@ -11,50 +11,18 @@
 use mesh_proto::v1::Node;
 use mesh_proto::{ALL_TYPE_URLS, ROUTE_TABLE_TYPE_URL as ROUTES};
 use mesh_tests::browser::{self, Browser};
+use mesh_tests::fixtures::{API_WITH_TLS_POLICY as MESH, node, start_meshd as start};
 use mesh_tests::meshd::{Meshd, MeshdOptions};
 use mesh_tests::sidecar::{Credentials, ScriptedSidecar};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// A service, a route to it and a policy, in namespace `a`.
-const MESH: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80}]
-      timeout: 1s
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: TlsPolicy
-metadata: {name: modern, namespace: a}
-spec:
-  minVersion: "1.3"
-"#;
-
 const WEB: &str = "spiffe://cluster.local/ns/a/sa/web";
 const API: &str = "spiffe://cluster.local/ns/a/sa/api";
 const NACK_TEXT: &str = "api.a:80: route \"x\": cannot build <script>alert(1)</script>";
 
 // --- helpers -----------------------------------------------------------------------------
-
-async fn start() -> (tempfile::TempDir, Meshd) {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(&dir.path().join("meshd"), &MeshdOptions::default())
-        .await
-        .unwrap();
-    (dir, meshd)
-}
 
 fn viewer_token(meshd: &Meshd) -> String {
     std::fs::read_to_string(meshd.data_dir.join("viewer-token"))
@@ -108,26 +76,9 @@ async fn apply(meshd: &Meshd, yaml: &str) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-fn node(id: &str, service: &str) -> Node {
-    Node {
-        id: id.into(),
-        namespace: "a".into(),
-        service: service.into(),
-        workload: format!("{service}-0"),
-        inbound_address: "127.0.0.1:20001".into(),
-        proxy_version: "test".into(),
-        ..Default::default()
-    }
-}
-
 /// A sidecar subscribed to every type that has ACKed the first response of each.
 async fn synced(meshd: &Meshd, creds: &Credentials, node: Node) -> ScriptedSidecar {
-    let mut s = ScriptedSidecar::open(meshd, creds, true, node, Default::default())
-        .await
-        .unwrap();
-    for ty in &ALL_TYPE_URLS[1..] {
-        s.subscribe(ty).await.unwrap();
-    }
+    let mut s = ScriptedSidecar::open_all(meshd, creds, node).await.unwrap();
     for _ in 0..ALL_TYPE_URLS.len() {
         let r = s.recv().await.unwrap();
         s.ack(&r).await.unwrap();
@@ -499,9 +450,7 @@ async fn the_sidecar_list_is_paged_filtered_and_counted_server_side() {
     assert_eq!(ids(&page), ["web-3"]);
     let nacked = &page["sidecars"][0];
     assert_eq!(nacked["state"], "NACKED");
-    let route = nacked["types"]
-        .as_array()
-        .unwrap()
+    let route = mesh_tests::fixtures::items(nacked, "types")
         .iter()
         .find(|t| t["type_url"] == ROUTES)
         .unwrap();

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::corpus::{BASELINE, BASELINE_KEYS, invalid_corpus};
+use mesh_tests::fixtures::{SHOP_ROUTE as ROUTE, SHOP_SERVICES as SERVICES};
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::postgres::TempPostgres;
 use mesh_tests::process::run;
 use serde_json::{Value, json};
 use std::io::Write;
@@ -36,62 +36,12 @@ spec:
 "#;
 
 /// `Service shop/reviews` with one more port.
-const REVIEWS_V2: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-    - {name: http2, port: 9081, protocol: http}
-  selector: {app: reviews}
-"#;
+const REVIEWS_V2: &str =
+    mesh_tests::reviews_service_yaml!("    - {name: http2, port: 9081, protocol: http}\n");
 
 /// `Service shop/reviews` with yet another port.
-const REVIEWS_V3: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-    - {name: http3, port: 9082, protocol: http}
-  selector: {app: reviews}
-"#;
-
-/// The two services of the baseline.
-const SERVICES: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  ports:
-    - {name: http, port: 9080, protocol: http}
-    - {name: admin, port: 9090, protocol: tcp}
-  selector: {app: reviews}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: ratings, namespace: shop}
-spec:
-  ports: [{name: http, port: 8080, protocol: http}]
-  selector: {app: ratings}
-"#;
-
-/// The route of the baseline.
-const ROUTE: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: shop}
-spec:
-  hostnames: [reviews.example.com]
-  rules:
-    - backends:
-        - {service: reviews, port: 9080, weight: 90}
-        - {service: ratings, port: 8080, weight: 10}
-"#;
+const REVIEWS_V3: &str =
+    mesh_tests::reviews_service_yaml!("    - {name: http3, port: 9082, protocol: http}\n");
 
 /// A rate limit, as a JSON file.
 const RATE_LIMIT_JSON: &str = r#"{
@@ -281,15 +231,6 @@ fn assert_failure(what: &str, result: &(Option<i32>, String, String), code: i32)
 
 async fn start(dir: &Path, options: &MeshdOptions) -> Meshd {
     Meshd::start(dir, options).await.unwrap()
-}
-
-async fn postgres_options() -> (TempPostgres, MeshdOptions) {
-    let pg = TempPostgres::start().await.unwrap();
-    let options = MeshdOptions {
-        database_url: Some(pg.url()),
-        ..MeshdOptions::default()
-    };
-    (pg, options)
 }
 
 // --- apply, get, history, rollback, delete --------------------------------------------------
@@ -594,26 +535,12 @@ async fn lifecycle(options: MeshdOptions) {
 
     // The store audited every change, once.
     let (_, audit) = api.get("/api/v1/audit?limit=1000").await;
-    let applies = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "document.apply")
-        .count();
+    let applies = mesh_tests::fixtures::count(&audit, "entries", "action", "document.apply");
     // 3 (baseline) + v2 + rollback + route again + rate limit + v3.
     assert_eq!(applies, 8, "{audit}");
 }
 
-#[tokio::test]
-async fn sqlite_apply_get_history_rollback_delete() {
-    lifecycle(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_apply_get_history_rollback_delete() {
-    let (_pg, options) = postgres_options().await;
-    lifecycle(options).await;
-}
+mesh_tests::on_both_stores!(lifecycle: sqlite_apply_get_history_rollback_delete, postgres_apply_get_history_rollback_delete);
 
 // --- invalid documents ------------------------------------------------------------------------
 
@@ -686,16 +613,7 @@ async fn invalid_documents_store_nothing(options: MeshdOptions) {
     assert_eq!(after, before);
 }
 
-#[tokio::test]
-async fn sqlite_invalid_documents_are_refused_by_field_and_store_nothing() {
-    invalid_documents_store_nothing(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_invalid_documents_are_refused_by_field_and_store_nothing() {
-    let (_pg, options) = postgres_options().await;
-    invalid_documents_store_nothing(options).await;
-}
+mesh_tests::on_both_stores!(invalid_documents_store_nothing: sqlite_invalid_documents_are_refused_by_field_and_store_nothing, postgres_invalid_documents_are_refused_by_field_and_store_nothing);
 
 // --- restart ----------------------------------------------------------------------------------
 
@@ -750,16 +668,7 @@ async fn restart_keeps_documents_and_revisions(options: MeshdOptions) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_a_restart_keeps_documents_and_revisions_continue() {
-    restart_keeps_documents_and_revisions(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_a_restart_keeps_documents_and_revisions_continue() {
-    let (_pg, options) = postgres_options().await;
-    restart_keeps_documents_and_revisions(options).await;
-}
+mesh_tests::on_both_stores!(restart_keeps_documents_and_revisions: sqlite_a_restart_keeps_documents_and_revisions_continue, postgres_a_restart_keeps_documents_and_revisions_continue);
 
 // --- --config-dir -----------------------------------------------------------------------------
 
@@ -864,16 +773,7 @@ async fn config_dir(mut options: MeshdOptions) {
     assert_eq!(status, 200, "a removed file deletes nothing");
 }
 
-#[tokio::test]
-async fn sqlite_config_dir_applies_files_and_skips_an_invalid_set() {
-    config_dir(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_config_dir_applies_files_and_skips_an_invalid_set() {
-    let (_pg, options) = postgres_options().await;
-    config_dir(options).await;
-}
+mesh_tests::on_both_stores!(config_dir: sqlite_config_dir_applies_files_and_skips_an_invalid_set, postgres_config_dir_applies_files_and_skips_an_invalid_set);
 
 // --- meshctl errors ---------------------------------------------------------------------------
 
@@ -902,11 +802,7 @@ async fn meshctl_errors(options: MeshdOptions) {
 
     // A missing file: exit 2, as the shell says it.
     let result = meshctl_apply(&meshd, &work, &["-f", "missing.yaml"]);
-    assert_failure("missing file", &result, 2);
-    assert_eq!(
-        result.2,
-        "meshctl: -f missing.yaml: No such file or directory\n"
-    );
+    mesh_tests::process::assert_missing_file(&result);
 
     // Invalid YAML: exit 1, one line with the file and the position.
     std::fs::write(
@@ -1010,16 +906,7 @@ async fn meshctl_errors(options: MeshdOptions) {
     assert_eq!(stdout, "service/reviews created\nservice/ratings created\n");
 }
 
-#[tokio::test]
-async fn sqlite_meshctl_apply_errors_are_one_line_with_an_exit_code() {
-    meshctl_errors(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_meshctl_apply_errors_are_one_line_with_an_exit_code() {
-    let (_pg, options) = postgres_options().await;
-    meshctl_errors(options).await;
-}
+mesh_tests::on_both_stores!(meshctl_errors: sqlite_meshctl_apply_errors_are_one_line_with_an_exit_code, postgres_meshctl_apply_errors_are_one_line_with_an_exit_code);
 
 // --- strict input: duplicate keys, huge values, aliases, control characters, UTF-8 ----------
 

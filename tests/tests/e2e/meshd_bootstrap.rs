@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::postgres::TempPostgres;
 use mesh_tests::process::{binary, run};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -39,20 +38,7 @@ async fn restart_keeps_the_ca(options: MeshdOptions) {
     assert!(second.process.log().contains("CA restored from the store"));
 }
 
-#[tokio::test]
-async fn sqlite_first_start_creates_the_ca_and_a_restart_restores_it() {
-    restart_keeps_the_ca(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_first_start_creates_the_ca_and_a_restart_restores_it() {
-    let pg = TempPostgres::start().await.unwrap();
-    restart_keeps_the_ca(MeshdOptions {
-        database_url: Some(pg.url()),
-        ..MeshdOptions::default()
-    })
-    .await;
-}
+mesh_tests::on_both_stores!(restart_keeps_the_ca: sqlite_first_start_creates_the_ca_and_a_restart_restores_it, postgres_first_start_creates_the_ca_and_a_restart_restores_it);
 
 /// The private scalar inside a PKCS#8 EC key (ECPrivateKey: version 1, then a 32-byte octet string).
 fn ec_scalar(pkcs8: &[u8]) -> Vec<u8> {
@@ -194,16 +180,9 @@ fn the_readme_test_command_installs_what_is_missing_then_runs_every_test() {
     stub("cargo", "exit 0");
     let run = || {
         std::fs::write(&log, "").unwrap();
-        let out = std::process::Command::new(root.join("tests/run"))
-            .arg("--no-fail-fast")
-            .env("PATH", &bin)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = std::process::Command::new(root.join("tests/run"));
+        cmd.arg("--no-fail-fast").env("PATH", &bin);
+        mesh_tests::process::run_ok(cmd);
         std::fs::read_to_string(&log).unwrap()
     };
 

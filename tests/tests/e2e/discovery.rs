@@ -9,36 +9,10 @@ use mesh_proto::{
     ALL_TYPE_URLS, AUTHORIZATION_POLICY_TYPE_URL as AUTHZ, CLUSTER_TYPE_URL as CLUSTER,
     ROUTE_TABLE_TYPE_URL as ROUTES,
 };
+use mesh_tests::fixtures::API_WITH_AUTHZ as SERVICES;
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::postgres::TempPostgres;
 use mesh_tests::sidecar::{Credentials, ScriptedSidecar};
 use std::time::Duration;
-
-const SERVICES: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80}]
-      timeout: 1s
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: api-policy, namespace: a}
-spec:
-  selector: {service: api}
-  action: ALLOW
-  rules: [{from: [{namespaces: [a]}]}]
-"#;
 
 fn route(timeout: &str) -> String {
     format!(
@@ -69,9 +43,7 @@ async fn connect(
     let mut s = ScriptedSidecar::open(meshd, creds, true, node, held)
         .await
         .unwrap();
-    for ty in &ALL_TYPE_URLS[1..] {
-        s.subscribe(ty).await.unwrap();
-    }
+    s.subscribe_all().await.unwrap();
     s
 }
 
@@ -291,20 +263,7 @@ async fn protocol(options: MeshdOptions) {
     assert!(resent.len() <= 1, "{resent:?}");
 }
 
-#[tokio::test]
-async fn sqlite_discovery_protocol() {
-    protocol(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_discovery_protocol() {
-    let pg = TempPostgres::start().await.unwrap();
-    protocol(MeshdOptions {
-        database_url: Some(pg.url()),
-        ..Default::default()
-    })
-    .await;
-}
+mesh_tests::on_both_stores!(protocol: sqlite_discovery_protocol, postgres_discovery_protocol);
 
 /// Receives and ACKs until the sidecar holds exactly `want` of `type_url`.
 async fn hold_exactly(s: &mut ScriptedSidecar, type_url: &str, want: &[&str]) {
@@ -330,36 +289,17 @@ async fn hold_exactly(s: &mut ScriptedSidecar, type_url: &str, want: &[&str]) {
     );
 }
 
-const SCOPED: &str = r#"
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: a}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: api}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: db, namespace: b}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: db}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: Service
-metadata: {name: auth, namespace: shared}
-spec:
-  ports: [{name: http, port: 80, protocol: http}]
-  selector: {app: auth}
----
-apiVersion: mesh.meshd.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: api-route, namespace: a}
-spec:
-  parentRefs: [{name: api}]
-  rules:
-    - backends: [{service: api, port: 80, weight: 90}, {service: db, namespace: b, port: 80, weight: 10}]
-"#;
+const SCOPED: &str = concat!(
+    mesh_tests::http_service_yaml!("a", "api"),
+    "---",
+    mesh_tests::http_service_yaml!("b", "db"),
+    "---",
+    mesh_tests::http_service_yaml!("shared", "auth"),
+    "---",
+    mesh_tests::api_route_yaml!(
+        "[{service: api, port: 80, weight: 90}, {service: db, namespace: b, port: 80, weight: 10}]"
+    )
+);
 
 fn sidecar_doc(egress: &str) -> String {
     format!(
@@ -369,10 +309,7 @@ fn sidecar_doc(egress: &str) -> String {
 
 #[tokio::test]
 async fn a_sidecar_document_limits_a_workload_to_the_services_it_reaches() {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(dir.path(), &MeshdOptions::default())
-        .await
-        .unwrap();
+    let (_dir, meshd) = mesh_tests::fixtures::start_meshd().await;
     meshd
         .apply(&format!("{SCOPED}---\n{}", sidecar_doc("[\"./*\"]")))
         .await;

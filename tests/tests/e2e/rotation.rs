@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
-use mesh_tests::proxy::{issue_cert, openssl_s_client};
+use mesh_tests::process::{NEW_P256_KEY, openssl, openssl_root_ca};
+use mesh_tests::proxy::{client_cert_args, issue_cert, openssl_s_client};
 use mesh_tests::ring::{
     NAMES, Ring, RotationCas, openssl_verify, pem_blocks, root_fingerprints, show_handshakes, total,
 };
@@ -40,13 +41,7 @@ async fn every_sidecar_serves_a_chain_of(ring: &Ring, trusted: &str, not_trusted
     for (name, p) in NAMES.iter().zip(&ring.proxies) {
         let probe = openssl_s_client(
             &p.inbound_addr.to_string(),
-            &[
-                "-showcerts",
-                "-cert",
-                cert.to_str().unwrap(),
-                "-key",
-                key.to_str().unwrap(),
-            ],
+            &[&["-showcerts"][..], &client_cert_args(&cert, &key)].concat(),
             &trusted_file,
         )
         .await
@@ -132,12 +127,7 @@ async fn a_full_automatic_rotation_fails_no_request_and_leaves_only_the_new_root
         "{metrics}"
     );
     let audit = ring.meshd.admin_get("/api/v1/audit?limit=100").await;
-    let rotation_entries = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "ca.rotation")
-        .count();
+    let rotation_entries = mesh_tests::fixtures::count(&audit, "entries", "action", "ca.rotation");
     assert!(rotation_entries >= 4, "start and three phases: {audit}");
 }
 
@@ -418,11 +408,7 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     })
     .await;
     let probe = openssl_s_client(&inbound, &tls12, &bundle).await.unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "TLS 1.2 must be refused:\n{probe}"
-    );
+    probe.assert_alert("protocol_version", "TLS 1.2 must be refused");
     let probe = openssl_s_client(
         &inbound,
         &[
@@ -462,11 +448,7 @@ async fn tls_rollouts_to_tls13_one_suite_and_mlkem_fail_no_request() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("handshake_failure"),
-        "another TLS 1.3 suite is refused:\n{probe}"
-    );
+    probe.assert_alert("handshake_failure", "another TLS 1.3 suite is refused");
     let (code, stdout, _) = meshctl(&ring, &["tls", "status"]).await;
     assert_eq!(code, Some(0));
     assert!(
@@ -637,11 +619,7 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
     let probe = openssl_s_client(&inside[0].1, &tls12, &bundle)
         .await
         .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "a sidecar in the stage refuses TLS 1.2:\n{probe}"
-    );
+    probe.assert_alert("protocol_version", "a sidecar in the stage refuses TLS 1.2");
     let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
         .await
         .unwrap();
@@ -685,10 +663,9 @@ async fn a_tls_change_staged_on_a_share_of_the_fleet_then_everywhere_fails_no_re
     let probe = openssl_s_client(&outside[0].1, &tls12, &bundle)
         .await
         .unwrap();
-    assert_eq!(
-        probe.alert.as_deref(),
-        Some("protocol_version"),
-        "once mesh-wide, TLS 1.2 is refused everywhere:\n{probe}"
+    probe.assert_alert(
+        "protocol_version",
+        "once mesh-wide, TLS 1.2 is refused everywhere",
     );
 
     traffic.finish(100, || ring.logs()).await;
@@ -723,20 +700,6 @@ async fn one_minute_certificates_renew_under_load_and_fail_no_request() {
     traffic.finish(500, || ring.logs()).await;
 }
 
-/// `openssl ARGS` in `dir`; panics with its stderr when it fails.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An intermediate CA `name` signed by the offline root in `dir`; returns (chain, key) files
 /// (the chain: the intermediate, then the root).
 fn intermediate(dir: &std::path::Path, name: &str) -> (String, String) {
@@ -749,19 +712,17 @@ fn intermediate(dir: &std::path::Path, name: &str) -> (String, String) {
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/O=corp/CN={name}"),
-        ],
+            &["req"],
+            &NEW_P256_KEY[..],
+            &[
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+            &["-subj", &format!("/O=corp/CN={name}")],
+        ]
+        .concat(),
     );
     openssl(
         dir,
@@ -802,29 +763,12 @@ async fn rotating_the_intermediate_of_an_offline_root_keeps_the_bundle_and_fails
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    openssl(
+    openssl_root_ca(
         &pki,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "root.key",
-            "-out",
-            "root.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/O=corp/CN=offline root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+        "root.key",
+        "root.pem",
+        "30",
+        "/O=corp/CN=offline root",
     );
     let (chain1, key1) = intermediate(&pki, "intermediate-1");
     let (chain2, key2) = intermediate(&pki, "intermediate-2");

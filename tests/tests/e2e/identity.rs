@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion with a line number
 
 use mesh_tests::meshd::{Meshd, MeshdOptions};
-use mesh_tests::postgres::TempPostgres;
 use mesh_tests::process::run;
 use std::path::Path;
 use std::process::Command;
@@ -13,16 +12,9 @@ use std::time::Duration;
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 
 fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut cmd = Command::new("openssl");
+    cmd.args(args);
+    mesh_tests::process::output_text(cmd)
 }
 
 fn issue(meshd: &Meshd, token: &str, out: &Path) -> (Option<i32>, String) {
@@ -183,27 +175,11 @@ async fn identity_flow(options: MeshdOptions) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_join_tokens_renewal_and_refusals() {
-    identity_flow(MeshdOptions::default()).await;
-}
-
-#[tokio::test]
-async fn postgres_join_tokens_renewal_and_refusals() {
-    let pg = TempPostgres::start().await.unwrap();
-    identity_flow(MeshdOptions {
-        database_url: Some(pg.url()),
-        ..Default::default()
-    })
-    .await;
-}
+mesh_tests::on_both_stores!(identity_flow: sqlite_join_tokens_renewal_and_refusals, postgres_join_tokens_renewal_and_refusals);
 
 #[tokio::test]
 async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let meshd = Meshd::start(dir.path(), &MeshdOptions::default())
-        .await
-        .unwrap();
+    let (_dir, meshd) = mesh_tests::fixtures::start_meshd().await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/v1/tokens", meshd.admin_addr);
     let none = client.get(&url).send().await.unwrap();
@@ -246,12 +222,7 @@ async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
     );
 
     let audit = meshd.admin_get("/api/v1/audit").await;
-    let denied = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["outcome"] == "denied")
-        .count();
+    let denied = mesh_tests::fixtures::count(&audit, "entries", "outcome", "denied");
     assert_eq!(denied, 2, "{audit}");
 }
 
@@ -259,23 +230,25 @@ async fn the_admin_api_refuses_calls_without_the_token_and_audits_them() {
 fn openssl_csr(dir: &Path, name: &str, subject: &str, sans: &str) -> (String, String) {
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
-    let (ok, text) = openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-        "-subj",
-        subject,
-        "-addext",
-        &format!("subjectAltName={sans}"),
-    ]);
+    let (ok, text) = openssl(
+        &[
+            &["req", "-new"],
+            &mesh_tests::process::NEW_P256_KEY[..],
+            &[
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                csr.to_str().unwrap(),
+            ],
+            &[
+                "-subj",
+                subject,
+                "-addext",
+                &format!("subjectAltName={sans}"),
+            ],
+        ]
+        .concat(),
+    );
     assert!(ok, "openssl req: {text}");
     (
         csr.to_str().unwrap().to_string(),
@@ -400,17 +373,7 @@ fn listed_certs(meshd: &Meshd, all: bool) -> Vec<(String, String)> {
     let (code, stdout, stderr) = run(cmd);
     assert_eq!(code, Some(0), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let mut out: Vec<(String, String)> = v["certificates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["serial_hex"].as_str().unwrap().to_string(),
-                c["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut out = mesh_tests::fixtures::string_pairs(&v, "certificates", "serial_hex", "state");
     out.sort();
     out
 }

@@ -12,8 +12,7 @@ use mesh_tests::wait;
 use std::path::Path;
 use std::time::Duration;
 
-const A: &str = "spiffe://cluster.local/ns/default/sa/a";
-const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+use mesh_tests::fixtures::{ID_A as A, ID_B as B};
 
 async fn sidecar(
     meshd: &Meshd,
@@ -428,29 +427,10 @@ async fn a_cluster_the_sidecar_cannot_build_is_nacked_and_traffic_keeps_flowing(
     let traffic = mesh_tests::ring::Traffic::start(vec![(a.outbound_addr, "b".into())]);
     traffic.wait_more(10).await;
 
-    let creds = mesh_tests::sidecar::Credentials::issue(&meshd, B)
-        .await
-        .unwrap();
-    let vm = mesh_tests::sidecar::ScriptedSidecar::open(
-        &meshd,
-        &creds,
-        true,
-        mesh_proto::v1::Node {
-            id: "b-vm".into(),
-            namespace: "default".into(),
-            service: "b".into(),
-            inbound_address: "b-vm.internal:15006".into(),
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let vm = mesh_tests::fixtures::b_vm_with_unbuildable_address(&meshd).await;
     let cluster_state = || async {
         let all = meshd.admin_get("/api/v1/sidecars").await;
-        let a = all["sidecars"]
-            .as_array()
-            .unwrap()
+        let a = mesh_tests::fixtures::items(&all, "sidecars")
             .iter()
             .find(|s| s["id"] == "a-1")
             .cloned()
