@@ -4,48 +4,49 @@
 use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, expires, text, utc};
 use crate::{EXIT_USAGE, Failure};
+use mesh_admin_api::{Bundle, CaStatus, CertState, CertificateList};
 use serde_json::Value;
 
 /// `meshctl ca status`.
 pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
-    let ca = api.get("/api/v1/ca").await?;
+    let ca: CaStatus = api.fetch("/api/v1/ca").await?;
     output::emit(format, &ca, |ca| {
-        let signing = &ca["signing"];
-        let ttl = |v: &Value| v.as_i64().map_or("-".into(), output::short_duration);
+        let signing = &ca.signing;
+        let ttl = |secs: u64| output::short_duration(i64::try_from(secs).unwrap_or(i64::MAX));
         say_part!(
             "{}",
             output::fields(&[
-                ("Trust domain", text(&ca["trust_domain"])),
-                ("Rotation", crate::rotate::summary(&ca["rotation"])),
-                ("Signing cert", text(&signing["subject"])),
-                ("  fingerprint", text(&signing["fingerprint"])),
+                ("Trust domain", text(&ca.trust_domain)),
+                ("Rotation", crate::rotate::summary(&ca.rotation)),
+                ("Signing cert", text(&signing.subject)),
+                ("  fingerprint", text(&signing.fingerprint)),
                 (
                     "  expires",
                     format!(
                         "{} ({})",
-                        utc(&signing["not_after"]),
-                        expires(&signing["not_after"])
+                        utc(&signing.not_after),
+                        expires(&signing.not_after)
                     )
                 ),
                 (
                     "Leaf TTL",
                     format!(
                         "{} (max {})",
-                        ttl(&ca["leaf_ttl_seconds"]),
-                        ttl(&ca["max_leaf_ttl_seconds"])
+                        ttl(ca.leaf_ttl_seconds),
+                        ttl(ca.max_leaf_ttl_seconds)
                     )
                 ),
             ])
         );
         say!();
         let mut roots = Table::new(&["ROOT", "FINGERPRINT", "NOT AFTER", "EXPIRES", "ACTIVE"]);
-        for r in ca["roots"].as_array().into_iter().flatten() {
+        for r in &ca.roots {
             roots.row(vec![
-                text(&r["subject"]),
-                text(&r["fingerprint"]),
-                utc(&r["not_after"]),
-                expires(&r["not_after"]),
-                if r["active"] == true { "yes" } else { "no" }.into(),
+                text(&r.cert.subject),
+                text(&r.cert.fingerprint),
+                utc(&r.cert.not_after),
+                expires(&r.cert.not_after),
+                if r.active { "yes" } else { "no" }.into(),
             ]);
         }
         roots.print();
@@ -54,10 +55,15 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
 
 /// `meshctl ca bundle`: the PEM, for files and pipes (`-o json` gives the roots too).
 pub async fn bundle(format: Format, api: Client) -> Result<(), Failure> {
-    let bundle = api.get("/api/v1/ca/bundle").await?;
+    let bundle: Bundle = api.fetch("/api/v1/ca/bundle").await?;
     output::emit(format, &bundle, |b| {
-        say_part!("{}", b["pem"].as_str().unwrap_or_default());
+        say_part!("{}", b.pem);
     })
+}
+
+/// `in use`, `superseded`, `untrusted`, `expired`.
+fn cert_state(state: CertState) -> &'static str {
+    state.as_str()
 }
 
 /// The window of `meshctl certs --expiring` given without a value.
@@ -208,11 +214,11 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
     if let Some(identity) = &args.identity {
         query.push(format!("identity={}", segment(identity)));
     }
-    let certs = api
-        .get(&format!("/api/v1/certificates?{}", query.join("&")))
+    let certs: CertificateList = api
+        .fetch(&format!("/api/v1/certificates?{}", query.join("&")))
         .await?;
     output::emit(format, &certs, |c| {
-        let list = c["certificates"].as_array().cloned().unwrap_or_default();
+        let list = &c.certificates;
         if list.is_empty() {
             match &args.expiring {
                 Some(within) => note!("no certificate expires within {within}"),
@@ -229,19 +235,19 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
             "EXPIRES",
             "ISSUER",
         ]);
-        for cert in &list {
-            let issuer = text(&cert["issuer_fingerprint"]);
-            let sidecar = match cert["sidecar"].as_str() {
+        for cert in list {
+            let issuer = text(&cert.issuer_fingerprint);
+            let sidecar = match &cert.sidecar {
                 Some(s) => s.to_string(),
                 None => "-".to_string(),
             };
             table.row(vec![
-                text(&cert["serial_hex"]),
-                text(&cert["identity"]),
+                text(&cert.serial_hex),
+                text(&cert.identity),
                 sidecar,
-                text(&cert["state"]),
-                utc(&cert["not_after"]),
-                expires(&cert["not_after"]),
+                cert_state(cert.state).into(),
+                utc(&cert.not_after),
+                expires(&cert.not_after),
                 issuer.chars().take(16).collect(),
             ]);
         }

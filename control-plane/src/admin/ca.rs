@@ -7,55 +7,57 @@ use crate::rotation::{Command, RotateError, StartRequest};
 use crate::store::{AuditEntry, AuditOutcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use mesh_admin_api as api;
 use mesh_ca::CertInfo;
 use mesh_ca::rotation::Mode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
 /// `GET /api/v1/ca`.
 ///
 /// `rotation` is the latest CA rotation as `GET /api/v1/ca/rotation` shows it.
-pub(super) async fn status(State(state): State<AdminState>) -> Response {
+pub(super) async fn status(State(state): State<AdminState>) -> Json<api::CaStatus> {
     let signer = state.authority.signer();
     let bundle = state.authority.bundle();
     let signing = signer.signing_cert();
-    let roots: Vec<Value> = bundle
+    let roots = bundle
         .roots()
         .iter()
-        .map(|r| {
-            let mut v = cert_json(r);
+        .map(|r| api::CaRoot {
+            cert: ca_cert(r),
             // The root the signing certificate chains to (the signing certificate itself when
             // the CA is a root).
-            v["active"] = json!(r.fingerprint == signer.root().fingerprint);
-            v
+            active: r.fingerprint == signer.root().fingerprint,
         })
         .collect();
     let rotation = state.rotations.status().await;
     let policy = signer.policy();
-    let body = json!({
-        "trust_domain": signer.trust_domain().to_string(),
-        "signing": cert_json(signing),
-        "roots": roots,
-        "leaf_ttl_seconds": policy.default_ttl.as_secs(),
-        "max_leaf_ttl_seconds": policy.max_ttl.as_secs(),
-        "rotation_phase": rotation["phase"],
-        "rotation": rotation,
-    });
-    Json(body).into_response()
+    Json(api::CaStatus {
+        trust_domain: signer.trust_domain().to_string(),
+        signing: ca_cert(signing),
+        roots,
+        leaf_ttl_seconds: policy.default_ttl.as_secs(),
+        max_leaf_ttl_seconds: policy.max_ttl.as_secs(),
+        rotation_phase: rotation
+            .get("phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        rotation,
+    })
 }
 
-fn cert_json(c: &CertInfo) -> Value {
-    json!({
-        "fingerprint": c.fingerprint,
-        "serial_hex": c.serial_hex,
-        "subject": c.subject,
-        "issuer": c.issuer,
-        "not_before": c.not_before,
-        "not_after": c.not_after,
-        "self_signed": c.self_signed,
-    })
+fn ca_cert(c: &CertInfo) -> api::CaCert {
+    api::CaCert {
+        fingerprint: c.fingerprint.clone(),
+        serial_hex: c.serial_hex.clone(),
+        subject: c.subject.clone(),
+        issuer: c.issuer.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        self_signed: c.self_signed,
+    }
 }
 
 /// `POST /api/v1/ca/rotation`: starts a CA rotation.

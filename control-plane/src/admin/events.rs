@@ -21,7 +21,7 @@
 //! The stream needs a token like every API call; since the browser's `EventSource` cannot send
 //! an `Authorization` header, the dashboard reads it with `fetch()`.
 
-use super::sidecars::{SidecarState, counts, sidecar_json};
+use super::sidecars::{SidecarState, counts, sidecar_view, state_of};
 use super::stats::{self, HISTORY, Sample};
 use super::{AdminState, Caller};
 use crate::xds::SidecarStatus;
@@ -211,7 +211,7 @@ impl FleetWatch {
         if upserted.len() + removed.len() > MAX_DELTA {
             return Some(json!({ "resync": true, "changed": upserted.len() + removed.len() }));
         }
-        let upserted: Vec<Value> = upserted.iter().map(|s| sidecar_json(s, expiry)).collect();
+        let upserted: Vec<_> = upserted.iter().map(|s| sidecar_view(s, expiry)).collect();
         Some(json!({ "upserted": upserted, "removed": removed }))
     }
 }
@@ -254,7 +254,7 @@ fn summary(sidecars: &[SidecarStatus]) -> Value {
     let mut nacks = Vec::new();
     let mut nacked_types = 0usize;
     for s in sidecars {
-        if SidecarState::of(s) != SidecarState::Nacked {
+        if state_of(s) != SidecarState::Nacked {
             continue;
         }
         for t in s.types.iter().filter(|t| t.state == SyncState::Nacked) {
@@ -275,10 +275,13 @@ fn summary(sidecars: &[SidecarStatus]) -> Value {
 /// The body `GET /api/v1/ca` answers, whatever fields it has (the rotation's progress
 /// included), so that the feed follows that endpoint without a copy of it.
 async fn ca_body(state: &AdminState) -> String {
-    let response = super::ca::status(State(state.clone())).await;
-    match axum::body::to_bytes(response.into_body(), super::MAX_BODY).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) => json!({ "error": e.to_string() }).to_string(),
+    let axum::Json(status) = super::ca::status(State(state.clone())).await;
+    match serde_json::to_string(&status) {
+        Ok(text) => text,
+        Err(e) => serde_json::to_string(&mesh_admin_api::ErrorBody {
+            error: e.to_string(),
+        })
+        .unwrap_or_default(),
     }
 }
 
