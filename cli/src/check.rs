@@ -402,8 +402,12 @@ mod tests {
             }],
             leaf_ttl_seconds: 0,
             max_leaf_ttl_seconds: 0,
-            rotation_phase: String::new(),
-            rotation: serde_json::Value::Null,
+            rotation_phase: "idle".into(),
+            rotation: mesh_admin_api::RotationStatus {
+                phase: "idle".into(),
+                driven_here: false,
+                rotation: None,
+            },
         };
         let level = |ca: CaStatus| {
             let mut f = Findings::default();

@@ -228,5 +228,191 @@ pub struct CaStatus {
     /// `rotation.phase`.
     pub rotation_phase: String,
     /// The latest CA rotation, as `GET /api/v1/ca/rotation` shows it.
-    pub rotation: serde_json::Value,
+    pub rotation: RotationStatus,
+}
+
+/// How a CA rotation moves past its gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RotationMode {
+    Automatic,
+    Manual,
+}
+
+/// `POST /api/v1/ca/rotation`: starts a CA rotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Wait for an operator (`POST /api/v1/ca/rotation/next`) at each gate.
+    #[serde(default)]
+    pub manual: bool,
+    /// The stagger window of re-issues, e.g. "5m" (default 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// The new CA to import (PEM chain, signing certificate first, and its PKCS#8 key);
+    /// generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_key_pem: Option<String>,
+}
+
+/// Progress of a rotation's current phase, in sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The latest CA rotation (`GET /api/v1/ca/rotation`, and the answer to its commands): only
+/// `phase` (`idle`) and `driven_here` when there never was one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationStatus {
+    /// `idle`, `prepare`, `switch`, `finalize`, `done`, `rolling-back`, `rolled-back`.
+    pub phase: String,
+    /// Whether this replica drives rotations (holds the lease).
+    pub driven_here: bool,
+    #[serde(flatten)]
+    pub rotation: Option<Rotation>,
+}
+
+impl RotationStatus {
+    pub const IDLE: &str = "idle";
+
+    /// Done, rolled back, or never started: nothing moves any more.
+    pub fn is_over(&self) -> bool {
+        matches!(self.phase.as_str(), "done" | "rolled-back" | "idle")
+    }
+}
+
+/// A rotation's details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// Grows with every rotation.
+    pub generation: u64,
+    pub mode: RotationMode,
+    pub paused: bool,
+    /// Fingerprints of the old and the new root, and signing certificate.
+    pub old_root: String,
+    pub new_root: String,
+    pub old_signer: String,
+    pub new_signer: String,
+    pub window_secs: u64,
+    pub phase_started_at: i64,
+    pub reissue_before: i64,
+    /// What the current phase waits for (empty once over).
+    pub waiting_for: String,
+    /// The current phase's progress (null once over).
+    pub progress: Option<Progress>,
+    /// A few sidecars not done with the current phase.
+    pub stragglers: Vec<String>,
+    /// Live certificates of the CA being retired that no newer one superseded.
+    pub retiring_certificates_in_use: u64,
+    pub started_by: String,
+    pub started_at: i64,
+}
+
+// --- TLS -----------------------------------------------------------------------------------
+
+/// Whom a TlsPolicy selects, as `GET /api/v1/tls` shows it (`null` is every sidecar of its
+/// namespace, or of the mesh for the root namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TlsSelector {
+    /// One service's workloads: `{"service": "reviews"}`.
+    Service { service: String },
+    /// Workloads with these labels.
+    MatchLabels(BTreeMap<String, String>),
+}
+
+/// One TlsPolicy, its settings and whom it covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPolicyStatus {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Option<TlsSelector>,
+    pub min_version: String,
+    pub max_version: String,
+    pub cipher_suites: Vec<String>,
+    pub key_exchange_groups: Vec<String>,
+    /// `STRICT` or `PERMISSIVE`.
+    pub inbound_mode: String,
+    pub drain_grace_period_secs: u64,
+    /// The stage of a percentage rollout, if it is one.
+    pub rollout_percent: Option<u8>,
+    /// The connected sidecars it is in effect on.
+    pub covers: usize,
+    /// Of those, the ones that ACKed everything sent to them.
+    pub acked: usize,
+    /// The sidecars its selector picks before its share is applied…
+    pub selected: usize,
+    /// …and their rollout buckets, ascending (a stage of P % covers those below P).
+    pub selected_buckets: Vec<u8>,
+}
+
+/// A change pushed through an interim policy that accepts the old and new settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsBridge {
+    pub waiting_sidecars: usize,
+    pub for_secs: u64,
+}
+
+/// What the fleet negotiates, summed over the sidecars' latest reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NegotiatedSum {
+    pub direction: String,
+    pub version: String,
+    pub cipher_suite: String,
+    pub group: String,
+    pub open_connections: u64,
+    pub handshakes: u64,
+    /// How many sidecars reported this line.
+    pub sidecars: u64,
+}
+
+/// `GET /api/v1/tls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInventory {
+    pub policies: Vec<TlsPolicyStatus>,
+    pub bridge: Option<TlsBridge>,
+    /// Connected sidecars.
+    pub sidecars: usize,
+    /// Of those, the ones that reported what they negotiate.
+    pub reporting: usize,
+    pub negotiated: Vec<NegotiatedSum>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_idle_rotation_is_its_phase_alone_and_reads_back() {
+        let idle = RotationStatus {
+            phase: RotationStatus::IDLE.into(),
+            driven_here: true,
+            rotation: None,
+        };
+        let v = serde_json::to_value(&idle).unwrap();
+        assert_eq!(v, json!({"phase": "idle", "driven_here": true}));
+        assert_eq!(serde_json::from_value::<RotationStatus>(v).unwrap(), idle);
+    }
+
+    #[test]
+    fn a_sidecar_is_its_status_with_state_and_certificate_side_by_side() {
+        let v = json!({
+            "id": "web-1", "identity": "spiffe://cluster.local/ns/a/sa/web", "namespace": "a",
+            "service": "web", "workload": "web-1", "inbound_address": "127.0.0.1:1",
+            "admin_address": "127.0.0.1:2", "proxy_version": "0.1.0", "labels": {"app": "web"},
+            "rollout_bucket": 7, "remote": "127.0.0.1:3", "control_plane": "r1",
+            "connected_at": 1, "last_seen": 2,
+            "types": [{"type_url": "type.mesh.v1/Cluster", "state": "NACKED", "sent_version": "v",
+                       "acked_version": "", "last_nonce": "n", "nack": "bad"}],
+            "tls": [], "state": "NACKED", "cert_serial": null, "cert_expires_at": null,
+        });
+        let s: Sidecar = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(s.state, SidecarState::of(&s.status.types));
+        assert_eq!(serde_json::to_value(&s).unwrap(), v);
+    }
 }

@@ -11,7 +11,6 @@ use axum::{Extension, Json};
 use mesh_admin_api as api;
 use mesh_ca::CertInfo;
 use mesh_ca::rotation::Mode;
-use serde_json::Value;
 use std::time::Duration;
 
 /// `GET /api/v1/ca`.
@@ -39,11 +38,7 @@ pub(super) async fn status(State(state): State<AdminState>) -> Json<api::CaStatu
         roots,
         leaf_ttl_seconds: policy.default_ttl.as_secs(),
         max_leaf_ttl_seconds: policy.max_ttl.as_secs(),
-        rotation_phase: rotation
-            .get("phase")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        rotation_phase: rotation.phase.clone(),
         rotation,
     })
 }
@@ -60,26 +55,11 @@ fn ca_cert(c: &CertInfo) -> api::CaCert {
     }
 }
 
-/// `POST /api/v1/ca/rotation`: starts a CA rotation.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateRequest {
-    /// Wait for an operator (`POST /api/v1/ca/rotation/next`) at each gate.
-    #[serde(default)]
-    manual: bool,
-    /// The stagger window of re-issues, e.g. "5m" (default 1m).
-    window: Option<String>,
-    /// The new CA to import (PEM chain, signing certificate first, and its PKCS#8 key);
-    /// generated when absent.
-    import_cert_pem: Option<String>,
-    import_key_pem: Option<String>,
-}
-
 pub(super) async fn rotate(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<RotateRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    body: Result<Json<api::RotateRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<api::RotationStatus>)> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let window = match req.window.as_deref() {
         None => Duration::from_secs(60),
@@ -110,7 +90,7 @@ pub(super) async fn rotate(
 }
 
 /// `GET /api/v1/ca/rotation`: the latest rotation, its phase and progress.
-pub(super) async fn rotation_status(State(state): State<AdminState>) -> Json<Value> {
+pub(super) async fn rotation_status(State(state): State<AdminState>) -> Json<api::RotationStatus> {
     Json(state.rotations.status().await)
 }
 
@@ -119,7 +99,7 @@ pub(super) async fn rotation_command(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
     Path(command): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::RotationStatus>> {
     let Some(cmd) = Command::parse(&command) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -148,13 +128,10 @@ async fn audit(
     state: &AdminState,
     caller: &Caller,
     what: &str,
-    result: &Result<Value, RotateError>,
+    result: &Result<api::RotationStatus, RotateError>,
 ) {
     let (outcome, detail) = match result {
-        Ok(v) => (
-            AuditOutcome::Ok,
-            format!("{what}: phase {}", v["phase"].as_str().unwrap_or("?")),
-        ),
+        Ok(v) => (AuditOutcome::Ok, format!("{what}: phase {}", v.phase)),
         Err(e) => (AuditOutcome::Denied, format!("{what}: {e}")),
     };
     let entry = AuditEntry {
