@@ -4,8 +4,9 @@
 use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, expires, text, utc};
 use crate::{EXIT_USAGE, Failure};
-use mesh_admin_api::{Bundle, CaStatus, CertState, CertificateList};
-use serde_json::Value;
+use mesh_admin_api::{
+    Bundle, CaStatus, CertState, CertificateList, ReissueList, ReissueProgress, ReissueRequest,
+};
 
 /// `meshctl ca status`.
 pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
@@ -132,29 +133,24 @@ pub async fn reissue(args: &ReissueArgs, format: Format, api: Client) -> Result<
             format!("--window {:?}: {e}; e.g. --window 2m", args.window),
         )
     })?;
-    let body = serde_json::json!({
-        "all": args.all,
-        "namespace": args.namespace,
-        "workload": args.workload,
-        "window": args.window,
-        "reason": args.reason,
-    });
-    let created = api.post("/api/v1/reissue", &body).await?;
-    let generation = created["directive"]["generation"].as_u64().unwrap_or(0);
-    let line = |p: &Value| {
+    let body = ReissueRequest {
+        all: args.all,
+        namespace: args.namespace.clone(),
+        workload: args.workload.clone(),
+        window: Some(args.window.clone()),
+        reason: Some(args.reason.clone()),
+    };
+    let created: ReissueProgress = api.submit("/api/v1/reissue", &body).await?;
+    let generation = created.directive.generation;
+    let line = |p: &ReissueProgress| {
         format!(
             "re-issue {generation}: {}/{} workloads hold a new certificate{}",
-            p["done"].as_u64().unwrap_or(0),
-            p["total"].as_u64().unwrap_or(0),
-            match p["stragglers"].as_array() {
-                Some(s) if !s.is_empty() => format!(
-                    " (waiting for {})",
-                    s.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                _ => String::new(),
+            p.done,
+            p.total,
+            if p.stragglers.is_empty() {
+                String::new()
+            } else {
+                format!(" (waiting for {})", p.stragglers.join(", "))
             }
         )
     };
@@ -166,21 +162,18 @@ pub async fn reissue(args: &ReissueArgs, format: Format, api: Client) -> Result<
     let deadline = std::time::Instant::now() + window + std::time::Duration::from_secs(120);
     let mut last = String::new();
     loop {
-        let all = api.get("/api/v1/reissue").await?;
-        let current = all["directives"]
-            .as_array()
-            .and_then(|ds| {
-                ds.iter()
-                    .find(|d| d["directive"]["generation"].as_u64() == Some(generation))
-            })
-            .cloned()
-            .unwrap_or(created.clone());
+        let all: ReissueList = api.fetch("/api/v1/reissue").await?;
+        let current = all
+            .directives
+            .into_iter()
+            .find(|d| d.directive.generation == generation)
+            .unwrap_or_else(|| created.clone());
         let text = line(&current);
         if text != last {
             note!("{text}");
             last = text;
         }
-        if current["done"] == current["total"] {
+        if current.done == current.total {
             return output::emit(format, &current, |_| {});
         }
         if std::time::Instant::now() > deadline {

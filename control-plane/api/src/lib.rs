@@ -382,6 +382,66 @@ pub struct TlsInventory {
     pub negotiated: Vec<NegotiatedSum>,
 }
 
+// --- forced re-issue -----------------------------------------------------------------------
+
+/// `POST /api/v1/reissue`: exactly one of `all`, `namespace`, `workload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReissueRequest {
+    #[serde(default)]
+    pub all: bool,
+    pub namespace: Option<String>,
+    /// `namespace/service`.
+    pub workload: Option<String>,
+    /// The stagger window, e.g. "30s" (default 1m).
+    pub window: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Which workloads a re-issue directive is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReissueTarget {
+    All,
+    Namespace(String),
+    /// A service's workloads.
+    Workload {
+        namespace: String,
+        service: String,
+    },
+}
+
+/// "Re-issue your certificate".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directive {
+    /// Never reused.
+    pub generation: u64,
+    pub target: ReissueTarget,
+    /// Re-issue before this instant; each sidecar picks a moment in the window.
+    pub reissue_before: i64,
+    /// A certificate whose notBefore is at or after this already satisfies the directive.
+    pub issued_before: i64,
+    pub reason: String,
+}
+
+/// A directive and how far the connected sidecars it concerns are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReissueProgress {
+    pub directive: Directive,
+    /// Connected sidecars it concerns.
+    pub total: usize,
+    /// Of those, the ones that hold a certificate that satisfies it.
+    pub done: usize,
+    /// A few of the others.
+    pub stragglers: Vec<String>,
+}
+
+/// `GET /api/v1/reissue`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReissueList {
+    pub directives: Vec<ReissueProgress>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
