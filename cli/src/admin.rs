@@ -64,7 +64,7 @@ impl Client {
     }
 
     /// An answer as its type, or a one-line failure naming the endpoint and the field.
-    fn read<T: serde::de::DeserializeOwned>(
+    pub fn read<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         value: serde_json::Value,

@@ -4,7 +4,7 @@
 use crate::admin::Client;
 use crate::output::{self, Format, Table, text};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
-use mesh_admin_api::{TlsInventory, TlsPolicyStatus};
+use mesh_admin_api::{ApplyResults, StoredDocument, TlsInventory, TlsPolicyStatus};
 use serde_json::{Value, json};
 
 /// The namespace whose policies apply to every namespace.
@@ -133,8 +133,8 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
             format!("--timeout {:?}: {e}; e.g. --timeout 2m", args.timeout),
         )
     })?;
-    let response = api
-        .post("/api/v1/documents", &json!([document(&name, &spec)]))
+    let response: ApplyResults = api
+        .submit("/api/v1/documents", &json!([document(&name, &spec)]))
         .await?;
     // The rest of the fleet now has what the stage tried: the stage has served its purpose.
     let promoted = !staged
@@ -151,10 +151,10 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
     let inventory: TlsInventory = api.fetch("/api/v1/tls").await?;
     let policy = policy_of(&inventory, &name);
     output::emit(format, &response, |r| {
-        for r in r["results"].as_array().into_iter().flatten() {
+        for r in &r.results {
             say!(
                 "{}",
-                output::outcome("TlsPolicy", &text(&r["name"]), &text(&r["outcome"]), None)
+                output::outcome("TlsPolicy", &r.key.name, r.outcome.as_str(), None)
             );
         }
         if promoted {
@@ -274,8 +274,13 @@ async fn stored_spec(api: &Client, name: &str) -> Result<Option<Spec>, Failure> 
             "/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}"
         ))
         .await?;
-    Ok(match existing["document"]["spec"].as_object() {
-        Some(spec) if code == 200 => Some(spec.clone()),
+    if code != 200 {
+        return Ok(None);
+    }
+    let path = format!("/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}");
+    let stored: StoredDocument = api.read(&path, existing)?;
+    Ok(match stored.document.get("spec") {
+        Some(Value::Object(spec)) => Some(spec.clone()),
         _ => None,
     })
 }

@@ -442,6 +442,133 @@ pub struct ReissueList {
     pub directives: Vec<ReissueProgress>,
 }
 
+// --- documents -----------------------------------------------------------------------------
+
+/// Which document: its kind (`HTTPRoute`), namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What a change did to one document (kubectl's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentOutcome {
+    /// It did not exist: stored under a new revision.
+    Created,
+    /// It existed with another body: stored under a new revision.
+    Configured,
+    /// It existed with exactly this body: nothing written.
+    Unchanged,
+    Deleted,
+}
+
+impl DocumentOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Unchanged => "unchanged",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// One document of `POST /api/v1/documents`, after it was stored (also the answer to a
+/// delete, `outcome` `deleted`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    #[serde(flatten)]
+    pub key: DocumentKey,
+    /// The document's revision now.
+    pub revision: i64,
+    pub outcome: DocumentOutcome,
+}
+
+/// `POST /api/v1/documents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResults {
+    pub results: Vec<Applied>,
+}
+
+/// One document of a dry run: what an apply would do with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Planned {
+    #[serde(flatten)]
+    pub key: DocumentKey,
+    /// The revision stored now (null when it would be created).
+    pub revision: Option<i64>,
+    pub outcome: DocumentOutcome,
+    /// A unified diff of the canonical YAML, stored → applied (null when unchanged).
+    pub diff: Option<String>,
+}
+
+/// `POST /api/v1/documents?dryRun=true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanResults {
+    pub dry_run: bool,
+    pub results: Vec<Planned>,
+}
+
+/// A stored document, its body as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDocument {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The revision of its last change.
+    pub revision: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The document (`apiVersion`, `kind`, `metadata`, `spec`).
+    pub document: serde_json::Value,
+}
+
+/// `GET /api/v1/documents[?kind=&namespace=]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentList {
+    pub documents: Vec<StoredDocument>,
+    /// The store's revision when the list was read.
+    pub revision: i64,
+}
+
+/// One revision of a document's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionEntry {
+    pub revision: i64,
+    /// `apply`, `delete`, `rollback`.
+    pub op: String,
+    pub actor: String,
+    pub at: i64,
+    /// The document after the change; null for a delete.
+    pub document: Option<serde_json::Value>,
+}
+
+/// `GET /api/v1/documents/{kind}/{namespace}/{name}/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    #[serde(flatten)]
+    pub key: DocumentKey,
+    pub revisions: Vec<RevisionEntry>,
+}
+
+/// `POST /api/v1/documents/{kind}/{namespace}/{name}/rollback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub revision: i64,
+}
+
+/// The answer to a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    #[serde(flatten)]
+    pub applied: Applied,
+    pub rolled_back_to: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
