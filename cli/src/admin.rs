@@ -214,9 +214,8 @@ impl Client {
         // plain-text rejection) is not meshd speaking, and is shown by its first line, never
         // dumped whole.
         let Some(message) = json
-            .as_ref()
-            .and_then(|j| j["error"].as_str())
-            .map(str::to_string)
+            .and_then(|j| serde_json::from_value::<mesh_admin_api::ErrorBody>(j).ok())
+            .map(|e| e.error)
         else {
             return Err(self.not_meshd(&url, status, &text));
         };

@@ -145,10 +145,8 @@ pub async fn run(namespace: Option<&str>, format: Format, api: Client) -> Result
             findings.ok("control plane", format!("meshd answers at {}", api.base()));
             findings.fail(
                 "store",
-                body["error"]
-                    .as_str()
-                    .unwrap_or("the store does not answer")
-                    .to_string(),
+                serde_json::from_value::<mesh_admin_api::ErrorBody>(body)
+                    .map_or_else(|_| "the store does not answer".to_string(), |e| e.error),
                 "check the database meshd uses (--database-url) and meshd's log",
             );
         }
