@@ -45,6 +45,43 @@ impl Client {
             .await
     }
 
+    /// GET of one of the admin API's answers, as its type ([`mesh_admin_api`]).
+    pub async fn fetch<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        let value = self.get(path).await?;
+        self.read(path, value)
+    }
+
+    /// POST of a request, its answer as its type.
+    pub async fn submit<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, Failure> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing the request: {e}")))?;
+        let value = self.post(path, &body).await?;
+        self.read(path, value)
+    }
+
+    /// An answer as its type, or a one-line failure naming the endpoint and the field.
+    pub fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        value: serde_json::Value,
+    ) -> Result<T, Failure> {
+        serde_json::from_value(value).map_err(|e| {
+            let path = path.split('?').next().unwrap_or(path);
+            Failure::new(
+                EXIT_FAILURE,
+                format!(
+                    "meshd at {} answered {path} with JSON this meshctl does not read ({e}); \
+                     are meshd and meshctl the same version?",
+                    self.base
+                ),
+            )
+        })
+    }
+
     /// POST of a JSON body. A body larger than meshd's admin API accepts
     /// ([`MAX_BODY`](mesh_model::text::MAX_BODY)) is refused here, before anything is
     /// sent: meshd would answer 413 and close the connection while the body is still being
@@ -177,9 +214,8 @@ impl Client {
         // plain-text rejection) is not meshd speaking, and is shown by its first line, never
         // dumped whole.
         let Some(message) = json
-            .as_ref()
-            .and_then(|j| j["error"].as_str())
-            .map(str::to_string)
+            .and_then(|j| serde_json::from_value::<mesh_admin_api::ErrorBody>(j).ok())
+            .map(|e| e.error)
         else {
             return Err(self.not_meshd(&url, status, &text));
         };

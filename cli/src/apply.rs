@@ -9,6 +9,7 @@
 use crate::admin::Client;
 use crate::output::{self, Format};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
+use mesh_admin_api::{ApplyResults, DocumentKey, DocumentOutcome, PlanResults};
 use mesh_model::text as syntax;
 use serde::Deserialize;
 use serde_json::Value;
@@ -48,17 +49,27 @@ pub async fn run(
     } else {
         "/api/v1/documents"
     };
-    let response = send(api?, path, docs, &origins).await?;
-    output::emit(format, &response, |response| {
-        let results = response["results"].as_array().cloned().unwrap_or_default();
+    let api = api?;
+    let say_all = |results: &mut dyn Iterator<Item = (&DocumentKey, DocumentOutcome)>| {
         let note = args.dry_run.then_some("dry run");
-        for r in &results {
-            let kind = r["kind"].as_str().unwrap_or_default();
-            let name = r["name"].as_str().unwrap_or_default();
-            let outcome = r["outcome"].as_str().unwrap_or_default();
-            say!("{}", output::outcome(kind, name, outcome, note));
+        for (key, outcome) in results {
+            say!(
+                "{}",
+                output::outcome(&key.kind, &key.name, outcome.as_str(), note)
+            );
         }
-    })
+    };
+    if args.dry_run {
+        let plan: PlanResults = send(api, path, docs, &origins).await?;
+        output::emit(format, &plan, |p| {
+            say_all(&mut p.results.iter().map(|r| (&r.key, r.outcome)))
+        })
+    } else {
+        let applied: ApplyResults = send(api, path, docs, &origins).await?;
+        output::emit(format, &applied, |a| {
+            say_all(&mut a.results.iter().map(|r| (&r.key, r.outcome)))
+        })
+    }
 }
 
 /// Every document of every `-f` argument, with where each came from; an error if there is
@@ -93,16 +104,18 @@ pub(crate) fn read_documents(files: &[String]) -> Result<(Vec<Value>, Vec<Origin
 }
 
 /// Posts the documents as one set; meshd's errors name the files the documents came from.
-pub(crate) async fn send(
+pub(crate) async fn send<T: serde::de::DeserializeOwned>(
     api: Client,
     path: &str,
     docs: Vec<Value>,
     origins: &[Origin],
-) -> Result<Value, Failure> {
-    api.post(path, &Value::Array(docs)).await.map_err(|mut f| {
-        f.message = name_documents(&f.message, origins);
-        f
-    })
+) -> Result<T, Failure> {
+    api.submit(path, &Value::Array(docs))
+        .await
+        .map_err(|mut f| {
+            f.message = name_documents(&f.message, origins);
+            f
+        })
 }
 
 /// The (label, text) of each file an `-f` argument names.

@@ -4,48 +4,50 @@
 use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, expires, text, utc};
 use crate::{EXIT_USAGE, Failure};
-use serde_json::Value;
+use mesh_admin_api::{
+    Bundle, CaStatus, CertState, CertificateList, ReissueList, ReissueProgress, ReissueRequest,
+};
 
 /// `meshctl ca status`.
 pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
-    let ca = api.get("/api/v1/ca").await?;
+    let ca: CaStatus = api.fetch("/api/v1/ca").await?;
     output::emit(format, &ca, |ca| {
-        let signing = &ca["signing"];
-        let ttl = |v: &Value| v.as_i64().map_or("-".into(), output::short_duration);
+        let signing = &ca.signing;
+        let ttl = |secs: u64| output::short_duration(i64::try_from(secs).unwrap_or(i64::MAX));
         say_part!(
             "{}",
             output::fields(&[
-                ("Trust domain", text(&ca["trust_domain"])),
-                ("Rotation", crate::rotate::summary(&ca["rotation"])),
-                ("Signing cert", text(&signing["subject"])),
-                ("  fingerprint", text(&signing["fingerprint"])),
+                ("Trust domain", text(&ca.trust_domain)),
+                ("Rotation", crate::rotate::summary(&ca.rotation)),
+                ("Signing cert", text(&signing.subject)),
+                ("  fingerprint", text(&signing.fingerprint)),
                 (
                     "  expires",
                     format!(
                         "{} ({})",
-                        utc(&signing["not_after"]),
-                        expires(&signing["not_after"])
+                        utc(&signing.not_after),
+                        expires(&signing.not_after)
                     )
                 ),
                 (
                     "Leaf TTL",
                     format!(
                         "{} (max {})",
-                        ttl(&ca["leaf_ttl_seconds"]),
-                        ttl(&ca["max_leaf_ttl_seconds"])
+                        ttl(ca.leaf_ttl_seconds),
+                        ttl(ca.max_leaf_ttl_seconds)
                     )
                 ),
             ])
         );
         say!();
         let mut roots = Table::new(&["ROOT", "FINGERPRINT", "NOT AFTER", "EXPIRES", "ACTIVE"]);
-        for r in ca["roots"].as_array().into_iter().flatten() {
+        for r in &ca.roots {
             roots.row(vec![
-                text(&r["subject"]),
-                text(&r["fingerprint"]),
-                utc(&r["not_after"]),
-                expires(&r["not_after"]),
-                if r["active"] == true { "yes" } else { "no" }.into(),
+                text(&r.cert.subject),
+                text(&r.cert.fingerprint),
+                utc(&r.cert.not_after),
+                expires(&r.cert.not_after),
+                if r.active { "yes" } else { "no" }.into(),
             ]);
         }
         roots.print();
@@ -54,10 +56,15 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
 
 /// `meshctl ca bundle`: the PEM, for files and pipes (`-o json` gives the roots too).
 pub async fn bundle(format: Format, api: Client) -> Result<(), Failure> {
-    let bundle = api.get("/api/v1/ca/bundle").await?;
+    let bundle: Bundle = api.fetch("/api/v1/ca/bundle").await?;
     output::emit(format, &bundle, |b| {
-        say_part!("{}", b["pem"].as_str().unwrap_or_default());
+        say_part!("{}", b.pem);
     })
+}
+
+/// `in use`, `superseded`, `untrusted`, `expired`.
+fn cert_state(state: CertState) -> &'static str {
+    state.as_str()
 }
 
 /// The window of `meshctl certs --expiring` given without a value.
@@ -126,29 +133,24 @@ pub async fn reissue(args: &ReissueArgs, format: Format, api: Client) -> Result<
             format!("--window {:?}: {e}; e.g. --window 2m", args.window),
         )
     })?;
-    let body = serde_json::json!({
-        "all": args.all,
-        "namespace": args.namespace,
-        "workload": args.workload,
-        "window": args.window,
-        "reason": args.reason,
-    });
-    let created = api.post("/api/v1/reissue", &body).await?;
-    let generation = created["directive"]["generation"].as_u64().unwrap_or(0);
-    let line = |p: &Value| {
+    let body = ReissueRequest {
+        all: args.all,
+        namespace: args.namespace.clone(),
+        workload: args.workload.clone(),
+        window: Some(args.window.clone()),
+        reason: Some(args.reason.clone()),
+    };
+    let created: ReissueProgress = api.submit("/api/v1/reissue", &body).await?;
+    let generation = created.directive.generation;
+    let line = |p: &ReissueProgress| {
         format!(
             "re-issue {generation}: {}/{} workloads hold a new certificate{}",
-            p["done"].as_u64().unwrap_or(0),
-            p["total"].as_u64().unwrap_or(0),
-            match p["stragglers"].as_array() {
-                Some(s) if !s.is_empty() => format!(
-                    " (waiting for {})",
-                    s.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                _ => String::new(),
+            p.done,
+            p.total,
+            if p.stragglers.is_empty() {
+                String::new()
+            } else {
+                format!(" (waiting for {})", p.stragglers.join(", "))
             }
         )
     };
@@ -160,21 +162,18 @@ pub async fn reissue(args: &ReissueArgs, format: Format, api: Client) -> Result<
     let deadline = std::time::Instant::now() + window + std::time::Duration::from_secs(120);
     let mut last = String::new();
     loop {
-        let all = api.get("/api/v1/reissue").await?;
-        let current = all["directives"]
-            .as_array()
-            .and_then(|ds| {
-                ds.iter()
-                    .find(|d| d["directive"]["generation"].as_u64() == Some(generation))
-            })
-            .cloned()
-            .unwrap_or(created.clone());
+        let all: ReissueList = api.fetch("/api/v1/reissue").await?;
+        let current = all
+            .directives
+            .into_iter()
+            .find(|d| d.directive.generation == generation)
+            .unwrap_or_else(|| created.clone());
         let text = line(&current);
         if text != last {
             note!("{text}");
             last = text;
         }
-        if current["done"] == current["total"] {
+        if current.done == current.total {
             return output::emit(format, &current, |_| {});
         }
         if std::time::Instant::now() > deadline {
@@ -208,11 +207,11 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
     if let Some(identity) = &args.identity {
         query.push(format!("identity={}", segment(identity)));
     }
-    let certs = api
-        .get(&format!("/api/v1/certificates?{}", query.join("&")))
+    let certs: CertificateList = api
+        .fetch(&format!("/api/v1/certificates?{}", query.join("&")))
         .await?;
     output::emit(format, &certs, |c| {
-        let list = c["certificates"].as_array().cloned().unwrap_or_default();
+        let list = &c.certificates;
         if list.is_empty() {
             match &args.expiring {
                 Some(within) => note!("no certificate expires within {within}"),
@@ -229,19 +228,19 @@ pub async fn certs(args: &CertsArgs, format: Format, api: Client) -> Result<(), 
             "EXPIRES",
             "ISSUER",
         ]);
-        for cert in &list {
-            let issuer = text(&cert["issuer_fingerprint"]);
-            let sidecar = match cert["sidecar"].as_str() {
+        for cert in list {
+            let issuer = text(&cert.issuer_fingerprint);
+            let sidecar = match &cert.sidecar {
                 Some(s) => s.to_string(),
                 None => "-".to_string(),
             };
             table.row(vec![
-                text(&cert["serial_hex"]),
-                text(&cert["identity"]),
+                text(&cert.serial_hex),
+                text(&cert.identity),
                 sidecar,
-                text(&cert["state"]),
-                utc(&cert["not_after"]),
-                expires(&cert["not_after"]),
+                cert_state(cert.state).into(),
+                utc(&cert.not_after),
+                expires(&cert.not_after),
                 issuer.chars().take(16).collect(),
             ]);
         }

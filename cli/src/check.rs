@@ -18,6 +18,7 @@
 use crate::admin::Client;
 use crate::output::{self, Format, expires, short_duration, text, type_name, utc};
 use crate::{EXIT_FAILURE, EXIT_UNREACHABLE, Failure};
+use mesh_admin_api::{CaCert, CaStatus, Certificate, CertificateList, Sidecar, SyncState};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -144,10 +145,8 @@ pub async fn run(namespace: Option<&str>, format: Format, api: Client) -> Result
             findings.ok("control plane", format!("meshd answers at {}", api.base()));
             findings.fail(
                 "store",
-                body["error"]
-                    .as_str()
-                    .unwrap_or("the store does not answer")
-                    .to_string(),
+                serde_json::from_value::<mesh_admin_api::ErrorBody>(body)
+                    .map_or_else(|_| "the store does not answer".to_string(), |e| e.error),
                 "check the database meshd uses (--database-url) and meshd's log",
             );
         }
@@ -159,7 +158,7 @@ pub async fn run(namespace: Option<&str>, format: Format, api: Client) -> Result
     }
 
     // Everything else needs the admin token; if meshd refuses it, say so once and stop.
-    let ca = match api.get("/api/v1/ca").await {
+    let ca = match api.fetch::<CaStatus>("/api/v1/ca").await {
         Ok(ca) => ca,
         Err(f) => {
             findings.fail(
@@ -178,7 +177,9 @@ pub async fn run(namespace: Option<&str>, format: Format, api: Client) -> Result
         Err(f) => findings.fail("sidecars", plain(f), "see meshd's log"),
     }
 
-    let certs = api.get("/api/v1/certificates?live=true").await;
+    let certs = api
+        .fetch::<CertificateList>("/api/v1/certificates?live=true")
+        .await;
     match certs {
         Ok(certs) => check_certificates(&certs, &mut findings),
         Err(f) => findings.fail("certificates", plain(f), "see meshd's log"),
@@ -194,27 +195,23 @@ fn plain(f: Failure) -> String {
         .unwrap_or(f.message)
 }
 
-fn check_ca(ca: &Value, findings: &mut Findings) {
-    let mut certs = vec![("signing certificate", &ca["signing"])];
-    for root in ca["roots"].as_array().into_iter().flatten() {
-        certs.push(("root", root));
+fn check_ca(ca: &CaStatus, findings: &mut Findings) {
+    let mut certs: Vec<(&str, &CaCert)> = vec![("signing certificate", &ca.signing)];
+    for root in &ca.roots {
+        certs.push(("root", &root.cert));
     }
     let now = output::now();
     // The certificate that expires first decides.
     let soonest = certs
         .into_iter()
-        .filter_map(|(what, c)| c["not_after"].as_i64().map(|t| (t, what, c)))
+        .map(|(what, c)| (c.not_after, what, c))
         .min_by_key(|(t, _, _)| *t);
     let Some((not_after, what, cert)) = soonest else {
         findings.fail("CA", "meshd reported no CA certificate", "see meshd's log");
         return;
     };
-    let subject = text(&cert["subject"]);
-    let when = format!(
-        "{} ({})",
-        utc(&json!(not_after)),
-        expires(&json!(not_after))
-    );
+    let subject = text(&cert.subject);
+    let when = format!("{} ({})", utc(&not_after), expires(&not_after));
     if not_after <= now {
         findings.fail(
             "CA",
@@ -235,21 +232,15 @@ fn check_ca(ca: &Value, findings: &mut Findings) {
 }
 
 /// (sidecar id, type name) pairs in `state`.
-fn in_state(sidecars: &[Value], state: &str) -> BTreeSet<(String, String)> {
+fn in_state(sidecars: &[Sidecar], state: SyncState) -> BTreeSet<(String, String)> {
     sidecars
         .iter()
         .flat_map(|s| {
-            s["types"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|t| t["state"] == state)
-                .map(|t| {
-                    (
-                        text(&s["id"]),
-                        type_name(t["type_url"].as_str().unwrap_or_default()).to_string(),
-                    )
-                })
+            s.status
+                .types
+                .iter()
+                .filter(move |t| t.state == state)
+                .map(|t| (text(&s.status.id), type_name(&t.type_url).to_string()))
         })
         .collect()
 }
@@ -257,21 +248,21 @@ fn in_state(sidecars: &[Value], state: &str) -> BTreeSet<(String, String)> {
 async fn check_sidecars(
     api: &Client,
     namespace: Option<&str>,
-    first: Vec<Value>,
+    first: Vec<Sidecar>,
     findings: &mut Findings,
 ) {
     let mut problems = 0;
     for s in &first {
-        for t in s["types"].as_array().into_iter().flatten() {
-            if t["state"] == "NACKED" {
+        for t in &s.status.types {
+            if t.state == SyncState::Nacked {
                 problems += 1;
-                let id = text(&s["id"]);
+                let id = text(&s.status.id);
                 findings.fail(
                     "sidecars",
                     format!(
                         "{id} rejected {} (NACK): {}",
-                        type_name(t["type_url"].as_str().unwrap_or_default()),
-                        text(&t["nack"])
+                        type_name(&t.type_url),
+                        text(&t.nack)
                     ),
                     format!(
                         "correct or roll back the change it rejects (`meshctl status {id}`, `meshctl history KIND/NAME`, `meshctl rollback`)"
@@ -280,12 +271,12 @@ async fn check_sidecars(
             }
         }
     }
-    let stale = in_state(&first, "STALE");
+    let stale = in_state(&first, SyncState::Stale);
     if !stale.is_empty() {
         tokio::time::sleep(STALE_RECHECK).await;
         match crate::status::sidecars(api, namespace).await {
             Ok(second) => {
-                let still = in_state(&second, "STALE");
+                let still = in_state(&second, SyncState::Stale);
                 let mut by_sidecar: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for (id, ty) in stale.intersection(&still) {
                     by_sidecar.entry(id.clone()).or_default().push(ty.clone());
@@ -318,17 +309,14 @@ async fn check_sidecars(
     }
 }
 
-fn check_certificates(certs: &Value, findings: &mut Findings) {
-    let list = certs["certificates"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut newest: BTreeMap<String, &Value> = BTreeMap::new();
-    for c in &list {
-        let identity = text(&c["identity"]);
+fn check_certificates(certs: &CertificateList, findings: &mut Findings) {
+    let list = &certs.certificates;
+    let mut newest: BTreeMap<String, &Certificate> = BTreeMap::new();
+    for c in list {
+        let identity = text(&c.identity);
         let later = newest
             .get(&identity)
-            .is_none_or(|n| c["not_after"].as_i64() > n["not_after"].as_i64());
+            .is_none_or(|n| c.not_after > n.not_after);
         if later {
             newest.insert(identity, c);
         }
@@ -336,11 +324,7 @@ fn check_certificates(certs: &Value, findings: &mut Findings) {
     let now = output::now();
     let mut problems = 0;
     for (identity, c) in &newest {
-        let (Some(not_before), Some(not_after)) =
-            (c["not_before"].as_i64(), c["not_after"].as_i64())
-        else {
-            continue;
-        };
+        let (not_before, not_after) = (c.not_before, c.not_after);
         let lifetime = not_after - not_before;
         let margin = (lifetime / NEAR_EXPIRY_SHARE).max(NEAR_EXPIRY_FLOOR);
         if not_after - now < margin {
@@ -349,8 +333,8 @@ fn check_certificates(certs: &Value, findings: &mut Findings) {
                 "certificates",
                 format!(
                     "the newest certificate of {identity} (serial {}) expires {} (lifetime {}) and no newer one was issued",
-                    text(&c["serial_hex"]),
-                    expires(&c["not_after"]),
+                    text(&c.serial_hex),
+                    expires(&c.not_after),
                     short_duration(lifetime)
                 ),
                 "its workload is not renewing: check its sidecar's log, or renew by hand with `meshctl cert renew`",
@@ -373,16 +357,57 @@ fn check_certificates(certs: &Value, findings: &mut Findings) {
 mod tests {
     use super::*;
 
+    use mesh_admin_api::{CaRoot, CertState};
+
+    fn ca_cert(subject: &str, not_after: i64) -> CaCert {
+        CaCert {
+            fingerprint: String::new(),
+            serial_hex: String::new(),
+            subject: subject.into(),
+            issuer: String::new(),
+            not_before: 0,
+            not_after,
+            self_signed: false,
+        }
+    }
+
+    fn certs(list: &[(&str, &str, i64, i64)]) -> CertificateList {
+        let certificates = list
+            .iter()
+            .map(|&(identity, serial, not_before, not_after)| Certificate {
+                serial_hex: serial.into(),
+                identity: identity.into(),
+                issuer_fingerprint: String::new(),
+                not_before,
+                not_after,
+                sidecar: None,
+                superseded_at: None,
+                state: CertState::InUse,
+            })
+            .collect();
+        CertificateList { certificates }
+    }
+
     #[test]
     fn the_ca_warns_a_month_ahead_and_fails_when_expired() {
         let now = output::now();
-        let ca = |root_after: i64| {
-            json!({
-                "signing": {"subject": "CN=signing", "not_after": now + 400 * 86_400},
-                "roots": [{"subject": "CN=root", "not_after": root_after}],
-            })
+        let ca = |root_after: i64| CaStatus {
+            trust_domain: String::new(),
+            signing: ca_cert("CN=signing", now + 400 * 86_400),
+            roots: vec![CaRoot {
+                cert: ca_cert("CN=root", root_after),
+                active: true,
+            }],
+            leaf_ttl_seconds: 0,
+            max_leaf_ttl_seconds: 0,
+            rotation_phase: "idle".into(),
+            rotation: mesh_admin_api::RotationStatus {
+                phase: "idle".into(),
+                driven_here: false,
+                rotation: None,
+            },
         };
-        let level = |ca: Value| {
+        let level = |ca: CaStatus| {
             let mut f = Findings::default();
             check_ca(&ca, &mut f);
             (f.0[0].level, f.0[0].message.clone())
@@ -398,17 +423,15 @@ mod tests {
     fn only_an_identitys_newest_certificate_counts() {
         let now = output::now();
         // An old certificate near its end, replaced by a fresh one: fine.
-        let renewed = json!({"certificates": [
-            {"identity": "a", "serial_hex": "1", "not_before": now - 3300, "not_after": now + 300},
-            {"identity": "a", "serial_hex": "2", "not_before": now - 1500, "not_after": now + 2100},
-        ]});
+        let renewed = certs(&[
+            ("a", "1", now - 3300, now + 300),
+            ("a", "2", now - 1500, now + 2100),
+        ]);
         let mut f = Findings::default();
         check_certificates(&renewed, &mut f);
         assert_eq!(f.failures(), 0);
         // Within 10% of an hour: not renewed.
-        let stuck = json!({"certificates": [
-            {"identity": "b", "serial_hex": "3", "not_before": now - 3300, "not_after": now + 300},
-        ]});
+        let stuck = certs(&[("b", "3", now - 3300, now + 300)]);
         let mut f = Findings::default();
         check_certificates(&stuck, &mut f);
         assert_eq!(f.failures(), 1);
@@ -418,9 +441,7 @@ mod tests {
             f.0[0].message
         );
         // A 2-minute certificate is always within 5 minutes of its end.
-        let short = json!({"certificates": [
-            {"identity": "c", "serial_hex": "4", "not_before": now - 10, "not_after": now + 110},
-        ]});
+        let short = certs(&[("c", "4", now - 10, now + 110)]);
         let mut f = Findings::default();
         check_certificates(&short, &mut f);
         assert_eq!(f.failures(), 1);

@@ -478,16 +478,17 @@ impl Sidecar<'_> {
         version: Option<&str>,
         app: SocketAddr,
     ) -> Result<Ready, Failure> {
-        let created = self
-            .api
-            .post(
-                "/api/v1/tokens",
-                &json!({ "identity": identity, "ttl": "10m", "uses": 1 }),
-            )
-            .await?;
-        let Some(token) = created["token"].as_str() else {
-            return Err(fail("meshd's answer to a join-token request has no token"));
+        let request = mesh_admin_api::CreateToken {
+            identity: identity.into(),
+            ttl: Some("10m".into()),
+            uses: Some(1),
         };
+        let created: mesh_admin_api::NewJoinToken =
+            self.api.submit("/api/v1/tokens", &request).await?;
+        let token = created.token.as_str();
+        if token.is_empty() {
+            return Err(fail("meshd's answer to a join-token request has no token"));
+        }
         let token_file = demo.dir.join(format!("{name}.join-token"));
         std::fs::write(&token_file, token)
             .map_err(|e| fail(format!("cannot write {}: {e}", token_file.display())))?;

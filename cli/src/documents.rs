@@ -9,7 +9,11 @@
 use crate::Failure;
 use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, ago, text, utc};
-use serde_json::{Value, json};
+use mesh_admin_api::{
+    Applied, DocumentList, DocumentOutcome, History, PlanResults, RevisionEntry, RollbackRequest,
+    RolledBack, StoredDocument,
+};
+use serde_json::Value;
 
 /// The namespace of a document that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -88,8 +92,8 @@ pub async fn get(
     if let Some(name) = name {
         let target = Target { kind, name };
         let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
-        let doc = api
-            .get(&path(&target, ns))
+        let doc: StoredDocument = api
+            .fetch(&path(&target, ns))
             .await
             .map_err(|f| not_found_hint(f, &target, ns))?;
         return output::emit(format, &doc, |doc| {
@@ -104,11 +108,11 @@ pub async fn get(
     if let Some(ns) = namespace {
         query.push(format!("namespace={}", segment(ns)));
     }
-    let list = api
-        .get(&format!("/api/v1/documents?{}", query.join("&")))
+    let list: DocumentList = api
+        .fetch(&format!("/api/v1/documents?{}", query.join("&")))
         .await?;
     output::emit(format, &list, |list| {
-        let docs = list["documents"].as_array().cloned().unwrap_or_default();
+        let docs = &list.documents;
         if docs.is_empty() {
             let place = namespace.map_or(String::new(), |ns| format!(" in namespace {ns}"));
             let what = if all {
@@ -118,30 +122,28 @@ pub async fn get(
             };
             note!("no {what}{place}");
         } else {
-            list_table(&docs, all).print();
+            list_table(docs, all).print();
         }
     })
 }
 
-fn list_table(docs: &[Value], with_kind: bool) -> Table {
+fn list_table(docs: &[StoredDocument], with_kind: bool) -> Table {
     let mut headers = vec!["NAMESPACE", "NAME", "SUMMARY", "REVISION", "UPDATED"];
     if with_kind {
         headers.insert(0, "KIND");
     }
     let mut table = Table::new(&headers);
     for d in docs {
+        let spec = d.document.get("spec").unwrap_or(&Value::Null);
         let mut row = vec![
-            text(&d["namespace"]),
-            text(&d["name"]),
-            summary(
-                d["kind"].as_str().unwrap_or_default(),
-                &d["document"]["spec"],
-            ),
-            text(&d["revision"]),
-            ago(&d["updated_at"]),
+            text(&d.namespace),
+            text(&d.name),
+            summary(&d.kind, spec),
+            text(&d.revision),
+            ago(&d.updated_at),
         ];
         if with_kind {
-            row.insert(0, text(&d["kind"]));
+            row.insert(0, text(&d.kind));
         }
         table.row(row);
     }
@@ -212,11 +214,11 @@ pub async fn describe(
     api: Client,
 ) -> Result<(), Failure> {
     let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
-    let doc = api
-        .get(&path(target, ns))
+    let doc: StoredDocument = api
+        .fetch(&path(target, ns))
         .await
         .map_err(|f| not_found_hint(f, target, ns))?;
-    let history = api.get(&format!("{}/history", path(target, ns))).await?;
+    let history: History = api.fetch(&format!("{}/history", path(target, ns))).await?;
     // The table shows the body as meshd writes it (canonical YAML, fields in schema order).
     let yaml = match format {
         Format::Table => {
@@ -225,31 +227,32 @@ pub async fn describe(
         }
         _ => String::new(),
     };
-    let revisions = history["revisions"].as_array().cloned().unwrap_or_default();
-    let mut value = doc.clone();
-    value["history"] = json!(revisions);
-    output::emit(format, &value, |_| {
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        let name = doc["name"].as_str().unwrap_or_default();
+    let value = Described {
+        doc,
+        history: history.revisions,
+    };
+    output::emit(format, &value, |value| {
+        let (doc, revisions) = (&value.doc, &value.history);
+        let (kind, name) = (doc.kind.as_str(), doc.name.as_str());
         let last = revisions.last();
         say_part!(
             "{}",
             output::fields(&[
-                ("Kind", text(&doc["kind"])),
-                ("Namespace", text(&doc["namespace"])),
-                ("Name", text(&doc["name"])),
-                ("Revision", text(&doc["revision"])),
+                ("Kind", text(&doc.kind)),
+                ("Namespace", text(&doc.namespace)),
+                ("Name", text(&doc.name)),
+                ("Revision", text(&doc.revision)),
                 (
                     "Created",
-                    format!("{} ({})", utc(&doc["created_at"]), ago(&doc["created_at"]))
+                    format!("{} ({})", utc(&doc.created_at), ago(&doc.created_at))
                 ),
                 (
                     "Updated",
                     format!(
                         "{} ({}) by {}",
-                        utc(&doc["updated_at"]),
-                        ago(&doc["updated_at"]),
-                        last.map_or("-".into(), |r| text(&r["actor"]))
+                        utc(&doc.updated_at),
+                        ago(&doc.updated_at),
+                        last.map_or("-".into(), |r| text(&r.actor))
                     )
                 ),
                 (
@@ -269,6 +272,14 @@ pub async fn describe(
     })
 }
 
+/// What `meshctl describe -o json` prints: the document and its history.
+#[derive(serde::Serialize)]
+struct Described {
+    #[serde(flatten)]
+    doc: StoredDocument,
+    history: Vec<RevisionEntry>,
+}
+
 // --- delete ------------------------------------------------------------------------------
 
 pub async fn delete(
@@ -282,9 +293,10 @@ pub async fn delete(
         .delete(&path(target, ns))
         .await
         .map_err(|f| not_found_hint(f, target, ns))?;
+    let deleted: Applied = api.read(&path(target, ns), deleted)?;
     output::emit(format, &deleted, |d| {
-        let kind = d["kind"].as_str().unwrap_or(&target.kind);
-        let revision = format!("revision {}", text(&d["revision"]));
+        let kind = &d.key.kind;
+        let revision = format!("revision {}", text(&d.revision));
         say!(
             "{}",
             output::outcome(kind, &target.name, "deleted", Some(&revision))
@@ -301,20 +313,19 @@ pub async fn history(
     api: Client,
 ) -> Result<(), Failure> {
     let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
-    let history = api
-        .get(&format!("{}/history", path(target, ns)))
+    let history: History = api
+        .fetch(&format!("{}/history", path(target, ns)))
         .await
         .map_err(|f| not_found_hint(f, target, ns))?;
     output::emit(format, &history, |h| {
-        let revisions = h["revisions"].as_array().cloned().unwrap_or_default();
         let mut table = Table::new(&["REVISION", "OP", "ACTOR", "AT", "AGE"]);
-        for r in &revisions {
+        for r in &h.revisions {
             table.row(vec![
-                text(&r["revision"]),
-                text(&r["op"]),
-                text(&r["actor"]),
-                utc(&r["at"]),
-                ago(&r["at"]),
+                text(&r.revision),
+                text(&r.op),
+                text(&r.actor),
+                utc(&r.at),
+                ago(&r.at),
             ]);
         }
         table.print();
@@ -329,10 +340,10 @@ pub async fn rollback(
     api: Client,
 ) -> Result<(), Failure> {
     let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
-    let applied = api
-        .post(
+    let applied: RolledBack = api
+        .submit(
             &format!("{}/rollback", path(target, ns)),
-            &json!({ "revision": revision }),
+            &RollbackRequest { revision },
         )
         .await
         .map_err(|f| {
@@ -344,17 +355,18 @@ pub async fn rollback(
             })
         })?;
     output::emit(format, &applied, |a| {
-        let kind = a["kind"].as_str().unwrap_or(&target.kind);
-        let (outcome, note) = match a["outcome"].as_str() {
-            Some("unchanged") => (
+        let a = &a.applied;
+        let kind = &a.key.kind;
+        let (outcome, note) = match a.outcome {
+            DocumentOutcome::Unchanged => (
                 "unchanged",
                 format!("it already is as at revision {revision}"),
             ),
             other => (
-                other.unwrap_or("configured"),
+                other.as_str(),
                 format!(
                     "rolled back to revision {revision}, now revision {}",
-                    text(&a["revision"])
+                    text(&a.revision)
                 ),
             ),
         };
@@ -388,22 +400,20 @@ pub async fn diff(
     api: Result<Client, Failure>,
 ) -> Result<(), Failure> {
     let (docs, origins) = crate::apply::read_documents(&args.files)?;
-    let planned = crate::apply::send(api?, "/api/v1/documents?dryRun=true", docs, &origins).await?;
+    let planned: PlanResults =
+        crate::apply::send(api?, "/api/v1/documents?dryRun=true", docs, &origins).await?;
     output::emit(format, &planned, |p| {
-        let results = p["results"].as_array().cloned().unwrap_or_default();
+        let results = &p.results;
         let mut unchanged = 0;
-        for r in &results {
-            let name = display_name(
-                r["kind"].as_str().unwrap_or_default(),
-                r["name"].as_str().unwrap_or_default(),
-            );
-            match (r["outcome"].as_str(), r["diff"].as_str()) {
-                (Some("unchanged"), _) | (_, None) => unchanged += 1,
+        for r in results {
+            let name = display_name(&r.key.kind, &r.key.name);
+            match (r.outcome, r.diff.as_deref()) {
+                (DocumentOutcome::Unchanged, _) | (_, None) => unchanged += 1,
                 (outcome, Some(diff)) => {
                     say!(
                         "{name} ({}, namespace {})",
-                        outcome.unwrap_or("changed"),
-                        text(&r["namespace"])
+                        outcome.as_str(),
+                        text(&r.key.namespace)
                     );
                     say_part!("{diff}");
                     if !diff.ends_with('\n') {
@@ -423,6 +433,7 @@ pub async fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn targets_are_kind_slash_name() {

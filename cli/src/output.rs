@@ -141,19 +141,30 @@ pub enum Format {
 }
 
 /// Prints `value` as JSON or YAML, or calls `table` to print it for people.
-pub fn emit(format: Format, value: &Value, table: impl FnOnce(&Value)) -> Result<(), Failure> {
+pub fn emit<T: serde::Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce(&T),
+) -> Result<(), Failure> {
+    if format == Format::Table {
+        table(value);
+        return Ok(());
+    }
+    // Through a JSON value, so that a typed answer prints as the API's JSON does.
+    let value = serde_json::to_value(value)
+        .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing JSON: {e}")))?;
     match format {
-        Format::Table => table(value),
+        Format::Table => {}
         // JSON escapes control characters in strings itself; YAML quotes them too, and both
         // go through the same escaping as everything else all the same.
         Format::Json => {
-            let text = serde_json::to_string_pretty(value)
+            let text = serde_json::to_string_pretty(&value)
                 .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing JSON: {e}")))?;
             say!("{text}");
         }
         Format::Yaml => {
             // As kubectl's YAML: times in RFC 3339, not unix seconds.
-            let text = serde_yaml_ng::to_string(&rfc3339_times(value.clone()))
+            let text = serde_yaml_ng::to_string(&rfc3339_times(value))
                 .map_err(|e| Failure::new(EXIT_FAILURE, format!("writing YAML: {e}")))?;
             say_part!("{text}");
         }
@@ -297,13 +308,76 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
 
 // --- values ------------------------------------------------------------------------------
 
-/// A string field, `-` when absent or empty.
-pub fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) if !s.is_empty() => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => "-".into(),
+/// A value shown in a cell: `-` when absent or empty.
+pub trait Cell {
+    fn cell(&self) -> Option<String>;
+}
+
+impl Cell for Value {
+    fn cell(&self) -> Option<String> {
+        match self {
+            Value::String(s) => s.cell(),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl Cell for str {
+    fn cell(&self) -> Option<String> {
+        (!self.is_empty()).then(|| self.to_string())
+    }
+}
+
+impl Cell for String {
+    fn cell(&self) -> Option<String> {
+        self.as_str().cell()
+    }
+}
+
+impl<T: Cell> Cell for Option<T> {
+    fn cell(&self) -> Option<String> {
+        self.as_ref().and_then(Cell::cell)
+    }
+}
+
+macro_rules! display_cell {
+    ($($t:ty),*) => {$(
+        impl Cell for $t {
+            fn cell(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+display_cell!(bool, u8, u16, u32, u64, usize, i64);
+
+/// A field as text, `-` when absent or empty.
+pub fn text(v: &(impl Cell + ?Sized)) -> String {
+    v.cell().unwrap_or_else(|| "-".into())
+}
+
+/// A unix time, as the API sends it (a number, or null).
+pub trait UnixTime {
+    fn unix(&self) -> Option<i64>;
+}
+
+impl UnixTime for Value {
+    fn unix(&self) -> Option<i64> {
+        self.as_i64()
+    }
+}
+
+impl UnixTime for i64 {
+    fn unix(&self) -> Option<i64> {
+        Some(*self)
+    }
+}
+
+impl UnixTime for Option<i64> {
+    fn unix(&self) -> Option<i64> {
+        *self
     }
 }
 
@@ -335,16 +409,16 @@ pub fn short_duration(secs: i64) -> String {
 }
 
 /// `5s ago` for a past unix time.
-pub fn ago(unix: &Value) -> String {
-    match unix.as_i64() {
+pub fn ago(unix: &impl UnixTime) -> String {
+    match unix.unix() {
         Some(t) if t > 0 => format!("{} ago", short_duration(now() - t)),
         _ => "-".into(),
     }
 }
 
 /// `in 52m`, or `expired 3m ago`, for a future unix time.
-pub fn expires(unix: &Value) -> String {
-    match unix.as_i64() {
+pub fn expires(unix: &impl UnixTime) -> String {
+    match unix.unix() {
         Some(t) if t >= now() => format!("in {}", short_duration(t - now())),
         Some(t) => format!("expired {} ago", short_duration(now() - t)),
         None => "-".into(),
@@ -352,8 +426,8 @@ pub fn expires(unix: &Value) -> String {
 }
 
 /// `2026-11-24 21:44:19Z` (UTC) for a unix time.
-pub fn utc(unix: &Value) -> String {
-    let Some(t) = unix.as_i64() else {
+pub fn utc(unix: &impl UnixTime) -> String {
+    let Some(t) = unix.unix() else {
         return "-".into();
     };
     match time::OffsetDateTime::from_unix_timestamp(t) {

@@ -5,7 +5,8 @@
 use crate::admin::Client;
 use crate::output::{self, Format};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
-use serde_json::{Value, json};
+use mesh_admin_api::{RotateRequest, RotationStatus};
+use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ pub enum RotateAction {
 /// `meshctl ca rotate …`.
 pub async fn run(args: &RotateArgs, format: Format, api: Client) -> Result<(), Failure> {
     let (status, wait) = match args.action {
-        Some(RotateAction::Status { wait }) => (api.get("/api/v1/ca/rotation").await?, wait),
+        Some(RotateAction::Status { wait }) => (api.fetch("/api/v1/ca/rotation").await?, wait),
         Some(action) => {
             let command = match action {
                 RotateAction::Pause => "pause",
@@ -72,7 +73,7 @@ pub async fn run(args: &RotateArgs, format: Format, api: Client) -> Result<(), F
                 RotateAction::Status { .. } => unreachable!("handled above"),
             };
             let path = format!("/api/v1/ca/rotation/{command}");
-            (api.post(&path, &json!({})).await?, false)
+            (api.submit(&path, &json!({})).await?, false)
         }
         None => {
             let window = humantime::parse_duration(&args.window).map_err(|e| {
@@ -81,15 +82,16 @@ pub async fn run(args: &RotateArgs, format: Format, api: Client) -> Result<(), F
                     format!("--window {:?}: {e}; e.g. --window 5m", args.window),
                 )
             })?;
-            let mut body = json!({
-                "manual": args.manual,
-                "window": humantime::format_duration(window).to_string(),
-            });
+            let mut body = RotateRequest {
+                manual: args.manual,
+                window: Some(humantime::format_duration(window).to_string()),
+                ..RotateRequest::default()
+            };
             if let (Some(cert), Some(key)) = (&args.import_cert, &args.import_key) {
-                body["import_cert_pem"] = json!(read(cert, "--import-cert")?);
-                body["import_key_pem"] = json!(read(key, "--import-key")?);
+                body.import_cert_pem = Some(read(cert, "--import-cert")?);
+                body.import_key_pem = Some(read(key, "--import-key")?);
             }
-            (api.post("/api/v1/ca/rotation", &body).await?, args.wait)
+            (api.submit("/api/v1/ca/rotation", &body).await?, args.wait)
         }
     };
     if !wait {
@@ -97,13 +99,13 @@ pub async fn run(args: &RotateArgs, format: Format, api: Client) -> Result<(), F
     }
     let last = follow(&api, status).await?;
     output::emit(format, &last, |_| {})?;
-    match last["phase"].as_str() {
-        Some("done") => Ok(()),
-        Some(phase) => Err(Failure::new(
+    match last.phase.as_str() {
+        "done" => Ok(()),
+        RotationStatus::IDLE => Err(Failure::new(EXIT_FAILURE, "meshd reported no rotation")),
+        phase => Err(Failure::new(
             EXIT_FAILURE,
             format!("the rotation ended {phase}, not done: the old CA is still the one in use"),
         )),
-        None => Err(Failure::new(EXIT_FAILURE, "meshd reported no rotation")),
     }
 }
 
@@ -121,34 +123,35 @@ fn read(path: &std::path::Path, flag: &str) -> Result<String, Failure> {
 }
 
 /// One line: phase, progress, what it waits for.
-pub fn summary(s: &Value) -> String {
-    let phase = s["phase"].as_str().unwrap_or("?");
-    if phase == "idle" {
-        return "idle".into();
-    }
-    let mut line = format!("rotation {}: {phase}", s["generation"]);
-    if s["paused"] == true {
+pub fn summary(s: &RotationStatus) -> String {
+    let phase = &s.phase;
+    let Some(r) = s
+        .rotation
+        .as_ref()
+        .filter(|_| phase != RotationStatus::IDLE)
+    else {
+        return RotationStatus::IDLE.into();
+    };
+    let mut line = format!("rotation {}: {phase}", r.generation);
+    if r.paused {
         line.push_str(" (paused)");
     }
-    if let (Some(done), Some(total)) = (
-        s["progress"]["done"].as_u64(),
-        s["progress"]["total"].as_u64(),
-    ) {
-        line.push_str(&format!(", {done}/{total} sidecars"));
+    if let Some(p) = r.progress {
+        line.push_str(&format!(", {}/{} sidecars", p.done, p.total));
     }
-    if let Some(w) = s["waiting_for"].as_str().filter(|w| !w.is_empty()) {
-        line.push_str(&format!(" — waiting: {w}"));
+    if !r.waiting_for.is_empty() {
+        line.push_str(&format!(" — waiting: {}", r.waiting_for));
     }
     line
 }
 
 /// Polls until the rotation is terminal or paused; returns the last status. Fails when meshd
 /// stops answering for good or the rotation makes no progress for a long time.
-async fn follow(api: &Client, mut status: Value) -> Result<Value, Failure> {
+async fn follow(api: &Client, mut status: RotationStatus) -> Result<RotationStatus, Failure> {
     let terminal = std::io::stderr().is_terminal();
     let mut last_line = String::new();
     let mut last_change = Instant::now();
-    let window = Duration::from_secs(status["window_secs"].as_u64().unwrap_or(60));
+    let window = Duration::from_secs(status.rotation.as_ref().map_or(60, |r| r.window_secs));
     let stall = window + Duration::from_secs(600);
     loop {
         let line = summary(&status);
@@ -166,14 +169,13 @@ async fn follow(api: &Client, mut status: Value) -> Result<Value, Failure> {
             last_line = line;
             last_change = Instant::now();
         }
-        let phase = status["phase"].as_str().unwrap_or("");
-        if matches!(phase, "done" | "rolled-back" | "idle") {
+        if status.is_over() {
             if terminal {
                 note!();
             }
             return Ok(status);
         }
-        if status["paused"] == true {
+        if status.rotation.as_ref().is_some_and(|r| r.paused) {
             if terminal {
                 note!();
             }
@@ -192,15 +194,16 @@ async fn follow(api: &Client, mut status: Value) -> Result<Value, Failure> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        status = api.get("/api/v1/ca/rotation").await?;
+        status = api.fetch("/api/v1/ca/rotation").await?;
     }
 }
 
 /// `[####------] prepare`: the phase's progress as a bar.
-fn bar(s: &Value) -> String {
+fn bar(s: &RotationStatus) -> String {
     const WIDTH: u64 = 20;
-    let done = s["progress"]["done"].as_u64().unwrap_or(0);
-    let total = s["progress"]["total"].as_u64().unwrap_or(0);
+    let progress = s.rotation.as_ref().and_then(|r| r.progress);
+    let done = progress.map_or(0, |p| p.done as u64);
+    let total = progress.map_or(0, |p| p.total as u64);
     let filled = (done * WIDTH)
         .checked_div(total)
         .unwrap_or(WIDTH)

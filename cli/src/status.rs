@@ -4,10 +4,10 @@
 use crate::Failure;
 use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, ago, expires, text, type_name};
-use serde_json::{Value, json};
+use mesh_admin_api::{Sidecar, SidecarConfig, SidecarList, SyncState, TypeStatus};
 
 /// The sidecars, as the admin API lists them, in namespace `namespace` if given.
-pub async fn sidecars(api: &Client, namespace: Option<&str>) -> Result<Vec<Value>, Failure> {
+pub async fn sidecars(api: &Client, namespace: Option<&str>) -> Result<Vec<Sidecar>, Failure> {
     Ok(sidecars_here(api, namespace).await?.0)
 }
 
@@ -16,16 +16,14 @@ pub async fn sidecars(api: &Client, namespace: Option<&str>) -> Result<Vec<Value
 async fn sidecars_here(
     api: &Client,
     namespace: Option<&str>,
-) -> Result<(Vec<Value>, u64), Failure> {
-    let all = api.get("/api/v1/sidecars").await?;
-    let list = all["sidecars"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+) -> Result<(Vec<Sidecar>, u64), Failure> {
+    let all: SidecarList = api.fetch("/api/v1/sidecars").await?;
+    let list = all
+        .sidecars
         .into_iter()
-        .filter(|s| namespace.is_none_or(|ns| s["namespace"] == ns))
+        .filter(|s| namespace.is_none_or(|ns| s.status.namespace == ns))
         .collect();
-    Ok((list, all["elsewhere"].as_u64().unwrap_or(0)))
+    Ok((list, all.elsewhere))
 }
 
 /// The line that says the list is one replica's, when others hold sidecars too.
@@ -40,23 +38,22 @@ fn elsewhere_note(elsewhere: u64) {
 
 /// `SYNCED`, or what is not: `NACKED RouteTable; STALE Cluster,Listener`. A sidecar that has
 /// not subscribed to anything yet is `CONNECTING`.
-pub fn sync_summary(sidecar: &Value) -> String {
-    let types = sidecar["types"].as_array().cloned().unwrap_or_default();
+pub fn sync_summary(types: &[TypeStatus]) -> String {
     if types.is_empty() {
         return "CONNECTING".into();
     }
-    let named = |state: &str| -> Vec<String> {
+    let named = |state: SyncState| -> Vec<String> {
         types
             .iter()
-            .filter(|t| t["state"] == state)
-            .map(|t| type_name(t["type_url"].as_str().unwrap_or_default()).to_string())
+            .filter(|t| t.state == state)
+            .map(|t| type_name(&t.type_url).to_string())
             .collect()
     };
-    let parts: Vec<String> = ["NACKED", "STALE"]
+    let parts: Vec<String> = [(SyncState::Nacked, "NACKED"), (SyncState::Stale, "STALE")]
         .into_iter()
-        .filter_map(|state| {
+        .filter_map(|(state, word)| {
             let names = named(state);
-            (!names.is_empty()).then(|| format!("{state} {}", names.join(",")))
+            (!names.is_empty()).then(|| format!("{word} {}", names.join(",")))
         })
         .collect();
     if parts.is_empty() {
@@ -76,11 +73,11 @@ pub async fn status(
     if let Some(id) = sidecar {
         let one = list
             .into_iter()
-            .find(|s| s["id"] == id)
+            .find(|s| s.status.id == id)
             .ok_or_else(|| no_sidecar(id))?;
         return output::emit(format, &one, detail_table);
     }
-    let value = json!({ "sidecars": list, "elsewhere": elsewhere });
+    let value = serde_json::json!({ "sidecars": list, "elsewhere": elsewhere });
     output::emit(format, &value, |_| {
         if list.is_empty() {
             let place = namespace.map_or(String::new(), |ns| format!(" in namespace {ns}"));
@@ -99,20 +96,21 @@ pub async fn status(
         ]);
         let mut nacks = Table::new(&["SIDECAR", "TYPE", "NACK"]);
         for s in &list {
+            let st = &s.status;
             table.row(vec![
-                text(&s["id"]),
-                text(&s["identity"]),
-                text(&s["service"]),
-                text(&s["control_plane"]),
-                sync_summary(s),
-                expires(&s["cert_expires_at"]),
-                ago(&s["last_seen"]),
+                text(&st.id),
+                text(&st.identity),
+                text(&st.service),
+                text(&st.control_plane),
+                sync_summary(&st.types),
+                expires(&s.cert_expires_at),
+                ago(&st.last_seen),
             ]);
-            for t in s["types"].as_array().into_iter().flatten() {
-                if let Some(nack) = t["nack"].as_str() {
+            for t in &st.types {
+                if let Some(nack) = &t.nack {
                     nacks.row(vec![
-                        text(&s["id"]),
-                        type_name(t["type_url"].as_str().unwrap_or_default()).into(),
+                        text(&st.id),
+                        type_name(&t.type_url).into(),
                         one_line(nack),
                     ]);
                 }
@@ -128,44 +126,54 @@ pub async fn status(
 }
 
 /// One sidecar, type by type.
-fn detail_table(s: &Value) {
+fn detail_table(sidecar: &Sidecar) {
+    let s = &sidecar.status;
     say_part!(
         "{}",
         output::fields(&[
-            ("Name", text(&s["id"])),
-            ("Identity", text(&s["identity"])),
-            ("Service", text(&s["service"])),
-            ("Workload", text(&s["workload"])),
-            ("Inbound", text(&s["inbound_address"])),
-            ("Admin", text(&s["admin_address"])),
-            ("Proxy", text(&s["proxy_version"])),
-            ("Replica", text(&s["control_plane"])),
-            ("Remote", text(&s["remote"])),
-            ("Rollout", format!("bucket {}", text(&s["rollout_bucket"]))),
+            ("Name", text(&s.id)),
+            ("Identity", text(&s.identity)),
+            ("Service", text(&s.service)),
+            ("Workload", text(&s.workload)),
+            ("Inbound", text(&s.inbound_address)),
+            ("Admin", text(&s.admin_address)),
+            ("Proxy", text(&s.proxy_version)),
+            ("Replica", text(&s.control_plane)),
+            ("Remote", text(&s.remote)),
+            ("Rollout", format!("bucket {}", text(&s.rollout_bucket))),
             (
                 "Cert",
                 format!(
                     "serial {}, expires {}",
-                    text(&s["cert_serial"]),
-                    expires(&s["cert_expires_at"])
+                    text(&sidecar.cert_serial),
+                    expires(&sidecar.cert_expires_at)
                 )
             ),
-            ("Connected", ago(&s["connected_at"])),
-            ("Last seen", ago(&s["last_seen"])),
+            ("Connected", ago(&s.connected_at)),
+            ("Last seen", ago(&s.last_seen)),
         ])
     );
     say!();
     let mut table = Table::new(&["TYPE", "STATE", "SENT", "ACKED", "NACK"]);
-    for t in s["types"].as_array().into_iter().flatten() {
+    for t in &s.types {
         table.row(vec![
-            type_name(t["type_url"].as_str().unwrap_or_default()).into(),
-            text(&t["state"]),
-            text(&t["sent_version"]),
-            text(&t["acked_version"]),
-            t["nack"].as_str().map_or("-".into(), one_line),
+            type_name(&t.type_url).into(),
+            state_word(t.state).into(),
+            text(&t.sent_version),
+            text(&t.acked_version),
+            t.nack.as_deref().map_or("-".into(), one_line),
         ]);
     }
     table.print();
+}
+
+/// `SYNCED`, `STALE`, `NACKED`, as the API spells them.
+pub fn state_word(state: SyncState) -> &'static str {
+    match state {
+        SyncState::Synced => "SYNCED",
+        SyncState::Stale => "STALE",
+        SyncState::Nacked => "NACKED",
+    }
 }
 
 fn no_sidecar(id: &str) -> Failure {
@@ -181,29 +189,24 @@ fn one_line(text: &str) -> String {
 
 /// `meshctl config-dump SIDECAR`.
 pub async fn config_dump(id: &str, format: Format, api: Client) -> Result<(), Failure> {
-    let dump = api
-        .get(&format!("/api/v1/sidecars/{}/config", segment(id)))
+    let dump: SidecarConfig = api
+        .fetch(&format!("/api/v1/sidecars/{}/config", segment(id)))
         .await
         .map_err(|f| if f.not_found { no_sidecar(id) } else { f })?;
     output::emit(format, &dump, |d| {
-        let states: Vec<(String, String)> = d["types"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| (text(&t["type_url"]), text(&t["state"])))
-            .collect();
         let mut table = Table::new(&["TYPE", "NAME", "VERSION", "STATE"]);
-        for (type_url, resources) in d["resources"].as_object().into_iter().flatten() {
-            let state = states
+        for (type_url, resources) in &d.resources {
+            let state = d
+                .types
                 .iter()
-                .find(|(t, _)| t == type_url)
-                .map_or("-".to_string(), |(_, s)| s.clone());
-            for r in resources.as_array().into_iter().flatten() {
+                .find(|t| &t.type_url == type_url)
+                .map_or("-", |t| state_word(t.state));
+            for r in resources {
                 table.row(vec![
                     type_name(type_url).into(),
-                    text(&r["name"]),
-                    text(&r["version"]),
-                    state.clone(),
+                    text(&r.name),
+                    text(&r.version),
+                    state.into(),
                 ]);
             }
         }
@@ -216,16 +219,29 @@ pub async fn config_dump(id: &str, format: Format, api: Client) -> Result<(), Fa
 mod tests {
     use super::*;
 
+    fn ty(name: &str, state: SyncState) -> TypeStatus {
+        TypeStatus {
+            type_url: format!("type.mesh.v1/{name}"),
+            state,
+            sent_version: String::new(),
+            acked_version: String::new(),
+            last_nonce: String::new(),
+            nack: None,
+        }
+    }
+
     #[test]
     fn sync_is_summarised_worst_first() {
-        let s = json!({"types": [
-            {"type_url": "type.mesh.v1/Cluster", "state": "STALE"},
-            {"type_url": "type.mesh.v1/RouteTable", "state": "NACKED"},
-            {"type_url": "type.mesh.v1/Listener", "state": "SYNCED"},
-        ]});
-        assert_eq!(sync_summary(&s), "NACKED RouteTable; STALE Cluster");
-        let s = json!({"types": [{"type_url": "type.mesh.v1/Listener", "state": "SYNCED"}]});
-        assert_eq!(sync_summary(&s), "SYNCED (1/1)");
-        assert_eq!(sync_summary(&json!({"types": []})), "CONNECTING");
+        let types = [
+            ty("Cluster", SyncState::Stale),
+            ty("RouteTable", SyncState::Nacked),
+            ty("Listener", SyncState::Synced),
+        ];
+        assert_eq!(sync_summary(&types), "NACKED RouteTable; STALE Cluster");
+        assert_eq!(
+            sync_summary(&[ty("Listener", SyncState::Synced)]),
+            "SYNCED (1/1)"
+        );
+        assert_eq!(sync_summary(&[]), "CONNECTING");
     }
 }

@@ -4,6 +4,7 @@
 use crate::admin::Client;
 use crate::output::{self, Format, Table, text};
 use crate::{EXIT_FAILURE, EXIT_USAGE, Failure};
+use mesh_admin_api::{ApplyResults, StoredDocument, TlsInventory, TlsPolicyStatus};
 use serde_json::{Value, json};
 
 /// The namespace whose policies apply to every namespace.
@@ -132,8 +133,8 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
             format!("--timeout {:?}: {e}; e.g. --timeout 2m", args.timeout),
         )
     })?;
-    let response = api
-        .post("/api/v1/documents", &json!([document(&name, &spec)]))
+    let response: ApplyResults = api
+        .submit("/api/v1/documents", &json!([document(&name, &spec)]))
         .await?;
     // The rest of the fleet now has what the stage tried: the stage has served its purpose.
     let promoted = !staged
@@ -147,13 +148,13 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
         ))
         .await?;
     }
-    let inventory = api.get("/api/v1/tls").await?;
+    let inventory: TlsInventory = api.fetch("/api/v1/tls").await?;
     let policy = policy_of(&inventory, &name);
     output::emit(format, &response, |r| {
-        for r in r["results"].as_array().into_iter().flatten() {
+        for r in &r.results {
             say!(
                 "{}",
-                output::outcome("TlsPolicy", &text(&r["name"]), &text(&r["outcome"]), None)
+                output::outcome("TlsPolicy", &r.key.name, r.outcome.as_str(), None)
             );
         }
         if promoted {
@@ -163,7 +164,7 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
             );
         }
         if let Some(p) = &policy {
-            note!("{}", coverage_line(&name, p, &inventory["sidecars"]));
+            note!("{}", coverage_line(&name, p, inventory.sidecars));
         }
         if !args.wait {
             note!("follow the rollout with `meshctl tls status` (or `meshctl tls set ... --wait`)");
@@ -176,19 +177,17 @@ pub async fn set(args: &SetArgs, format: Format, api: Client) -> Result<(), Fail
 }
 
 /// The policy `name` of the root namespace in `GET /api/v1/tls`.
-fn policy_of(inventory: &Value, name: &str) -> Option<Value> {
-    inventory["policies"]
-        .as_array()?
+fn policy_of(inventory: &TlsInventory, name: &str) -> Option<TlsPolicyStatus> {
+    inventory
+        .policies
         .iter()
-        .find(|p| p["namespace"] == ROOT_NAMESPACE && p["name"] == name)
+        .find(|p| p.namespace == ROOT_NAMESPACE && p.name == name)
         .cloned()
 }
 
 /// `tlspolicy/x covers 2 of 3 sidecars, 1 ACKed`, or why it covers none.
-fn coverage_line(name: &str, p: &Value, sidecars: &Value) -> String {
-    let covers = p["covers"].as_u64().unwrap_or(0);
-    let acked = p["acked"].as_u64().unwrap_or(0);
-    let selected = p["selected"].as_u64().unwrap_or(0);
+fn coverage_line(name: &str, p: &TlsPolicyStatus, sidecars: usize) -> String {
+    let (covers, acked, selected) = (p.covers, p.acked, p.selected);
     let target = output::display_name("TlsPolicy", name);
     if covers > 0 {
         return format!("{target} covers {covers} of {sidecars} sidecar(s); {acked} ACKed it");
@@ -198,14 +197,13 @@ fn coverage_line(name: &str, p: &Value, sidecars: &Value) -> String {
             "{target} covers no sidecar: its selector matches none of the {sidecars} connected"
         );
     }
-    let buckets: Vec<String> = p["selected_buckets"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let buckets: Vec<String> = p
+        .selected_buckets
+        .iter()
         .take(10)
         .map(|b| b.to_string())
         .collect();
-    match p["rollout_percent"].as_u64() {
+    match p.rollout_percent {
         Some(pct) => format!(
             "{target} covers no sidecar: a {pct}% stage takes the sidecars whose rollout bucket \
              is below {pct}, and the {selected} it selects have buckets {}; raise --stage above \
@@ -227,17 +225,14 @@ async fn wait_acked(api: &Client, name: &str, timeout: std::time::Duration) -> R
     let start = std::time::Instant::now();
     let mut last = String::new();
     loop {
-        let inventory = api.get("/api/v1/tls").await?;
+        let inventory: TlsInventory = api.fetch("/api/v1/tls").await?;
         let Some(p) = policy_of(&inventory, name) else {
             return Err(Failure::new(
                 EXIT_FAILURE,
                 format!("TlsPolicy {ROOT_NAMESPACE}/{name} is gone (deleted meanwhile?)"),
             ));
         };
-        let (covers, acked) = (
-            p["covers"].as_u64().unwrap_or(0),
-            p["acked"].as_u64().unwrap_or(0),
-        );
+        let (covers, acked) = (p.covers, p.acked);
         let line = format!("{acked} of {covers} covered sidecar(s) ACKed");
         if line != last {
             note!("{line}");
@@ -279,8 +274,13 @@ async fn stored_spec(api: &Client, name: &str) -> Result<Option<Spec>, Failure> 
             "/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}"
         ))
         .await?;
-    Ok(match existing["document"]["spec"].as_object() {
-        Some(spec) if code == 200 => Some(spec.clone()),
+    if code != 200 {
+        return Ok(None);
+    }
+    let path = format!("/api/v1/documents/TlsPolicy/{ROOT_NAMESPACE}/{name}");
+    let stored: StoredDocument = api.read(&path, existing)?;
+    Ok(match stored.document.get("spec") {
+        Some(Value::Object(spec)) => Some(spec.clone()),
         _ => None,
     })
 }
@@ -311,21 +311,15 @@ fn document(name: &str, spec: &Spec) -> Value {
 
 /// `meshctl tls status`: policies, then the negotiated inventory.
 pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
-    let inventory = api.get("/api/v1/tls").await?;
+    let inventory: TlsInventory = api.fetch("/api/v1/tls").await?;
     output::emit(format, &inventory, |inv| {
         let mut policies = Table::new(&[
             "POLICY", "SELECTOR", "STAGE", "MIN", "MAX", "CIPHERS", "GROUPS", "MODE", "COVERS",
             "ACKED",
         ]);
         let mut uncovering = Vec::new();
-        for p in inv["policies"].as_array().into_iter().flatten() {
-            let list = |v: &Value| {
-                let items: Vec<&str> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
+        for p in &inv.policies {
+            let list = |items: &[String]| {
                 if items.is_empty() {
                     "(default)".to_string()
                 } else {
@@ -333,26 +327,25 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
                 }
             };
             policies.row(vec![
-                format!("{}/{}", text(&p["namespace"]), text(&p["name"])),
-                if p["selector"].is_null() {
-                    "(all)".into()
-                } else {
-                    p["selector"].to_string()
+                format!("{}/{}", text(&p.namespace), text(&p.name)),
+                match &p.selector {
+                    None => "(all)".into(),
+                    Some(selector) => serde_json::to_string(selector).unwrap_or_default(),
                 },
-                match p["rollout_percent"].as_u64() {
+                match p.rollout_percent {
                     Some(pct) => format!("{pct}%"),
                     None => "-".into(),
                 },
-                text(&p["min_version"]),
-                text(&p["max_version"]),
-                list(&p["cipher_suites"]),
-                list(&p["key_exchange_groups"]),
-                text(&p["inbound_mode"]),
-                text(&p["covers"]),
-                text(&p["acked"]),
+                text(&p.min_version),
+                text(&p.max_version),
+                list(&p.cipher_suites),
+                list(&p.key_exchange_groups),
+                text(&p.inbound_mode),
+                text(&p.covers),
+                text(&p.acked),
             ]);
-            if p["covers"].as_u64() == Some(0) {
-                uncovering.push(coverage_line(&text(&p["name"]), p, &inv["sidecars"]));
+            if p.covers == 0 {
+                uncovering.push(coverage_line(&text(&p.name), p, inv.sidecars));
             }
         }
         if policies.is_empty() {
@@ -363,19 +356,19 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
                 say!("{line}");
             }
         }
-        if let Some(b) = inv["bridge"].as_object() {
+        if let Some(b) = &inv.bridge {
             say!(
                 "a change that shares nothing with the running policy is bridged: both settings \
                  accepted until every sidecar ACKed ({} still to ACK, for {}s)",
-                b["waiting_sidecars"],
-                b["for_secs"]
+                b.waiting_sidecars,
+                b.for_secs
             );
         }
         say!();
         say!(
             "{} of {} sidecars reported what they negotiate:",
-            inv["reporting"],
-            inv["sidecars"]
+            inv.reporting,
+            inv.sidecars
         );
         let mut table = Table::new(&[
             "DIRECTION",
@@ -386,15 +379,15 @@ pub async fn status(format: Format, api: Client) -> Result<(), Failure> {
             "HANDSHAKES",
             "SIDECARS",
         ]);
-        for n in inv["negotiated"].as_array().into_iter().flatten() {
+        for n in &inv.negotiated {
             table.row(vec![
-                text(&n["direction"]),
-                version(&text(&n["version"])),
-                text(&n["cipher_suite"]),
-                text(&n["group"]),
-                text(&n["open_connections"]),
-                text(&n["handshakes"]),
-                text(&n["sidecars"]),
+                text(&n.direction),
+                version(&text(&n.version)),
+                text(&n.cipher_suite),
+                text(&n.group),
+                text(&n.open_connections),
+                text(&n.handshakes),
+                text(&n.sidecars),
             ]);
         }
         table.print();
@@ -409,9 +402,24 @@ mod tests {
     fn versions_are_shown_as_typed_and_an_empty_stage_says_why() {
         assert_eq!(version("TLSv1_3"), "1.3");
         assert_eq!(version("TLSv1_2"), "1.2");
-        let p = json!({"covers": 0, "acked": 0, "selected": 3, "selected_buckets": [54, 69, 98],
-                       "rollout_percent": 50});
-        let line = coverage_line("mesh-tls-stage", &p, &json!(3));
+        let policy = |covers, acked, selected, buckets: &[u8], pct| TlsPolicyStatus {
+            namespace: ROOT_NAMESPACE.into(),
+            name: "p".into(),
+            selector: None,
+            min_version: "1.2".into(),
+            max_version: "1.3".into(),
+            cipher_suites: vec![],
+            key_exchange_groups: vec![],
+            inbound_mode: "STRICT".into(),
+            drain_grace_period_secs: 0,
+            rollout_percent: pct,
+            covers,
+            acked,
+            selected,
+            selected_buckets: buckets.to_vec(),
+        };
+        let p = policy(0, 0, 3, &[54, 69, 98], Some(50));
+        let line = coverage_line("mesh-tls-stage", &p, 3);
         assert!(
             line.starts_with("tlspolicy/mesh-tls-stage covers no sidecar: a 50% stage"),
             "{line}"
@@ -420,9 +428,9 @@ mod tests {
             line.contains("buckets 54, 69, 98; raise --stage above 54%"),
             "{line}"
         );
-        let p = json!({"covers": 2, "acked": 1, "selected": 3});
+        let p = policy(2, 1, 3, &[], None);
         assert_eq!(
-            coverage_line("mesh-tls", &p, &json!(3)),
+            coverage_line("mesh-tls", &p, 3),
             "tlspolicy/mesh-tls covers 2 of 3 sidecar(s); 1 ACKed it"
         );
     }

@@ -4,7 +4,8 @@
 use crate::Failure;
 use crate::admin::{Client, segment};
 use crate::output::{self, Format, Table, ago, expires, text, utc};
-use serde_json::{Value, json};
+use mesh_admin_api::{CreateToken, JoinToken, NewJoinToken, TokenList};
+use serde_json::json;
 
 pub async fn create(
     identity: &str,
@@ -13,29 +14,30 @@ pub async fn create(
     format: Format,
     api: Client,
 ) -> Result<(), Failure> {
-    let body = json!({ "identity": identity, "ttl": ttl, "uses": uses });
-    let created = api.post("/api/v1/tokens", &body).await?;
+    let body = CreateToken {
+        identity: identity.into(),
+        ttl: Some(ttl.into()),
+        uses: Some(uses),
+    };
+    let created: NewJoinToken = api.submit("/api/v1/tokens", &body).await?;
     output::emit(format, &created, |created| {
         // The token alone on stdout, so that `TOKEN=$(meshctl token create ...)` works.
-        say!("{}", created["token"].as_str().unwrap_or_default());
+        say!("{}", created.token);
         note!(
             "token {} for {identity} ({uses} use(s), expires {}); it is shown only once",
-            text(&created["id"]),
-            expires(&created["expires_at"]),
+            text(&created.id),
+            expires(&created.expires_at),
         );
     })
 }
 
 /// `active`, `expired`, `used up` or `revoked`.
-fn state(token: &Value) -> &'static str {
-    if token["revoked_at"].is_i64() {
+fn state(token: &JoinToken) -> &'static str {
+    if token.revoked_at.is_some() {
         "revoked"
-    } else if token["expires_at"]
-        .as_i64()
-        .is_some_and(|t| t <= output::now())
-    {
+    } else if token.expires_at <= output::now() {
         "expired"
-    } else if token["uses_remaining"] == 0 {
+    } else if token.uses_remaining == 0 {
         "used up"
     } else {
         "active"
@@ -43,9 +45,9 @@ fn state(token: &Value) -> &'static str {
 }
 
 pub async fn list(format: Format, api: Client) -> Result<(), Failure> {
-    let tokens = api.get("/api/v1/tokens").await?;
+    let tokens: TokenList = api.fetch("/api/v1/tokens").await?;
     output::emit(format, &tokens, |t| {
-        let list = t["tokens"].as_array().cloned().unwrap_or_default();
+        let list = &t.tokens;
         if list.is_empty() {
             note!("no join tokens; create one with `meshctl token create --identity ...`");
             return;
@@ -59,23 +61,19 @@ pub async fn list(format: Format, api: Client) -> Result<(), Failure> {
             "CREATED",
             "LAST USED",
         ]);
-        for token in &list {
+        for token in list {
             table.row(vec![
-                text(&token["id"]),
-                text(&token["identity"]),
+                text(&token.id),
+                text(&token.identity),
                 state(token).into(),
-                text(&token["uses_remaining"]),
+                text(&token.uses_remaining),
                 if state(token) == "active" {
-                    expires(&token["expires_at"])
+                    expires(&token.expires_at)
                 } else {
-                    utc(&token["expires_at"])
+                    utc(&token.expires_at)
                 },
-                format!(
-                    "{} by {}",
-                    ago(&token["created_at"]),
-                    text(&token["created_by"])
-                ),
-                ago(&token["last_used_at"]),
+                format!("{} by {}", ago(&token.created_at), text(&token.created_by)),
+                ago(&token.last_used_at),
             ]);
         }
         table.print();
@@ -94,24 +92,25 @@ pub async fn revoke(id: &str, format: Format, api: Client) -> Result<(), Failure
 mod tests {
     use super::*;
 
+    fn token(expires_at: i64, uses_remaining: u32, revoked_at: Option<i64>) -> JoinToken {
+        JoinToken {
+            id: "t".into(),
+            identity: "spiffe://cluster.local/ns/a/sa/b".into(),
+            expires_at,
+            uses_remaining,
+            created_by: "admin".into(),
+            created_at: 1,
+            revoked_at,
+            last_used_at: None,
+        }
+    }
+
     #[test]
     fn token_states() {
         let future = output::now() + 600;
-        assert_eq!(
-            state(&json!({"expires_at": future, "uses_remaining": 1})),
-            "active"
-        );
-        assert_eq!(
-            state(&json!({"expires_at": future, "uses_remaining": 0})),
-            "used up"
-        );
-        assert_eq!(
-            state(&json!({"expires_at": 1, "uses_remaining": 1})),
-            "expired"
-        );
-        assert_eq!(
-            state(&json!({"expires_at": future, "uses_remaining": 1, "revoked_at": 5})),
-            "revoked"
-        );
+        assert_eq!(state(&token(future, 1, None)), "active");
+        assert_eq!(state(&token(future, 0, None)), "used up");
+        assert_eq!(state(&token(1, 1, None)), "expired");
+        assert_eq!(state(&token(future, 1, Some(5))), "revoked");
     }
 }

@@ -22,8 +22,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use mesh_admin_api as api;
 use serde::Deserialize;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +79,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let body = api::ErrorBody {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -193,23 +196,7 @@ pub struct Caller {
 }
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Every read (`GET`, `HEAD`), no change.
-    Viewer,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Viewer => "viewer",
-        }
-    }
-}
+pub use mesh_admin_api::Role;
 
 /// The role of a presented token, if it is one of ours. Both comparisons always run, in
 /// constant time, so the answer's timing tells nothing of either token.
@@ -290,8 +277,11 @@ async fn authenticate(
 
 /// `GET /api/v1/whoami`: the caller's role, so that a client (the dashboard) shows only what
 /// it may do. The API enforces the role either way.
-async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Response {
-    Json(json!({ "name": caller.name, "role": caller.role })).into_response()
+async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> Json<api::WhoAmI> {
+    Json(api::WhoAmI {
+        name: caller.name,
+        role: caller.role,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -300,7 +290,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn healthz(State(state): State<AdminState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(api::Health {
+                status: "ok".into(),
+            }),
+        )
+            .into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unreachable: {e}"),
@@ -320,21 +316,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateToken {
-    identity: String,
-    /// e.g. "10m"; default 10m.
-    ttl: Option<String>,
-    /// Default 1.
-    uses: Option<u32>,
-}
-
 async fn create_token(
     State(state): State<AdminState>,
     axum::Extension(caller): axum::Extension<Caller>,
-    body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<crate::identity::NewJoinToken>)> {
+    body: Result<Json<api::CreateToken>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<api::NewJoinToken>)> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let identity: mesh_ca::SpiffeId = req
         .identity
@@ -362,12 +348,34 @@ async fn create_token(
     let token =
         crate::identity::create_join_token(&state.store, &identity, ttl, uses, &caller.name)
             .await?;
+    let token = api::NewJoinToken {
+        id: token.id,
+        token: token.token,
+        identity: token.identity,
+        expires_at: token.expires_at,
+        uses: token.uses,
+    };
     Ok((StatusCode::CREATED, Json(token)))
 }
 
-async fn list_tokens(State(state): State<AdminState>) -> ApiResult<Response> {
-    let tokens = state.store.list_join_tokens().await?;
-    Ok(Json(json!({ "tokens": tokens })).into_response())
+async fn list_tokens(State(state): State<AdminState>) -> ApiResult<Json<api::TokenList>> {
+    let tokens = state
+        .store
+        .list_join_tokens()
+        .await?
+        .into_iter()
+        .map(|t| api::JoinToken {
+            id: t.id,
+            identity: t.identity,
+            expires_at: t.expires_at,
+            uses_remaining: t.uses_remaining,
+            created_by: t.created_by,
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+            last_used_at: t.last_used_at,
+        })
+        .collect();
+    Ok(Json(api::TokenList { tokens }))
 }
 
 async fn revoke_token(
@@ -389,14 +397,21 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn ca_bundle(State(state): State<AdminState>) -> Response {
+async fn ca_bundle(State(state): State<AdminState>) -> Json<api::Bundle> {
     let bundle = state.authority.bundle();
-    let roots: Vec<_> = bundle
+    let roots = bundle
         .roots()
         .iter()
-        .map(|r| json!({ "fingerprint": r.fingerprint, "subject": r.subject, "not_after": r.not_after }))
+        .map(|r| api::BundleRoot {
+            fingerprint: r.fingerprint.clone(),
+            subject: r.subject.clone(),
+            not_after: r.not_after,
+        })
         .collect();
-    Json(json!({ "pem": bundle.to_pem(), "roots": roots })).into_response()
+    Json(api::Bundle {
+        pem: bundle.to_pem(),
+        roots,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -417,22 +432,22 @@ fn certificate_state(
     cert: &crate::store::IssuedCert,
     now: i64,
     trusted: &std::collections::HashSet<String>,
-) -> &'static str {
+) -> api::CertState {
     if cert.not_after < now {
-        "expired"
+        api::CertState::Expired
     } else if cert.superseded_at.is_some() {
-        "superseded"
+        api::CertState::Superseded
     } else if !trusted.contains(&cert.issuer_fingerprint.to_ascii_lowercase()) {
-        "untrusted"
+        api::CertState::Untrusted
     } else {
-        "in use"
+        api::CertState::InUse
     }
 }
 
 async fn list_certificates(
     State(state): State<AdminState>,
     Query(q): Query<CertQuery>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::CertificateList>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let (valid_at, until) = match q.expiring_within.as_deref() {
         None => (q.valid_at.or(q.live.then_some(now)), None),
@@ -444,21 +459,26 @@ async fn list_certificates(
         }
     };
     let trusted = state.authority.trusted_issuers();
-    let certs: Vec<serde_json::Value> = state
+    let certificates = state
         .store
         .list_certificates(valid_at, q.identity.as_deref())
         .await?
         .into_iter()
         .filter(|c| until.is_none_or(|until| c.not_after <= until))
         .map(|c| (certificate_state(&c, now, &trusted), c))
-        .filter(|(s, _)| !q.live || *s == "in use")
-        .map(|(s, c)| {
-            let mut v = json!(c);
-            v["state"] = json!(s);
-            v
+        .filter(|(s, _)| !q.live || *s == api::CertState::InUse)
+        .map(|(state, c)| api::Certificate {
+            serial_hex: c.serial_hex,
+            identity: c.identity,
+            issuer_fingerprint: c.issuer_fingerprint,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            sidecar: c.sidecar,
+            superseded_at: c.superseded_at,
+            state,
         })
         .collect();
-    Ok(Json(json!({ "certificates": certs })).into_response())
+    Ok(Json(api::CertificateList { certificates }))
 }
 
 /// A duration as humantime (`10m`, `1h 30m`) or plain seconds (`600`).
@@ -478,10 +498,30 @@ struct AuditQuery {
 async fn list_audit(
     State(state): State<AdminState>,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::AuditList>> {
     let entries = state
         .store
         .list_audit(q.limit.unwrap_or(100).min(1000), q.since_id)
-        .await?;
-    Ok(Json(json!({ "entries": entries })).into_response())
+        .await?
+        .into_iter()
+        .map(audit_record)
+        .collect();
+    Ok(Json(api::AuditList { entries }))
+}
+
+/// A stored audit entry as the API shows it.
+pub fn audit_record(r: crate::store::AuditRecord) -> api::AuditRecord {
+    api::AuditRecord {
+        id: r.id,
+        at: r.at,
+        actor: r.actor,
+        action: r.action,
+        target: r.target,
+        outcome: match r.outcome {
+            AuditOutcome::Ok => api::AuditOutcome::Ok,
+            AuditOutcome::Denied => api::AuditOutcome::Denied,
+            AuditOutcome::Error => api::AuditOutcome::Error,
+        },
+        detail: r.detail,
+    }
 }

@@ -42,10 +42,10 @@ use crate::store::{
 use crate::tls::ServingTls;
 use crate::xds::Xds;
 use anyhow::Context;
+use mesh_admin_api::RotationStatus;
 use mesh_ca::rotation::{Effects, FleetView, Mode, Phase, Rotation, RotationError};
 use mesh_ca::{CertificateAuthority, TrustBundle};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -420,7 +420,11 @@ impl Rotations {
     }
 
     /// Starts a rotation to a new CA (generated, or imported).
-    pub async fn begin(&self, req: StartRequest, actor: &str) -> Result<Value, RotateError> {
+    pub async fn begin(
+        &self,
+        req: StartRequest,
+        actor: &str,
+    ) -> Result<RotationStatus, RotateError> {
         if req.window > MAX_WINDOW {
             return Err(RotateError::BadRequest("window: at most 24h".into()));
         }
@@ -493,7 +497,7 @@ impl Rotations {
 
     /// Pause, resume, roll back, or (manual mode) move on. Retried when another replica wrote
     /// in between (its write is read first, then the command is checked against it).
-    pub async fn command(&self, command: Command) -> Result<Value, RotateError> {
+    pub async fn command(&self, command: Command) -> Result<RotationStatus, RotateError> {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             match self.try_command(command).await {
@@ -541,11 +545,15 @@ impl Rotations {
 
     /// The rotation for status displays: phase, progress, what it waits for, and whether this
     /// replica drives it.
-    pub async fn status(&self) -> Value {
+    pub async fn status(&self) -> RotationStatus {
         let followed = self.inner.followed.lock().await;
         let driven_here = self.inner.leads.load(Ordering::Relaxed);
         let Some(d) = followed.data.as_ref() else {
-            return json!({ "phase": IDLE, "driven_here": driven_here });
+            return RotationStatus {
+                phase: IDLE.into(),
+                driven_here,
+                rotation: None,
+            };
         };
         let fleet = self
             .inner
@@ -555,26 +563,43 @@ impl Rotations {
             .clone();
         let r = &d.rotation;
         let progress = r.progress(&fleet);
-        json!({
-            "phase": r.phase.as_str(),
-            "generation": r.generation,
-            "mode": r.mode,
-            "paused": r.paused,
-            "old_root": r.old_root,
-            "new_root": r.new_root,
-            "old_signer": r.old_signer,
-            "new_signer": r.new_signer,
-            "window_secs": r.window_secs,
-            "phase_started_at": r.phase_started_at,
-            "reissue_before": r.reissue_before,
-            "waiting_for": if r.phase.is_terminal() { "" } else { r.waiting_for.as_str() },
-            "progress": if r.phase.is_terminal() { json!(null) } else { json!(progress) },
-            "stragglers": if r.phase.is_terminal() { vec![] } else { fleet.stragglers.clone() },
-            "retiring_certificates_in_use": fleet.live_retiring_certs,
-            "started_by": d.started_by,
-            "started_at": d.started_at,
-            "driven_here": driven_here,
-        })
+        let over = r.phase.is_terminal();
+        RotationStatus {
+            phase: r.phase.as_str().into(),
+            driven_here,
+            rotation: Some(mesh_admin_api::Rotation {
+                generation: r.generation,
+                mode: match r.mode {
+                    Mode::Automatic => mesh_admin_api::RotationMode::Automatic,
+                    Mode::Manual => mesh_admin_api::RotationMode::Manual,
+                },
+                paused: r.paused,
+                old_root: r.old_root.clone(),
+                new_root: r.new_root.clone(),
+                old_signer: r.old_signer.clone(),
+                new_signer: r.new_signer.clone(),
+                window_secs: r.window_secs,
+                phase_started_at: r.phase_started_at,
+                reissue_before: r.reissue_before,
+                waiting_for: if over {
+                    String::new()
+                } else {
+                    r.waiting_for.clone()
+                },
+                progress: (!over).then_some(mesh_admin_api::Progress {
+                    done: progress.done,
+                    total: progress.total,
+                }),
+                stragglers: if over {
+                    vec![]
+                } else {
+                    fleet.stragglers.clone()
+                },
+                retiring_certificates_in_use: fleet.live_retiring_certs,
+                started_by: d.started_by.clone(),
+                started_at: d.started_at,
+            }),
+        }
     }
 
     /// Persists `data` for the authority's current CAs, then applies it.

@@ -7,77 +7,59 @@ use crate::rotation::{Command, RotateError, StartRequest};
 use crate::store::{AuditEntry, AuditOutcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use mesh_admin_api as api;
 use mesh_ca::CertInfo;
 use mesh_ca::rotation::Mode;
-use serde_json::{Value, json};
 use std::time::Duration;
 
 /// `GET /api/v1/ca`.
 ///
 /// `rotation` is the latest CA rotation as `GET /api/v1/ca/rotation` shows it.
-pub(super) async fn status(State(state): State<AdminState>) -> Response {
+pub(super) async fn status(State(state): State<AdminState>) -> Json<api::CaStatus> {
     let signer = state.authority.signer();
     let bundle = state.authority.bundle();
     let signing = signer.signing_cert();
-    let roots: Vec<Value> = bundle
+    let roots = bundle
         .roots()
         .iter()
-        .map(|r| {
-            let mut v = cert_json(r);
+        .map(|r| api::CaRoot {
+            cert: ca_cert(r),
             // The root the signing certificate chains to (the signing certificate itself when
             // the CA is a root).
-            v["active"] = json!(r.fingerprint == signer.root().fingerprint);
-            v
+            active: r.fingerprint == signer.root().fingerprint,
         })
         .collect();
     let rotation = state.rotations.status().await;
     let policy = signer.policy();
-    let body = json!({
-        "trust_domain": signer.trust_domain().to_string(),
-        "signing": cert_json(signing),
-        "roots": roots,
-        "leaf_ttl_seconds": policy.default_ttl.as_secs(),
-        "max_leaf_ttl_seconds": policy.max_ttl.as_secs(),
-        "rotation_phase": rotation["phase"],
-        "rotation": rotation,
-    });
-    Json(body).into_response()
-}
-
-fn cert_json(c: &CertInfo) -> Value {
-    json!({
-        "fingerprint": c.fingerprint,
-        "serial_hex": c.serial_hex,
-        "subject": c.subject,
-        "issuer": c.issuer,
-        "not_before": c.not_before,
-        "not_after": c.not_after,
-        "self_signed": c.self_signed,
+    Json(api::CaStatus {
+        trust_domain: signer.trust_domain().to_string(),
+        signing: ca_cert(signing),
+        roots,
+        leaf_ttl_seconds: policy.default_ttl.as_secs(),
+        max_leaf_ttl_seconds: policy.max_ttl.as_secs(),
+        rotation_phase: rotation.phase.clone(),
+        rotation,
     })
 }
 
-/// `POST /api/v1/ca/rotation`: starts a CA rotation.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateRequest {
-    /// Wait for an operator (`POST /api/v1/ca/rotation/next`) at each gate.
-    #[serde(default)]
-    manual: bool,
-    /// The stagger window of re-issues, e.g. "5m" (default 1m).
-    window: Option<String>,
-    /// The new CA to import (PEM chain, signing certificate first, and its PKCS#8 key);
-    /// generated when absent.
-    import_cert_pem: Option<String>,
-    import_key_pem: Option<String>,
+fn ca_cert(c: &CertInfo) -> api::CaCert {
+    api::CaCert {
+        fingerprint: c.fingerprint.clone(),
+        serial_hex: c.serial_hex.clone(),
+        subject: c.subject.clone(),
+        issuer: c.issuer.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        self_signed: c.self_signed,
+    }
 }
 
 pub(super) async fn rotate(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<RotateRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    body: Result<Json<api::RotateRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<api::RotationStatus>)> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let window = match req.window.as_deref() {
         None => Duration::from_secs(60),
@@ -108,7 +90,7 @@ pub(super) async fn rotate(
 }
 
 /// `GET /api/v1/ca/rotation`: the latest rotation, its phase and progress.
-pub(super) async fn rotation_status(State(state): State<AdminState>) -> Json<Value> {
+pub(super) async fn rotation_status(State(state): State<AdminState>) -> Json<api::RotationStatus> {
     Json(state.rotations.status().await)
 }
 
@@ -117,7 +99,7 @@ pub(super) async fn rotation_command(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
     Path(command): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::RotationStatus>> {
     let Some(cmd) = Command::parse(&command) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -146,13 +128,10 @@ async fn audit(
     state: &AdminState,
     caller: &Caller,
     what: &str,
-    result: &Result<Value, RotateError>,
+    result: &Result<api::RotationStatus, RotateError>,
 ) {
     let (outcome, detail) = match result {
-        Ok(v) => (
-            AuditOutcome::Ok,
-            format!("{what}: phase {}", v["phase"].as_str().unwrap_or("?")),
-        ),
+        Ok(v) => (AuditOutcome::Ok, format!("{what}: phase {}", v.phase)),
         Err(e) => (AuditOutcome::Denied, format!("{what}: {e}")),
     };
     let entry = AuditEntry {

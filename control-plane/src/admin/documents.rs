@@ -18,7 +18,7 @@
 
 use super::{AdminState, ApiError, ApiResult, Caller};
 use crate::model::{Document, DocumentKey, Kind};
-use crate::source::{Applied, Planned};
+use crate::source::{Applied, Outcome, Planned};
 use crate::store::Revision;
 use axum::Json;
 use axum::body::Bytes;
@@ -26,8 +26,9 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mesh_admin_api as api;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The API group of mesh documents (`mesh.meshd.dev/v1alpha1` without the version).
 pub const GROUP: &str = "mesh.meshd.dev";
@@ -57,12 +58,6 @@ pub(super) struct GetQuery {
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RollbackRequest {
-    revision: i64,
-}
-
 /// `POST /api/v1/documents[?dryRun=true]`.
 pub(super) async fn apply(
     State(state): State<AdminState>,
@@ -76,19 +71,23 @@ pub(super) async fn apply(
     let docs = parse_body(&headers, &body)?;
     if query.dry_run {
         let planned = state.documents.plan(docs).await?;
-        let results: Vec<Value> = planned.iter().map(planned_json).collect();
-        return Ok(Json(json!({ "dry_run": true, "results": results })).into_response());
+        let results = planned.iter().map(planned_view).collect();
+        let plan = api::PlanResults {
+            dry_run: true,
+            results,
+        };
+        return Ok(Json(plan).into_response());
     }
     let applied = state.documents.apply(docs, &caller.name).await?;
-    let results: Vec<Value> = applied.iter().map(applied_json).collect();
-    Ok(Json(json!({ "results": results })).into_response())
+    let results = applied.iter().map(applied_view).collect();
+    Ok(Json(api::ApplyResults { results }).into_response())
 }
 
 /// `GET /api/v1/documents[?kind=&namespace=]`.
 pub(super) async fn list(
     State(state): State<AdminState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::DocumentList>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let kind = query.kind.as_deref().map(parse_kind).transpose()?;
     let store = state.documents.store();
@@ -98,8 +97,11 @@ pub(super) async fn list(
     let docs = store
         .list_documents(kind.map(Kind::as_str), query.namespace.as_deref())
         .await?;
-    let documents: Vec<Value> = docs.iter().map(stored_json).collect();
-    Ok(Json(json!({ "documents": documents, "revision": revision })).into_response())
+    let documents = docs.iter().map(stored_view).collect();
+    Ok(Json(api::DocumentList {
+        documents,
+        revision,
+    }))
 }
 
 /// `GET /api/v1/documents/{kind}/{namespace}/{name}[?format=yaml]`.
@@ -125,7 +127,7 @@ pub(super) async fn get(
         .get_document(kind.as_str(), &namespace, &name)
         .await?;
     if !yaml {
-        return Ok(Json(stored_json(&doc)).into_response());
+        return Ok(Json(stored_view(&doc)).into_response());
     }
     let text = Document::parse_json(&doc.body)
         .map(|d| d.to_yaml())
@@ -154,23 +156,24 @@ pub(super) async fn delete(
     State(state): State<AdminState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::Applied>> {
     let kind = parse_kind(&kind)?;
     let deleted = state
         .documents
         .delete(kind, &namespace, &name, &caller.name)
         .await?;
-    let mut body = key_json(&deleted.key);
-    body["revision"] = json!(deleted.revision);
-    body["outcome"] = json!("deleted");
-    Ok(Json(body).into_response())
+    Ok(Json(api::Applied {
+        key: key_view(&deleted.key),
+        revision: deleted.revision,
+        outcome: api::DocumentOutcome::Deleted,
+    }))
 }
 
 /// `GET /api/v1/documents/{kind}/{namespace}/{name}/history`.
 pub(super) async fn history(
     State(state): State<AdminState>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::History>> {
     let kind = parse_kind(&kind)?;
     let revisions = state.documents.history(kind, &namespace, &name).await?;
     let key = DocumentKey {
@@ -178,9 +181,10 @@ pub(super) async fn history(
         namespace,
         name,
     };
-    let mut body = key_json(&key);
-    body["revisions"] = revisions.iter().map(revision_json).collect();
-    Ok(Json(body).into_response())
+    Ok(Json(api::History {
+        key: key_view(&key),
+        revisions: revisions.iter().map(revision_view).collect(),
+    }))
 }
 
 /// `POST /api/v1/documents/{kind}/{namespace}/{name}/rollback` with `{"revision": N}`.
@@ -188,8 +192,8 @@ pub(super) async fn rollback(
     State(state): State<AdminState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
-    body: Result<Json<RollbackRequest>, JsonRejection>,
-) -> ApiResult<Response> {
+    body: Result<Json<api::RollbackRequest>, JsonRejection>,
+) -> ApiResult<Json<api::RolledBack>> {
     let kind = parse_kind(&kind)?;
     let Json(request) = body.map_err(|e| {
         let status = e.status();
@@ -200,9 +204,10 @@ pub(super) async fn rollback(
         .documents
         .rollback(kind, &namespace, &name, request.revision, &caller.name)
         .await?;
-    let mut body = applied_json(&applied);
-    body["rolled_back_to"] = json!(request.revision);
-    Ok(Json(body).into_response())
+    Ok(Json(api::RolledBack {
+        applied: applied_view(&applied),
+        rolled_back_to: request.revision,
+    }))
 }
 
 // --- request parsing ---------------------------------------------------------------------
@@ -285,27 +290,37 @@ fn plural(singular: &str) -> String {
 
 // --- response bodies ---------------------------------------------------------------------
 
-fn key_json(key: &DocumentKey) -> Value {
-    json!({
-        "kind": key.kind.as_str(),
-        "namespace": key.namespace,
-        "name": key.name,
-    })
+fn key_view(key: &DocumentKey) -> api::DocumentKey {
+    api::DocumentKey {
+        kind: key.kind.as_str().into(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
 }
 
-fn applied_json(a: &Applied) -> Value {
-    let mut v = key_json(&a.key);
-    v["revision"] = json!(a.revision);
-    v["outcome"] = json!(a.outcome);
-    v
+fn outcome_view(outcome: Outcome) -> api::DocumentOutcome {
+    match outcome {
+        Outcome::Created => api::DocumentOutcome::Created,
+        Outcome::Configured => api::DocumentOutcome::Configured,
+        Outcome::Unchanged => api::DocumentOutcome::Unchanged,
+    }
 }
 
-fn planned_json(p: &Planned) -> Value {
-    let mut v = key_json(&p.key);
-    v["revision"] = json!(p.revision);
-    v["outcome"] = json!(p.outcome);
-    v["diff"] = json!(p.diff);
-    v
+fn applied_view(a: &Applied) -> api::Applied {
+    api::Applied {
+        key: key_view(&a.key),
+        revision: a.revision,
+        outcome: outcome_view(a.outcome),
+    }
+}
+
+fn planned_view(p: &Planned) -> api::Planned {
+    api::Planned {
+        key: key_view(&p.key),
+        revision: p.revision,
+        outcome: outcome_view(p.outcome),
+        diff: p.diff.clone(),
+    }
 }
 
 /// A stored body is canonical JSON written by meshd; should one not parse, it is shown as a
@@ -314,26 +329,26 @@ fn body_value(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()))
 }
 
-fn stored_json(d: &crate::store::Document) -> Value {
-    json!({
-        "kind": d.kind,
-        "namespace": d.namespace,
-        "name": d.name,
-        "revision": d.revision,
-        "created_at": d.created_at,
-        "updated_at": d.updated_at,
-        "document": body_value(&d.body),
-    })
+fn stored_view(d: &crate::store::Document) -> api::StoredDocument {
+    api::StoredDocument {
+        kind: d.kind.clone(),
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+        revision: d.revision,
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+        document: body_value(&d.body),
+    }
 }
 
-fn revision_json(r: &Revision) -> Value {
-    json!({
-        "revision": r.revision,
-        "op": r.op.as_str(),
-        "actor": r.actor,
-        "at": r.at,
-        "document": r.body.as_deref().map(body_value),
-    })
+fn revision_view(r: &Revision) -> api::RevisionEntry {
+    api::RevisionEntry {
+        revision: r.revision,
+        op: r.op.as_str().into(),
+        actor: r.actor.clone(),
+        at: r.at,
+        document: r.body.as_deref().map(body_value),
+    }
 }
 
 #[cfg(test)]

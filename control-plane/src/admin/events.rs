@@ -21,7 +21,7 @@
 //! The stream needs a token like every API call; since the browser's `EventSource` cannot send
 //! an `Authorization` header, the dashboard reads it with `fetch()`.
 
-use super::sidecars::{SidecarState, counts, sidecar_json};
+use super::sidecars::{SidecarState, counts, sidecar_view, state_of};
 use super::stats::{self, HISTORY, Sample};
 use super::{AdminState, Caller};
 use crate::xds::SidecarStatus;
@@ -29,7 +29,8 @@ use crate::xds::stream::SyncState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use mesh_admin_api as api;
+use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -150,12 +151,14 @@ impl Live {
             if let Some(delta) = fleet.delta(&sidecars, &expiry) {
                 events.push(("sidecars", delta.to_string()));
             }
-            let summary = summary(&sidecars);
-            let summary_text = summary.to_string();
+            let summary = fleet_summary(&sidecars);
+            let summary_text = to_json(&summary);
             if fleet.last_summary.as_deref() != Some(summary_text.as_str()) {
-                let mut with_time = summary;
-                with_time["at"] = json!(unix_now());
-                events.push(("summary", with_time.to_string()));
+                let with_time = api::events::FleetSummary {
+                    at: Some(unix_now()),
+                    ..summary
+                };
+                events.push(("summary", to_json(&with_time)));
                 fleet.last_summary = Some(summary_text);
             }
             events.push(("stats", stats::current(&self.samples()).to_string()));
@@ -197,7 +200,7 @@ impl FleetWatch {
         // The first tick with a watcher has nothing to compare with: whatever changed since
         // the watcher fetched its page is unknown, so it fetches it again.
         let Some(before) = self.seen.replace(now) else {
-            return Some(json!({ "resync": true, "changed": sidecars.len() }));
+            return Some(resync(sidecars.len()));
         };
         let now = self.seen.as_ref()?;
         let upserted: Vec<&SidecarStatus> = sidecars
@@ -209,10 +212,13 @@ impl FleetWatch {
             return None;
         }
         if upserted.len() + removed.len() > MAX_DELTA {
-            return Some(json!({ "resync": true, "changed": upserted.len() + removed.len() }));
+            return Some(resync(upserted.len() + removed.len()));
         }
-        let upserted: Vec<Value> = upserted.iter().map(|s| sidecar_json(s, expiry)).collect();
-        Some(json!({ "upserted": upserted, "removed": removed }))
+        let delta = api::events::SidecarsEvent::Delta {
+            upserted: upserted.iter().map(|s| sidecar_view(s, expiry)).collect(),
+            removed: removed.into_iter().cloned().collect(),
+        };
+        Some(serde_json::to_value(delta).unwrap_or_default())
     }
 }
 
@@ -249,36 +255,64 @@ fn hash_of(text: &str) -> u64 {
     h.finish()
 }
 
-/// The fleet's counts and the NACKs in force.
+/// "Fetch the list again": `changed` sidecars changed.
+fn resync(changed: usize) -> Value {
+    let event = api::events::SidecarsEvent::Resync {
+        resync: true,
+        changed: changed as u64,
+    };
+    serde_json::to_value(event).unwrap_or_default()
+}
+
+/// An event's data.
+fn to_json(data: &impl serde::Serialize) -> String {
+    serde_json::to_string(data).unwrap_or_default()
+}
+
+/// The fleet's counts and the NACKs in force, as JSON.
+#[cfg(test)]
 fn summary(sidecars: &[SidecarStatus]) -> Value {
+    serde_json::to_value(fleet_summary(sidecars)).unwrap_or_default()
+}
+
+/// The fleet's counts and the NACKs in force.
+fn fleet_summary(sidecars: &[SidecarStatus]) -> api::events::FleetSummary {
     let mut nacks = Vec::new();
     let mut nacked_types = 0usize;
     for s in sidecars {
-        if SidecarState::of(s) != SidecarState::Nacked {
+        if state_of(s) != SidecarState::Nacked {
             continue;
         }
         for t in s.types.iter().filter(|t| t.state == SyncState::Nacked) {
             nacked_types += 1;
             if nacks.len() < MAX_NACKS {
-                nacks.push(json!({ "id": s.id, "type_url": t.type_url, "nack": t.nack }));
+                nacks.push(api::events::Nack {
+                    id: s.id.clone(),
+                    type_url: t.type_url.clone(),
+                    nack: t.nack.clone(),
+                });
             }
         }
     }
-    json!({
-        "total": sidecars.len(),
-        "counts": counts(sidecars),
-        "nacks": nacks,
-        "nacked_types": nacked_types,
-    })
+    api::events::FleetSummary {
+        total: sidecars.len(),
+        counts: counts(sidecars),
+        nacks,
+        nacked_types,
+        at: None,
+    }
 }
 
 /// The body `GET /api/v1/ca` answers, whatever fields it has (the rotation's progress
 /// included), so that the feed follows that endpoint without a copy of it.
 async fn ca_body(state: &AdminState) -> String {
-    let response = super::ca::status(State(state.clone())).await;
-    match axum::body::to_bytes(response.into_body(), super::MAX_BODY).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) => json!({ "error": e.to_string() }).to_string(),
+    let axum::Json(status) = super::ca::status(State(state.clone())).await;
+    match serde_json::to_string(&status) {
+        Ok(text) => text,
+        Err(e) => serde_json::to_string(&mesh_admin_api::ErrorBody {
+            error: e.to_string(),
+        })
+        .unwrap_or_default(),
     }
 }
 
@@ -294,17 +328,18 @@ pub(super) async fn stream(
     let first = [
         (
             "hello",
-            json!({
-                "role": caller.role,
-                "interval_seconds": TICK.as_secs_f64(),
-                "at": unix_now(),
-            })
-            .to_string(),
+            to_json(&api::events::Hello {
+                role: caller.role,
+                interval_seconds: TICK.as_secs_f64(),
+                at: unix_now(),
+            }),
         ),
         ("summary", {
-            let mut s = summary(&state.xds.sidecars());
-            s["at"] = json!(unix_now());
-            s.to_string()
+            let s = api::events::FleetSummary {
+                at: Some(unix_now()),
+                ..fleet_summary(&state.xds.sidecars())
+            };
+            to_json(&s)
         }),
     ];
     tokio::spawn(async move {
@@ -318,7 +353,8 @@ pub(super) async fn stream(
                 tick = ticks.recv() => match tick {
                     Ok(tick) => tick.events.iter().map(|(n, d)| event(n, d)).collect(),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        vec![event("sidecars", &json!({ "resync": true, "changed": n }).to_string())]
+                        let changed = usize::try_from(n).unwrap_or(usize::MAX);
+                        vec![event("sidecars", &resync(changed).to_string())]
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -363,6 +399,7 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::xds::stream::TypeStatus;
+    use serde_json::json;
 
     fn sidecar(id: &str, state: SyncState) -> SidecarStatus {
         SidecarStatus {

@@ -7,26 +7,11 @@ use crate::reissue::{Directive, ReissueTarget};
 use crate::store::{AuditEntry, AuditOutcome};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::json;
+use mesh_admin_api as api;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReissueRequest {
-    #[serde(default)]
-    all: bool,
-    namespace: Option<String>,
-    /// `namespace/service`.
-    workload: Option<String>,
-    /// The stagger window, e.g. "30s" (default 1m).
-    window: Option<String>,
-    reason: Option<String>,
-}
-
-fn target(req: &ReissueRequest) -> ApiResult<ReissueTarget> {
+fn target(req: &api::ReissueRequest) -> ApiResult<ReissueTarget> {
     match (req.all, &req.namespace, &req.workload) {
         (true, None, None) => Ok(ReissueTarget::All),
         (false, Some(ns), None) if !ns.is_empty() => Ok(ReissueTarget::Namespace(ns.clone())),
@@ -48,8 +33,8 @@ fn target(req: &ReissueRequest) -> ApiResult<ReissueTarget> {
 pub async fn create(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<ReissueRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    body: Result<Json<api::ReissueRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<api::ReissueProgress>)> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let target = target(&req)?;
     let window = match req.window.as_deref() {
@@ -88,17 +73,35 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(progress)))
 }
 
-pub async fn list(State(state): State<AdminState>) -> ApiResult<Response> {
-    let mut out = Vec::new();
+pub async fn list(State(state): State<AdminState>) -> ApiResult<Json<api::ReissueList>> {
+    let mut directives = Vec::new();
     for d in state.xds.directives() {
-        out.push(progress(&state, &d).await?);
+        directives.push(progress(&state, &d).await?);
     }
-    Ok(Json(json!({ "directives": out })).into_response())
+    Ok(Json(api::ReissueList { directives }))
+}
+
+/// A directive as the API shows it.
+fn directive(d: &Directive) -> api::Directive {
+    api::Directive {
+        generation: d.generation,
+        target: match &d.target {
+            ReissueTarget::All => api::ReissueTarget::All,
+            ReissueTarget::Namespace(ns) => api::ReissueTarget::Namespace(ns.clone()),
+            ReissueTarget::Workload { namespace, service } => api::ReissueTarget::Workload {
+                namespace: namespace.clone(),
+                service: service.clone(),
+            },
+        },
+        reissue_before: d.reissue_before,
+        issued_before: d.issued_before,
+        reason: d.reason.clone(),
+    }
 }
 
 /// A directive with the connected sidecars it concerns and how many of them hold a certificate
 /// that satisfies it (by identity: a live certificate whose notBefore is recent enough).
-async fn progress(state: &AdminState, d: &Directive) -> ApiResult<serde_json::Value> {
+async fn progress(state: &AdminState, d: &Directive) -> ApiResult<api::ReissueProgress> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let sidecars: Vec<_> = state
         .xds
@@ -119,10 +122,10 @@ async fn progress(state: &AdminState, d: &Directive) -> ApiResult<serde_json::Va
             stragglers.push(s.id.clone());
         }
     }
-    Ok(json!({
-        "directive": d,
-        "total": sidecars.len(),
-        "done": done,
-        "stragglers": stragglers,
-    }))
+    Ok(api::ReissueProgress {
+        directive: directive(d),
+        total: sidecars.len(),
+        done,
+        stragglers,
+    })
 }

@@ -19,14 +19,13 @@ use super::debug_json::debug_to_json;
 use super::events::Live;
 use super::{AdminState, ApiError, ApiResult};
 use crate::xds::SidecarStatus;
-use crate::xds::stream::SyncState;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use mesh_admin_api as api;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -34,61 +33,21 @@ use std::sync::Arc;
 pub const MAX_LIMIT: usize = 1000;
 
 /// A sidecar's sync state as a whole: the worst of its types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum SidecarState {
-    /// Every type ACKed at its newest version.
-    Synced,
-    /// Something sent (or about to be) and not ACKed yet.
-    Stale,
-    /// A type's newest response was rejected; its NACK text is in `types`.
-    Nacked,
-    /// Connected, not subscribed to anything yet.
-    Connecting,
-}
+pub use mesh_admin_api::SidecarState;
 
-impl SidecarState {
-    pub const ALL: [SidecarState; 4] = [
-        SidecarState::Synced,
-        SidecarState::Stale,
-        SidecarState::Nacked,
-        SidecarState::Connecting,
-    ];
-
-    pub fn of(sidecar: &SidecarStatus) -> Self {
-        if sidecar.types.is_empty() {
-            SidecarState::Connecting
-        } else if sidecar.types.iter().any(|t| t.state == SyncState::Nacked) {
-            SidecarState::Nacked
-        } else if sidecar.types.iter().any(|t| t.state != SyncState::Synced) {
-            SidecarState::Stale
-        } else {
-            SidecarState::Synced
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SidecarState::Synced => "SYNCED",
-            SidecarState::Stale => "STALE",
-            SidecarState::Nacked => "NACKED",
-            SidecarState::Connecting => "CONNECTING",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str().eq_ignore_ascii_case(text.trim()))
-    }
+/// The state of `sidecar` as a whole.
+pub fn state_of(sidecar: &SidecarStatus) -> SidecarState {
+    SidecarState::of(&sidecar.types)
 }
 
 /// The fleet's sidecars by state (every state present, zeros included).
-pub fn counts(sidecars: &[SidecarStatus]) -> BTreeMap<&'static str, usize> {
-    let mut counts: BTreeMap<&'static str, usize> =
-        SidecarState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+pub fn counts(sidecars: &[SidecarStatus]) -> api::Counts {
+    let mut counts: api::Counts = SidecarState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
     for s in sidecars {
-        *counts.entry(SidecarState::of(s).as_str()).or_default() += 1;
+        *counts.entry(state_of(s).as_str().to_string()).or_default() += 1;
     }
     counts
 }
@@ -103,13 +62,14 @@ pub struct HeldCert {
 }
 
 /// A sidecar as the API shows it: its status, `state`, `cert_serial` and `cert_expires_at`.
-pub fn sidecar_json(s: &SidecarStatus, held: &HashMap<String, HeldCert>) -> Value {
-    let mut v = json!(s);
+pub fn sidecar_view(s: &SidecarStatus, held: &HashMap<String, HeldCert>) -> api::Sidecar {
     let cert = held.get(&s.identity);
-    v["state"] = json!(SidecarState::of(s));
-    v["cert_serial"] = json!(cert.map(|c| &c.serial_hex));
-    v["cert_expires_at"] = json!(cert.map(|c| c.not_after));
-    v
+    api::Sidecar {
+        status: s.clone(),
+        state: state_of(s),
+        cert_serial: cert.map(|c| c.serial_hex.clone()),
+        cert_expires_at: cert.map(|c| c.not_after),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +95,7 @@ pub(super) async fn list(
     State(state): State<AdminState>,
     axum::Extension(live): axum::Extension<Live>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::SidecarList>> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let wanted_state = match query.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -161,7 +121,7 @@ pub(super) async fn list(
     let total = sidecars.len();
     let matched: Vec<&SidecarStatus> = sidecars
         .iter()
-        .filter(|s| wanted_state.is_none_or(|w| SidecarState::of(s) == w))
+        .filter(|s| wanted_state.is_none_or(|w| state_of(s) == w))
         .filter(|s| {
             query
                 .namespace
@@ -186,7 +146,7 @@ pub(super) async fn list(
     } else {
         Arc::new(expiry_or_empty(&state).await)
     };
-    let list: Vec<Value> = page.iter().map(|s| sidecar_json(s, &expiry)).collect();
+    let list = page.iter().map(|s| sidecar_view(s, &expiry)).collect();
     // This list is this replica's; say how many more the other replicas hold.
     let elsewhere = match state.store.backend() {
         crate::store::Backend::Sqlite => 0,
@@ -199,16 +159,15 @@ pub(super) async fn list(
                 .await?
         }
     };
-    Ok(Json(json!({
-        "sidecars": list,
-        "elsewhere": elsewhere,
-        "total": total,
-        "matched": matched.len(),
-        "offset": offset,
-        "limit": query.limit,
-        "counts": counts,
+    Ok(Json(api::SidecarList {
+        sidecars: list,
+        elsewhere,
+        total,
+        matched: matched.len(),
+        offset,
+        limit: query.limit,
+        counts,
     }))
-    .into_response())
 }
 
 /// Whether `needle` (lower case) is in the sidecar's id, identity, namespace, service or
@@ -224,7 +183,7 @@ pub(super) async fn one(
     State(state): State<AdminState>,
     axum::Extension(live): axum::Extension<Live>,
     Path(id): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::Sidecar>> {
     let sidecar = state
         .xds
         .sidecars()
@@ -234,7 +193,7 @@ pub(super) async fn one(
     let expiry = live
         .expiry(std::iter::once(sidecar.identity.as_str()))
         .await;
-    Ok(Json(sidecar_json(&sidecar, &expiry)).into_response())
+    Ok(Json(sidecar_view(&sidecar, &expiry)))
 }
 
 fn not_connected(id: &str) -> ApiError {
@@ -285,7 +244,7 @@ async fn newest_expiry_by_identity(
 pub(super) async fn config(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<api::SidecarConfig>> {
     let snapshot = state.xds.config_of(&id).ok_or_else(|| not_connected(&id))?;
     let types = state
         .xds
@@ -294,9 +253,9 @@ pub(super) async fn config(
         .find(|s| s.id == id)
         .map(|s| s.types)
         .unwrap_or_default();
-    let mut resources = serde_json::Map::new();
+    let mut resources = BTreeMap::new();
     for ty in mesh_proto::ResourceType::ALL {
-        let list: Vec<Value> = snapshot
+        let list = snapshot
             .resources(ty)
             .map(|r| {
                 let body = match &r.body {
@@ -304,12 +263,20 @@ pub(super) async fn config(
                     Some(body) => body_json(body),
                     None => Value::Null,
                 };
-                json!({ "name": r.name, "version": r.version, "body": body })
+                api::ConfigResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    body,
+                }
             })
             .collect();
-        resources.insert(ty.type_url().to_string(), json!(list));
+        resources.insert(ty.type_url().to_string(), list);
     }
-    Ok(Json(json!({ "id": id, "resources": resources, "types": types })).into_response())
+    Ok(Json(api::SidecarConfig {
+        id,
+        resources,
+        types,
+    }))
 }
 
 /// A resource body as JSON: `Cluster(Cluster {..})` → the message's fields. Should the `Debug`

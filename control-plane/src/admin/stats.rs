@@ -24,8 +24,10 @@ use super::events::Live;
 use super::sidecars::counts;
 use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use mesh_admin_api::events::{
+    ChartPoint, CurrentStats, FleetCounts, PushLatency, Rates, SinceStart, Stats,
+};
+use serde_json::Value;
 use std::collections::VecDeque;
 
 /// How many one-second samples are kept (five minutes of chart).
@@ -174,8 +176,17 @@ fn window_start<'a>(samples: &'a VecDeque<Sample>, newer: &'a Sample, window: f6
 /// Rates and latency now, from the samples (oldest first); `Value::Null` parts when there is
 /// no sample yet.
 pub fn current(samples: &VecDeque<Sample>) -> Value {
+    serde_json::to_value(current_stats(samples)).unwrap_or_default()
+}
+
+/// [`current`], typed.
+fn current_stats(samples: &VecDeque<Sample>) -> CurrentStats {
     let Some(newest) = samples.back() else {
-        return json!({ "rates": null, "push_latency": null, "point": null });
+        return CurrentStats {
+            rates: None,
+            push_latency: None,
+            point: None,
+        };
     };
     let rates_from = window_start(samples, newest, RATE_WINDOW);
     let latency_from = window_start(samples, newest, LATENCY_WINDOW);
@@ -185,70 +196,84 @@ pub fn current(samples: &VecDeque<Sample>) -> Value {
     let windowed = latency_older.map_or(newest.latency_count, |o| {
         newest.latency_count - o.latency_count
     });
-    json!({
-        "rates": {
-            "window_seconds": RATE_WINDOW,
-            "pushes_per_second": rate(rates_from, newest, |s| s.pushes),
-            "nacks_per_second": rate(rates_from, newest, |s| s.nacks),
-            "certificates_per_second": rate(rates_from, newest, |s| s.certificates),
-        },
-        "push_latency": {
-            "window_seconds": LATENCY_WINDOW,
-            "count": windowed.max(0.0),
-            "p50_seconds": quantile(latency_older, newest, 0.5),
-            "p90_seconds": quantile(latency_older, newest, 0.9),
-            "p99_seconds": quantile(latency_older, newest, 0.99),
-            "since_start": {
-                "count": newest.latency_count,
-                "mean_seconds": (newest.latency_count > 0.0)
+    CurrentStats {
+        rates: Some(Rates {
+            window_seconds: RATE_WINDOW,
+            pushes_per_second: rate(rates_from, newest, |s| s.pushes),
+            nacks_per_second: rate(rates_from, newest, |s| s.nacks),
+            certificates_per_second: rate(rates_from, newest, |s| s.certificates),
+        }),
+        push_latency: Some(PushLatency {
+            window_seconds: LATENCY_WINDOW,
+            count: windowed.max(0.0),
+            p50_seconds: quantile(latency_older, newest, 0.5),
+            p90_seconds: quantile(latency_older, newest, 0.9),
+            p99_seconds: quantile(latency_older, newest, 0.99),
+            since_start: SinceStart {
+                count: newest.latency_count,
+                mean_seconds: (newest.latency_count > 0.0)
                     .then(|| newest.latency_sum / newest.latency_count),
             },
-        },
-        "point": point(samples, samples.len() - 1),
-    })
+        }),
+        point: point(samples, samples.len() - 1),
+    }
 }
 
 /// The chart point of sample `i` (rates since sample `i - 1`), or null for the first.
-fn point(samples: &VecDeque<Sample>, i: usize) -> Value {
+fn point(samples: &VecDeque<Sample>, i: usize) -> Option<ChartPoint> {
     let (Some(newer), Some(older)) = (
         samples.get(i),
         i.checked_sub(1).and_then(|j| samples.get(j)),
     ) else {
-        return Value::Null;
+        return None;
     };
     let from = window_start(samples, newer, SERIES_LATENCY_WINDOW);
     let from = (from.at < newer.at).then_some(from);
-    json!({
-        "t": newer.at,
-        "pushes_per_second": rate(older, newer, |s| s.pushes),
-        "nacks_per_second": rate(older, newer, |s| s.nacks),
-        "certificates_per_second": rate(older, newer, |s| s.certificates),
-        "p50_seconds": quantile(from, newer, 0.5),
-        "p99_seconds": quantile(from, newer, 0.99),
+    Some(ChartPoint {
+        t: newer.at,
+        pushes_per_second: rate(older, newer, |s| s.pushes),
+        nacks_per_second: rate(older, newer, |s| s.nacks),
+        certificates_per_second: rate(older, newer, |s| s.certificates),
+        p50_seconds: quantile(from, newer, 0.5),
+        p99_seconds: quantile(from, newer, 0.99),
     })
 }
 
+/// Every chart point of the history, oldest first, as JSON.
+#[cfg(test)]
+fn series(samples: &VecDeque<Sample>) -> Vec<Value> {
+    chart(samples)
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap_or_default())
+        .collect()
+}
+
 /// Every chart point of the history, oldest first.
-pub fn series(samples: &VecDeque<Sample>) -> Vec<Value> {
-    (1..samples.len()).map(|i| point(samples, i)).collect()
+fn chart(samples: &VecDeque<Sample>) -> Vec<ChartPoint> {
+    (1..samples.len())
+        .filter_map(|i| point(samples, i))
+        .collect()
 }
 
 /// `GET /api/v1/stats`.
 pub(super) async fn get(
     State(state): State<AdminState>,
     axum::Extension(live): axum::Extension<Live>,
-) -> Response {
+) -> Json<Stats> {
     let sidecars = state.xds.sidecars();
     let samples = live.samples();
-    let mut body = current(&samples);
-    body["series"] = json!(series(&samples));
-    body["sidecars"] = json!({ "total": sidecars.len(), "counts": counts(&sidecars) });
-    body["interval_seconds"] = json!(super::events::TICK.as_secs_f64());
-    body["at"] = json!(super::events::unix_now());
-    if let Some(map) = body.as_object_mut() {
-        map.remove("point");
-    }
-    Json(body).into_response()
+    let now = current_stats(&samples);
+    Json(Stats {
+        rates: now.rates,
+        push_latency: now.push_latency,
+        series: chart(&samples),
+        sidecars: FleetCounts {
+            total: sidecars.len(),
+            counts: counts(&sidecars),
+        },
+        interval_seconds: super::events::TICK.as_secs_f64(),
+        at: super::events::unix_now(),
+    })
 }
 
 #[cfg(test)]

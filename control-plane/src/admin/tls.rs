@@ -9,7 +9,7 @@ use crate::model::{Selector, WorkloadRef};
 use crate::xds::stream::SyncState;
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use mesh_admin_api as api;
 use std::collections::BTreeMap;
 
 /// One connected sidecar, as far as TLS policies go.
@@ -27,7 +27,7 @@ struct Coverage {
 /// ACKed everything sent to them), `selected` and `selected_buckets` (the sidecars its
 /// selector picks before its share, and their rollout buckets: a stage of P % covers those
 /// below P).
-pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
+pub(super) async fn inventory(State(state): State<AdminState>) -> Json<api::TlsInventory> {
     #[derive(Default)]
     struct Sum {
         open: u64,
@@ -55,19 +55,19 @@ pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
             sum.sidecars += 1;
         }
     }
-    let negotiated: Vec<Value> = sums
+    let negotiated = sums
         .into_iter()
-        .map(|((direction, version, cipher_suite, group), s)| {
-            json!({
-                "direction": direction,
-                "version": version,
-                "cipher_suite": cipher_suite,
-                "group": group,
-                "open_connections": s.open,
-                "handshakes": s.handshakes,
-                "sidecars": s.sidecars,
-            })
-        })
+        .map(
+            |((direction, version, cipher_suite, group), s)| api::NegotiatedSum {
+                direction,
+                version,
+                cipher_suite,
+                group,
+                open_connections: s.open,
+                handshakes: s.handshakes,
+                sidecars: s.sidecars,
+            },
+        )
         .collect();
     // Which policy is in effect on each connected sidecar (at most one), and whether the
     // sidecar ACKed everything meshd sent it (so it runs that policy).
@@ -90,7 +90,7 @@ pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
             }
         })
         .collect();
-    let policies: Vec<Value> = mesh
+    let policies = mesh
         .tls_policies()
         .map(|p| {
             let key = p.key();
@@ -114,38 +114,47 @@ pub(super) async fn inventory(State(state): State<AdminState>) -> Json<Value> {
                 .map(|c| c.bucket)
                 .collect();
             selected_buckets.sort_unstable();
-            json!({
-                "namespace": p.namespace,
-                "name": p.name,
-                "selector": match &p.selector {
-                    Selector::All => json!(null),
-                    Selector::MatchLabels(l) => json!(l),
-                    Selector::Service(s) => json!({ "service": s }),
+            api::TlsPolicyStatus {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                selector: match &p.selector {
+                    Selector::All => None,
+                    Selector::MatchLabels(l) => Some(api::TlsSelector::MatchLabels(
+                        l.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    )),
+                    Selector::Service(s) => Some(api::TlsSelector::Service { service: s.clone() }),
                 },
-                "min_version": p.min_version.as_str(),
-                "max_version": p.max_version.as_str(),
-                "cipher_suites": p.cipher_suites.iter().map(|c| c.name()).collect::<Vec<_>>(),
-                "key_exchange_groups":
-                    p.key_exchange_groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
-                "inbound_mode": format!("{:?}", p.inbound_mode).to_uppercase(),
-                "drain_grace_period_secs": p.drain_grace_period.as_secs(),
-                "rollout_percent": p.rollout_percent,
-                "covers": covered.len(),
-                "acked": covered.iter().filter(|c| c.acked).count(),
-                "selected": selected_buckets.len(),
-                "selected_buckets": selected_buckets,
-            })
+                min_version: p.min_version.as_str().into(),
+                max_version: p.max_version.as_str().into(),
+                cipher_suites: p.cipher_suites.iter().map(|c| c.name().into()).collect(),
+                key_exchange_groups: p
+                    .key_exchange_groups
+                    .iter()
+                    .map(|g| g.name().into())
+                    .collect(),
+                inbound_mode: format!("{:?}", p.inbound_mode).to_uppercase(),
+                drain_grace_period_secs: p.drain_grace_period.as_secs(),
+                rollout_percent: p.rollout_percent,
+                covers: covered.len(),
+                acked: covered.iter().filter(|c| c.acked).count(),
+                selected: selected_buckets.len(),
+                selected_buckets,
+            }
         })
         .collect();
     // A change pushed through an interim policy that accepts the old and new settings.
-    let bridge = state.xds.bridge_waiting().map(|(since, waiting)| {
-        json!({ "waiting_sidecars": waiting, "for_secs": since.elapsed().as_secs() })
-    });
-    Json(json!({
-        "policies": policies,
-        "bridge": bridge,
-        "sidecars": sidecars.len(),
-        "reporting": reporting,
-        "negotiated": negotiated,
-    }))
+    let bridge = state
+        .xds
+        .bridge_waiting()
+        .map(|(since, waiting)| api::TlsBridge {
+            waiting_sidecars: waiting,
+            for_secs: since.elapsed().as_secs(),
+        });
+    Json(api::TlsInventory {
+        policies,
+        bridge,
+        sidecars: sidecars.len(),
+        reporting,
+        negotiated,
+    })
 }

@@ -17,41 +17,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::{Notify, watch};
 
-/// One connected sidecar, as `meshctl status` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SidecarStatus {
-    pub id: String,
-    pub identity: String,
-    pub namespace: String,
-    pub service: String,
-    pub workload: String,
-    pub inbound_address: String,
-    /// Where its admin endpoint listens (`/ready`, `/metrics`), as it says.
-    pub admin_address: String,
-    pub proxy_version: String,
-    pub labels: BTreeMap<String, String>,
-    /// Its place in percentage rollouts (0–99): a rollout of P % includes it when this is below P.
-    pub rollout_bucket: u8,
-    pub remote: String,
-    /// The meshd replica the stream is on.
-    pub control_plane: String,
-    pub connected_at: i64,
-    pub last_seen: i64,
-    pub types: Vec<TypeStatus>,
-    /// What its TLS connections negotiated, from its latest report.
-    pub tls: Vec<NegotiatedTls>,
-}
-
-/// One line of a sidecar's TLS report.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct NegotiatedTls {
-    pub direction: String,
-    pub version: String,
-    pub cipher_suite: String,
-    pub group: String,
-    pub open_connections: u64,
-    pub handshakes: u64,
-}
+/// One connected sidecar and one line of its TLS report, as the admin API shows them.
+pub use mesh_admin_api::{NegotiatedTls, SidecarStatus};
 
 /// A registered stream: what [`Registry::register`] hands its session.
 pub struct Registered {

@@ -8,28 +8,9 @@ use mesh_proto::v1::{ControlPlane, DiscoveryRequest, DiscoveryResponse};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-/// Sync state of one (sidecar, type), section 6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SyncState {
-    Synced,
-    Stale,
-    Nacked,
-}
-
-/// What the server knows of one type on one stream, for status displays.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TypeStatus {
-    pub type_url: String,
-    pub state: SyncState,
-    /// The type version of the newest response sent (a hash of names and versions).
-    pub sent_version: String,
-    /// The type version of the newest response ACKed.
-    pub acked_version: String,
-    pub last_nonce: String,
-    /// The error text of the latest NACK, while the type is NACKED.
-    pub nack: Option<String>,
-}
+/// Sync state of one (sidecar, type), section 6, and what the server knows of one type on one
+/// stream: the admin API's types.
+pub use mesh_admin_api::{SyncState, TypeStatus};
 
 #[derive(Debug, Default)]
 struct Subscription {
