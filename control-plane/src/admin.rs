@@ -348,13 +348,6 @@ async fn create_token(
     let token =
         crate::identity::create_join_token(&state.store, &identity, ttl, uses, &caller.name)
             .await?;
-    let token = api::NewJoinToken {
-        id: token.id,
-        token: token.token,
-        identity: token.identity,
-        expires_at: token.expires_at,
-        uses: token.uses,
-    };
     Ok((StatusCode::CREATED, Json(token)))
 }
 

@@ -14,15 +14,7 @@ use mesh_proto::v1::{SignRequest, SignResponse};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// A join token as created: the secret is shown once and stored only as its hash.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NewJoinToken {
-    pub id: String,
-    pub token: String,
-    pub identity: String,
-    pub expires_at: i64,
-    pub uses: u32,
-}
+pub use mesh_admin_api::NewJoinToken;
 
 /// Why a join token could not be made.
 #[derive(Debug, thiserror::Error)]

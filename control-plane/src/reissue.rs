@@ -10,44 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Which workloads a re-issue directive is for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReissueTarget {
-    All,
-    Namespace(String),
-    /// A service's workloads: namespace and service name.
-    Workload {
-        namespace: String,
-        service: String,
-    },
-}
-
-impl ReissueTarget {
-    pub fn matches(&self, namespace: &str, service: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Namespace(ns) => ns == namespace,
-            Self::Workload {
-                namespace: ns,
-                service: svc,
-            } => ns == namespace && svc == service,
-        }
-    }
-}
-
-/// "Re-issue your certificate": forced re-issue (after a key compromise) or a CA rotation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Directive {
-    /// Never reused (unix milliseconds at creation, so also across replicas and restarts).
-    pub generation: u64,
-    pub target: ReissueTarget,
-    /// Re-issue before this instant (unix seconds); each sidecar picks a moment in the window.
-    pub reissue_before: i64,
-    /// A certificate whose notBefore is at or after this already satisfies the directive.
-    pub issued_before: i64,
-    pub reason: String,
-}
+// The directive as stored, pushed and shown is one type, the admin API's.
+pub use mesh_admin_api::{Directive, ReissueTarget};
 
 /// The `issued_before` of a directive made at `now` (unix seconds) by a CA that backdates
 /// notBefore by `backdate`: notBefore has one-second resolution, so only a certificate from the

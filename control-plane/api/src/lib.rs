@@ -412,7 +412,22 @@ pub enum ReissueTarget {
     },
 }
 
-/// "Re-issue your certificate".
+impl ReissueTarget {
+    /// Whether the workloads of `service` in `namespace` are targeted.
+    pub fn matches(&self, namespace: &str, service: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Namespace(ns) => ns == namespace,
+            Self::Workload {
+                namespace: ns,
+                service: svc,
+            } => ns == namespace && svc == service,
+        }
+    }
+}
+
+/// "Re-issue your certificate": forced re-issue (after a key compromise) or a CA rotation.
+/// Stored (as JSON) before it is put in force, pushed as an IdentityDirective, shown by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directive {
     /// Never reused.

@@ -81,24 +81,6 @@ pub async fn list(State(state): State<AdminState>) -> ApiResult<Json<api::Reissu
     Ok(Json(api::ReissueList { directives }))
 }
 
-/// A directive as the API shows it.
-fn directive(d: &Directive) -> api::Directive {
-    api::Directive {
-        generation: d.generation,
-        target: match &d.target {
-            ReissueTarget::All => api::ReissueTarget::All,
-            ReissueTarget::Namespace(ns) => api::ReissueTarget::Namespace(ns.clone()),
-            ReissueTarget::Workload { namespace, service } => api::ReissueTarget::Workload {
-                namespace: namespace.clone(),
-                service: service.clone(),
-            },
-        },
-        reissue_before: d.reissue_before,
-        issued_before: d.issued_before,
-        reason: d.reason.clone(),
-    }
-}
-
 /// A directive with the connected sidecars it concerns and how many of them hold a certificate
 /// that satisfies it (by identity: a live certificate whose notBefore is recent enough).
 async fn progress(state: &AdminState, d: &Directive) -> ApiResult<api::ReissueProgress> {
@@ -123,7 +105,7 @@ async fn progress(state: &AdminState, d: &Directive) -> ApiResult<api::ReissuePr
         }
     }
     Ok(api::ReissueProgress {
-        directive: directive(d),
+        directive: d.clone(),
         total: sidecars.len(),
         done,
         stragglers,
